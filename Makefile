@@ -1,0 +1,42 @@
+# Everything a fresh machine needs: `make demo` and `make test` set up the rest.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+BUF    := node_modules/.bin/buf
+
+.PHONY: all venv generate lint-proto test demo bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Regenerate counterpart/v1 from protos/ with the pinned tool versions.
+generate: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+$(BUF): package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $(BUF)
+
+## buf lint (STANDARD) over the wire contract.
+lint-proto: $(BUF)
+	cd protos && ../$(BUF) lint
+
+test: $(STAMP) lint-proto
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+bench: $(STAMP)
+	$(PY) bench/bench_find.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache build *.egg-info

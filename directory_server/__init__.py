@@ -1,0 +1,3 @@
+"""Counterpart national node: signed member logs, storage, replication and lookup."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,386 @@
+"""counterpart-node: the operator's command line.
+
+Exit codes: 0 success, 1 error (the message names what is wrong), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from google.protobuf import json_format
+from rich.console import Console
+from rich.table import Table
+
+from directory_server.config import CONFIG_NAME, NodeConfig, load_config
+from directory_server.domain import federation as fed
+from directory_server.domain import signing
+from directory_server.domain.errors import ConfigurationError, CounterpartError, InvalidArgumentError
+from directory_server.domain.names import check_member_code
+from directory_server.domain.timeutil import from_timestamp, parse_duration, utcnow
+from directory_server.node import Node, PublishPlan
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail_cleanly(fn: F) -> F:
+    """Print a CounterpartError as one line and exit 1 (no traceback for expected failures)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CounterpartError as e:
+            err.print(f"[bold red]error:[/] {e.message}", markup=True, highlight=False)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _passphrase(passphrase_file: Path | None) -> bytes:
+    return signing.passphrase_from_env(passphrase_file)
+
+
+def _open(data_dir: Path, **overrides: Any) -> Node:
+    return Node(load_config(data_dir, overrides))
+
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="COUNTERPART_DATA_DIR",
+    default=Path("counterpart-data"), show_default=True, help="The node's data directory.",
+)
+passphrase_option = click.option(
+    "--passphrase-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="File holding the key passphrase (default: $COUNTERPART_KEY_PASSPHRASE).",
+)
+format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="counterpart")
+def main() -> None:
+    """Run and administer a Counterpart national node."""
+
+
+# --- node set-up --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--member", required=True, help="The member this node publishes for (e.g. GE).")
+@data_dir_option
+@click.option("--listen", default="127.0.0.1:7700", show_default=True, help="gRPC listen address.")
+@click.option("--database-url", default="", help="SQLAlchemy URL (default: SQLite in the data directory).")
+@passphrase_option
+@fail_cleanly
+def init(member: str, data_dir: Path, listen: str, database_url: str, passphrase_file: Path | None) -> None:
+    """Create a node: configuration, database and an encrypted signing key."""
+    check_member_code(member)
+    if (data_dir / CONFIG_NAME).exists():
+        raise ConfigurationError(f"{data_dir} already holds a node ({CONFIG_NAME} exists)", reason="ALREADY_INITIALIZED")
+    passphrase = _passphrase(passphrase_file)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = NodeConfig(data_dir=data_dir, member=member, listen=listen, database_url=database_url)
+    key = signing.SigningKey.generate()
+    signing.write_key_file(config.key_path, key, passphrase)
+    public_path = config.key_path.with_suffix(".pub")
+    signing.write_public_key_file(public_path, key.public_bytes)
+    (data_dir / CONFIG_NAME).write_text(config.to_toml(), encoding="utf-8")
+    Node(config).close()  # creates the database schema
+    out.print(f"initialized node for {member} in {data_dir}")
+    out.print(f"signing key {key.key_id} (encrypted, mode 600): {config.key_path}")
+    out.print(f"public key for the federation secretariat: {public_path}")
+
+
+@main.command()
+@data_dir_option
+@click.option("--listen", default=None, help="Override the configured listen address.")
+@passphrase_option
+@click.option("--no-heartbeat", is_flag=True, help="Do not re-sign checkpoints (read-only node).")
+@click.option("--log-level", default="INFO", show_default=True)
+@fail_cleanly
+def serve(data_dir: Path, listen: str | None, passphrase_file: Path | None, no_heartbeat: bool, log_level: str) -> None:
+    """Serve DirectoryService, health checking and reflection until SIGTERM or SIGINT."""
+    from directory_server.service.server import NodeServer, setup_logging
+
+    setup_logging(log_level.upper())
+    node = _open(data_dir, listen=listen)
+    key = None if no_heartbeat else node.signing_key(_passphrase(passphrase_file))
+    server = NodeServer(node, node.config.listen)
+    server.start(key)
+    server.wait_for_signal()
+    node.close()
+
+
+# --- publishing ---------------------------------------------------------------------------
+
+
+def _print_plan(plan: PublishPlan, dry_run: bool, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps({
+            "dry_run": dry_run,
+            "added": [r.name for r in plan.added],
+            "changed": [r.name for r in plan.changed],
+            "deleted": plan.deleted,
+            "unchanged": plan.unchanged,
+            "appended": plan.appended,
+            "checkpoint_size": plan.checkpoint_size,
+        }, indent=2))
+        return
+    for r in plan.added:
+        out.print(f"[green]+ {r.name}[/]  ({r.file})", highlight=False)
+    for r in plan.changed:
+        out.print(f"[yellow]~ {r.name}[/]  ({r.file})", highlight=False)
+    for name in plan.deleted:
+        out.print(f"[red]- {name}[/]", highlight=False)
+    summary = f"{len(plan.added)} new, {len(plan.changed)} changed, {len(plan.deleted)} deleted, {plan.unchanged} unchanged"
+    if dry_run:
+        out.print(f"dry run: {summary}; nothing appended")
+    elif plan.empty:
+        out.print(f"nothing to publish: {summary}; log size {plan.checkpoint_size}")
+    else:
+        out.print(f"published: {summary}; appended {plan.appended} entries, checkpoint size {plan.checkpoint_size}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@data_dir_option
+@click.option("--dry-run", is_flag=True, help="Validate and show the difference; append nothing.")
+@passphrase_option
+@format_option
+@fail_cleanly
+def publish(path: Path, data_dir: Path, dry_run: bool, passphrase_file: Path | None, fmt: str) -> None:
+    """Publish the member's records from YAML or CSV files (a file or a folder)."""
+    node = _open(data_dir)
+    passphrase = None if dry_run else _passphrase(passphrase_file)
+    plan = node.publish(path, passphrase, dry_run=dry_run)
+    _print_plan(plan, dry_run, fmt)
+
+
+@main.command()
+@data_dir_option
+@passphrase_option
+@click.option("--force", is_flag=True, help="Sign a new checkpoint even if the current one is fresh.")
+@fail_cleanly
+def heartbeat(data_dir: Path, passphrase_file: Path | None, force: bool) -> None:
+    """Re-sign the member's checkpoint so readers can see the origin is alive."""
+    node = _open(data_dir)
+    cp = node.heartbeat(node.signing_key(_passphrase(passphrase_file)), force=force)
+    out.print("checkpoint still fresh; nothing signed" if cp is None else f"signed checkpoint size {cp.size}, expires {cp.expire_time.isoformat()}")
+
+
+# --- integrity and status -----------------------------------------------------------------
+
+
+@main.command()
+@data_dir_option
+@format_option
+@fail_cleanly
+def verify(data_dir: Path, fmt: str) -> None:
+    """Re-check every signature and root on disk; exit 1 and name what is wrong."""
+    node = _open(data_dir)
+    checked, problems = node.verify()
+    if fmt == "json":
+        click.echo(json.dumps({"checked": checked, "problems": [p.__dict__ for p in problems]}, indent=2))
+    else:
+        for p in problems:
+            where = f"{p.member} seq {p.seq}" if p.seq else p.member or "node"
+            err.print(f"[bold red]{where}[/]: {p.reason}: {p.message}", highlight=False)
+        out.print(f"checked {checked} entries: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    if problems:
+        sys.exit(1)
+
+
+@main.command()
+@data_dir_option
+@fail_cleanly
+def rebuild(data_dir: Path) -> None:
+    """Re-derive the lookup indexes from the verified envelopes."""
+    node = _open(data_dir)
+    n = node.rebuild()
+    out.print(f"rebuilt indexes of {n} current records")
+
+
+@main.command()
+@data_dir_option
+@format_option
+@fail_cleanly
+def status(data_dir: Path, fmt: str) -> None:
+    """Show the federation document and, per member, log size and checkpoint age."""
+    node = _open(data_dir)
+    federation = node.federation()
+    now = utcnow()
+    rows = []
+    for code in sorted({m.code for m in federation.members()} | set(node.store.checkpoints())):
+        cp = node.store.checkpoint_row(code)
+        rows.append({
+            "member": code,
+            "log_size": node.store.log_size(code),
+            "checkpoint_size": cp.size if cp else None,
+            "checkpoint_age_seconds": int((now - cp.issue_time).total_seconds()) if cp else None,
+            "stale": bool(cp and now > cp.expire_time),
+        })
+    doc = federation.document
+    head = {
+        "member": node.member, "federation_id": doc.federation_id, "federation_version": doc.version,
+        "federation_expired": federation.expired(now), "members": rows,
+    }
+    if fmt == "json":
+        click.echo(json.dumps(head, indent=2))
+        return
+    out.print(f"node of {node.member}; federation {doc.federation_id} version {doc.version}"
+              + (" [red](expired)[/]" if head["federation_expired"] else ""))
+    table = Table("member", "log size", "checkpoint", "age", "state")
+    for r in rows:
+        age = r["checkpoint_age_seconds"]
+        table.add_row(
+            r["member"], str(r["log_size"]), str(r["checkpoint_size"] if r["checkpoint_size"] is not None else "-"),
+            str(timedelta(seconds=age)) if age is not None else "-",
+            "stale" if r["stale"] else ("ok" if r["checkpoint_size"] is not None else "no data"),
+        )
+    out.print(table)
+
+
+# --- the federation document --------------------------------------------------------------
+
+
+@main.group()
+def federation() -> None:
+    """Create, sign, verify and install federation documents."""
+
+
+@federation.command("keygen")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@passphrase_option
+@fail_cleanly
+def fed_keygen(out_path: Path, passphrase_file: Path | None) -> None:
+    """Generate an encrypted root key (and OUT.pub with its public key)."""
+    key = signing.SigningKey.generate()
+    signing.write_key_file(out_path, key, _passphrase(passphrase_file))
+    signing.write_public_key_file(out_path.with_suffix(".pub"), key.public_bytes)
+    out.print(f"root key {key.key_id}: {out_path} (public: {out_path.with_suffix('.pub')})")
+
+
+@federation.command("init")
+@click.option("--id", "federation_id", required=True, help="Identifier of the federation, e.g. casc.")
+@click.option("--root-key", "root_keys", multiple=True, required=True, type=click.Path(path_type=Path, dir_okay=False), help="Public root key file (repeat).")
+@click.option("--threshold", type=int, default=1, show_default=True)
+@click.option("--valid-for", default="365d", show_default=True)
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@fail_cleanly
+def fed_init(federation_id: str, root_keys: tuple[Path, ...], threshold: int, valid_for: str, out_path: Path) -> None:
+    """Create version 1 (unsigned) with root keys, threshold and the default vocabularies."""
+    doc = fed.new_document(
+        federation_id, [signing.read_public_key_file(p) for p in root_keys], threshold, utcnow(), _duration(valid_for)
+    )
+    fed.write_file(out_path, fed.unsigned_envelope(doc))
+    out.print(f"wrote unsigned version 1 of {federation_id} to {out_path}; sign it with `federation sign`")
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise InvalidArgumentError(str(e), reason="INVALID_DURATION") from e
+
+
+def _edit(path: Path, valid_for: str) -> Any:
+    """Open a document for a change: a signed one becomes the draft of the next version."""
+    envelope = fed.read_file(path)
+    doc, good, threshold = fed.signature_status(envelope)
+    if good >= threshold:
+        doc.version += 1
+        out.print(f"{path} was signed version {doc.version - 1}; editing it as draft version {doc.version}")
+    fed.stamp(doc, utcnow(), _duration(valid_for))
+    return doc
+
+
+@federation.command("add-member")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--code", required=True)
+@click.option("--display-name", required=True)
+@click.option("--key", "keys", multiple=True, required=True, type=click.Path(path_type=Path, dir_okay=False), help="Member's public key file (repeat).")
+@click.option("--endpoint", "endpoints", multiple=True, help="host:port of the member's node (repeat).")
+@click.option("--valid-for", default="365d", show_default=True)
+@fail_cleanly
+def fed_add_member(path: Path, code: str, display_name: str, keys: tuple[Path, ...], endpoints: tuple[str, ...], valid_for: str) -> None:
+    """Admit a member with its keys and endpoints (clears signatures: sign again)."""
+    doc = _edit(path, valid_for)
+    fed.add_member(doc, code, display_name, [signing.read_public_key_file(k) for k in keys], endpoints)
+    fed.write_file(path, fed.unsigned_envelope(doc))
+    out.print(f"added {code} to version {doc.version} in {path}; it needs {doc.root_threshold} root signature(s)")
+
+
+@federation.command("sign")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--key", "key_file", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Encrypted root key file.")
+@passphrase_option
+@fail_cleanly
+def fed_sign(path: Path, key_file: Path, passphrase_file: Path | None) -> None:
+    """Add a root key's signature to the document."""
+    key = signing.read_key_file(key_file, _passphrase(passphrase_file))
+    envelope = signing.add_signature(fed.read_file(path), key)
+    fed.write_file(path, envelope)
+    doc, good, threshold = fed.signature_status(envelope)
+    out.print(f"signed version {doc.version} with {key.key_id}: {good} of {threshold} required signature(s)")
+
+
+@federation.command("verify")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--previous", type=click.Path(path_type=Path, dir_okay=False), default=None, help="The version this one must follow.")
+@fail_cleanly
+def fed_verify(path: Path, previous: Path | None) -> None:
+    """Check the document's signatures and expiry (and that it follows --previous); exit 1 if not acceptable."""
+    now = utcnow()
+    envelope = fed.read_file(path)
+    if previous is not None:
+        accepted = fed.verify_next(fed.verify_initial(fed.read_file(previous), now), envelope, now)
+    else:
+        accepted = fed.verify_initial(envelope, now)
+    doc = accepted.document
+    out.print(
+        f"OK: {doc.federation_id} version {doc.version}, {len(doc.members)} member(s), "
+        f"expires {from_timestamp(doc.expire_time).isoformat()}"
+    )
+
+
+@federation.command("show")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@format_option
+@fail_cleanly
+def fed_show(path: Path, fmt: str) -> None:
+    """Print the document's content and signature count."""
+    doc, good, threshold = fed.signature_status(fed.read_file(path))
+    if fmt == "json":
+        body = json_format.MessageToDict(doc, preserving_proto_field_name=True)
+        body.pop("vocabularies", None)
+        click.echo(json.dumps({"document": body, "valid_signatures": good, "threshold": threshold}, indent=2, ensure_ascii=False))
+        return
+    out.print(f"{doc.federation_id} version {doc.version}: {good} of {threshold} required signature(s); "
+              f"expires {from_timestamp(doc.expire_time).isoformat()}")
+    table = Table("member", "name", "endpoints", "keys")
+    for m in sorted(doc.members, key=lambda m: m.code):
+        table.add_row(m.code, m.display_name, ", ".join(m.endpoints), ", ".join(k.key_id for k in m.keys))
+    out.print(table)
+
+
+@federation.command("install")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@data_dir_option
+@fail_cleanly
+def fed_install(path: Path, data_dir: Path) -> None:
+    """Give the node its first document, or the next version of the current one."""
+    node = _open(data_dir)
+    accepted = node.install_federation(fed.read_file(path))
+    out.print(f"node of {node.member} now follows {accepted.document.federation_id} version {accepted.version}")
+
+
+if __name__ == "__main__":
+    main()

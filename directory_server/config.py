@@ -1,0 +1,87 @@
+"""Node configuration: <data-dir>/node.toml, overridden by COUNTERPART_* variables and flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from directory_server.domain.errors import ConfigurationError
+from directory_server.domain.timeutil import parse_duration
+from directory_server.storage.store import sqlite_url
+
+CONFIG_NAME = "node.toml"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path
+    member: str
+    listen: str = "127.0.0.1:7700"
+    database_url: str = ""  # empty: SQLite file in the data directory
+    key_file: str = "keys/node-key.pem"
+    checkpoint_validity: str = "7d"
+    heartbeat_interval: str = "1h"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or sqlite_url(self.data_dir)
+
+    @property
+    def key_path(self) -> Path:
+        p = Path(self.key_file)
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def checkpoint_validity_td(self) -> timedelta:
+        return _duration("checkpoint_validity", self.checkpoint_validity)
+
+    @property
+    def heartbeat_interval_td(self) -> timedelta:
+        return _duration("heartbeat_interval", self.heartbeat_interval)
+
+    def to_toml(self) -> str:
+        lines = ["# Counterpart node configuration; every key can be overridden by COUNTERPART_<KEY>."]
+        for f in fields(self):
+            if f.name == "data_dir":
+                continue
+            lines.append(f'{f.name} = "{getattr(self, f.name)}"')
+        return "\n".join(lines) + "\n"
+
+
+def _duration(name: str, value: str) -> timedelta:
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise ConfigurationError(f"{name}: {e}", reason="INVALID_CONFIG") from e
+
+
+def load_config(data_dir: Path, overrides: dict[str, Any] | None = None) -> NodeConfig:
+    path = data_dir / CONFIG_NAME
+    if not path.exists():
+        raise ConfigurationError(
+            f"{path} does not exist; create the node with `counterpart-node init --member XX --data-dir {data_dir}`",
+            reason="NOT_INITIALIZED",
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, OSError) as e:
+        raise ConfigurationError(f"{path}: {e}", reason="INVALID_CONFIG") from e
+    known = {f.name for f in fields(NodeConfig)} - {"data_dir"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigurationError(f"{path}: unknown option(s) {', '.join(unknown)}", reason="INVALID_CONFIG")
+    values: dict[str, Any] = {k: str(v) for k, v in raw.items()}
+    for key in known:
+        env = os.environ.get(f"COUNTERPART_{key.upper()}")
+        if env:
+            values[key] = env
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    if "member" not in values:
+        raise ConfigurationError(f"{path}: 'member' is required", reason="INVALID_CONFIG")
+    return replace(NodeConfig(data_dir=data_dir, member=values.pop("member")), **values)

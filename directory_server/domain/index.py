@@ -1,0 +1,123 @@
+"""Derived lookup rows of a record: what storage indexes so lookups need no scans.
+
+Derived state is a pure function of the latest entry of each name, so it can
+always be rebuilt from the stored envelopes (`counterpart-node rebuild`).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+
+from anyascii import anyascii
+
+from counterpart.v1 import records_pb2
+from directory_server.domain.log import LogEntry
+
+LEVEL_NATIONAL = 1
+LEVEL_SUBDIVISION = 2
+LEVEL_MUNICIPALITY = 3
+LEVEL_POSTAL_CODE = 4
+
+
+def fold(text: str) -> str:
+    """Fold case, accents and script: 'ბათუმი', 'Батуми' and 'BATUMI' all become 'batumi'."""
+    ascii_text = anyascii(unicodedata.normalize("NFKC", text)).lower()
+    kept = "".join(ch if ch.isalnum() else " " for ch in ascii_text)
+    return " ".join(kept.split())
+
+
+@dataclass(frozen=True)
+class CoverageRow:
+    level: int
+    key: str  # subdivision code, folded municipality name, or first postal code
+    last: str = ""  # last postal code of a range
+    subdivision: str = ""  # subdivision a municipality lies in
+
+
+@dataclass(frozen=True)
+class CompetenceRow:
+    request_type: str
+    role: int
+    offence: str  # "" = every category
+    stage: int  # 0 = every stage
+
+
+@dataclass(frozen=True)
+class PlaceRow:
+    """A municipality name the member's records mention, for place resolution."""
+
+    folded: str
+    display: str
+    subdivision: str
+
+
+@dataclass
+class Derived:
+    """Everything indexed for one current record."""
+
+    name: str
+    member: str
+    kind: str
+    seq: int
+    public: bool
+    label: str  # a display name for listings
+    search_terms: set[str] = field(default_factory=set)
+    coverage: list[CoverageRow] = field(default_factory=list)
+    competences: list[CompetenceRow] = field(default_factory=list)
+    places: list[PlaceRow] = field(default_factory=list)
+    attrs: dict[str, str] = field(default_factory=dict)  # for simple filters
+
+
+def derive(entry: LogEntry) -> Derived | None:
+    """Index rows for an entry's record; None for a tombstone."""
+    rec = entry.record
+    if rec is None:
+        return None
+    if isinstance(rec, records_pb2.Contact):
+        public = rec.visibility == records_pb2.VISIBILITY_PUBLIC
+    else:
+        public = True
+    label = entry.name.rsplit("/", 1)[-1]
+    names = getattr(rec, "display_names", None)
+    if names:
+        label = next((t.text for t in names if t.language == "en"), names[0].text)
+    d = Derived(entry.name, entry.member, entry.kind, entry.seq, public, label)
+    if isinstance(rec, records_pb2.Authority):
+        d.attrs = {"kind": rec.kind, "parent": rec.parent}
+        for t in rec.display_names:
+            d.search_terms.add(fold(t.text))
+        if rec.address.locality:
+            d.search_terms.add(fold(rec.address.locality))
+        cov = rec.coverage
+        if cov.national:
+            d.coverage.append(CoverageRow(LEVEL_NATIONAL, entry.member))
+        for s in cov.subdivisions:
+            d.coverage.append(CoverageRow(LEVEL_SUBDIVISION, s))
+        for mun in cov.municipalities:
+            for t in mun.names:
+                folded = fold(t.text)
+                d.search_terms.add(folded)
+                d.coverage.append(CoverageRow(LEVEL_MUNICIPALITY, folded, subdivision=mun.subdivision))
+                d.places.append(PlaceRow(folded, t.text, mun.subdivision))
+        for r in cov.postal_code_ranges:
+            d.coverage.append(CoverageRow(LEVEL_POSTAL_CODE, r.first, r.last))
+        seen: set[CompetenceRow] = set()
+        for comp in rec.competences:
+            for rt in comp.request_types:
+                for role in comp.roles:
+                    for offence in comp.offence_categories or [""]:
+                        for stage in comp.stages or [0]:
+                            seen.add(CompetenceRow(rt, int(role), offence, int(stage)))
+        d.competences = sorted(seen, key=lambda c: (c.request_type, c.role, c.offence, c.stage))
+    elif isinstance(rec, records_pb2.Contact):
+        d.attrs = {"role": rec.role, "authority": rec.authority}
+        for t in rec.display_names:
+            d.search_terms.add(fold(t.text))
+    elif isinstance(rec, records_pb2.Rule):
+        d.attrs = {"request_type": rec.request_type}
+    elif isinstance(rec, records_pb2.Treaty):
+        d.attrs = {"instrument": rec.instrument, "status": records_pb2.TreatyStatus.Name(rec.status)}
+    d.attrs["member"] = entry.member
+    d.search_terms.discard("")
+    return d

@@ -1,0 +1,141 @@
+"""A member's append-only log of signed entries and its checkpoints (DESIGN §3).
+
+Pure functions: they build, sign and verify envelopes; storage keeps the exact bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from counterpart.v1 import log_pb2
+from directory_server.domain import merkle, signing
+from directory_server.domain.errors import SignatureError, VerificationError
+from directory_server.domain.federation import Federation, key_valid_at
+from directory_server.domain.records import Record, record_kind
+from directory_server.domain.timeutil import from_timestamp, to_timestamp
+
+DEFAULT_CHECKPOINT_VALIDITY = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """An entry whose envelope signature, member and position have been checked."""
+
+    member: str
+    seq: int
+    name: str
+    kind: str  # authority | contact | rule | treaty | deletion
+    envelope: bytes  # exactly as signed: the Merkle leaf data
+    leaf_hash: bytes
+    entry: log_pb2.Entry
+
+    @property
+    def record(self) -> Record | None:
+        body = self.entry.WhichOneof("body")
+        if body is None or body == "deletion":
+            return None
+        rec: Record = getattr(self.entry, body)
+        return rec
+
+    @property
+    def publish_time(self) -> datetime:
+        return from_timestamp(self.entry.publish_time)
+
+
+@dataclass(frozen=True)
+class LogCheckpoint:
+    """A checkpoint whose signature has been checked."""
+
+    member: str
+    size: int
+    root_hash: bytes
+    issue_time: datetime
+    expire_time: datetime
+    envelope: bytes
+
+    def stale(self, now: datetime) -> bool:
+        return now > self.expire_time
+
+
+def build_entry(
+    member: str, seq: int, name: str, record: Record | None, now: datetime, key: signing.SigningKey,
+    deletion_reason: str = "",
+) -> LogEntry:
+    """Create and sign one entry (``record`` None: a tombstone for ``name``)."""
+    entry = log_pb2.Entry(member=member, seq=seq, name=name)
+    entry.publish_time.CopyFrom(to_timestamp(now))
+    if record is None:
+        entry.deletion.reason = deletion_reason
+        kind = "deletion"
+    else:
+        kind = record_kind(record)
+        getattr(entry, kind).CopyFrom(record)
+    envelope = signing.sign_envelope(entry.SerializeToString(deterministic=True), signing.ENTRY_TYPE, [key])
+    return LogEntry(member, seq, name, kind, envelope, merkle.leaf_hash(envelope), entry)
+
+
+def build_checkpoint(
+    member: str, size: int, root_hash: bytes, now: datetime, key: signing.SigningKey,
+    valid_for: timedelta = DEFAULT_CHECKPOINT_VALIDITY,
+) -> LogCheckpoint:
+    cp = log_pb2.Checkpoint(member=member, size=size, root_hash=root_hash)
+    cp.issue_time.CopyFrom(to_timestamp(now))
+    cp.expire_time.CopyFrom(to_timestamp(now + valid_for))
+    envelope = signing.sign_envelope(cp.SerializeToString(deterministic=True), signing.CHECKPOINT_TYPE, [key])
+    return LogCheckpoint(member, size, root_hash, from_timestamp(cp.issue_time), from_timestamp(cp.expire_time), envelope)
+
+
+def verify_entry(envelope: bytes, member: str, seq: int, federation: Federation) -> LogEntry:
+    """Check an entry's envelope: signed by a key of ``member`` valid when it was published,
+    and claiming exactly this member and position."""
+    env = signing.parse_envelope(envelope, signing.ENTRY_TYPE)
+    key = federation.verify_member_envelope(env, member)
+    entry = log_pb2.Entry()
+    try:
+        entry.ParseFromString(env.payload)
+    except Exception as e:
+        raise VerificationError(f"{member} seq {seq}: entry payload is not valid", reason="MALFORMED_ENTRY") from e
+    if entry.member != member or entry.seq != seq:
+        raise VerificationError(
+            f"{member} seq {seq}: entry claims member {entry.member!r} seq {entry.seq}",
+            reason="ENTRY_POSITION_MISMATCH",
+        )
+    if not key_valid_at(key, from_timestamp(entry.publish_time)):
+        raise SignatureError(
+            f"{member} seq {seq}: signed by {key.key_id} outside its validity window", reason="KEY_NOT_VALID"
+        )
+    body = entry.WhichOneof("body")
+    if body is None:
+        raise VerificationError(f"{member} seq {seq}: entry has no body", reason="MALFORMED_ENTRY")
+    return LogEntry(member, seq, entry.name, body, envelope, merkle.leaf_hash(envelope), entry)
+
+
+def verify_checkpoint(envelope: bytes, member: str, federation: Federation) -> LogCheckpoint:
+    env = signing.parse_envelope(envelope, signing.CHECKPOINT_TYPE)
+    key = federation.verify_member_envelope(env, member)
+    cp = log_pb2.Checkpoint()
+    try:
+        cp.ParseFromString(env.payload)
+    except Exception as e:
+        raise VerificationError(f"{member}: checkpoint payload is not valid", reason="MALFORMED_CHECKPOINT") from e
+    if cp.member != member:
+        raise VerificationError(f"checkpoint claims member {cp.member!r}, expected {member}", reason="CHECKPOINT_MEMBER_MISMATCH")
+    if len(cp.root_hash) != merkle.HASH_SIZE:
+        raise VerificationError(f"{member}: checkpoint root has {len(cp.root_hash)} bytes", reason="MALFORMED_CHECKPOINT")
+    issued = from_timestamp(cp.issue_time)
+    if not key_valid_at(key, issued):
+        raise SignatureError(f"{member}: checkpoint signed by {key.key_id} outside its validity window", reason="KEY_NOT_VALID")
+    return LogCheckpoint(member, int(cp.size), bytes(cp.root_hash), issued, from_timestamp(cp.expire_time), envelope)
+
+
+def check_root(member: str, checkpoint: LogCheckpoint, leaf_hashes: Sequence[bytes]) -> None:
+    """The checkpoint's root must equal the root recomputed over the given leaves."""
+    if checkpoint.size != len(leaf_hashes):
+        raise VerificationError(
+            f"{member}: checkpoint covers {checkpoint.size} entries, the log holds {len(leaf_hashes)}",
+            reason="CHECKPOINT_SIZE_MISMATCH",
+        )
+    if merkle.root_hash(leaf_hashes) != checkpoint.root_hash:
+        raise VerificationError(f"{member}: recomputed root differs from the signed checkpoint", reason="ROOT_MISMATCH")

@@ -1,0 +1,86 @@
+"""AIP-122 resource names: members/{member}/{collection}/{id}."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from directory_server.domain.errors import InvalidArgumentError
+
+# ISO 3166-1 alpha-2 for countries, or an upper-case code of an international body.
+MEMBER_RE = re.compile(r"^[A-Z][A-Z0-9]{1,15}$")
+# Record ids: lower-case words; rules and treaties use vocabulary codes, which may hold dots.
+ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?$")
+
+COLLECTIONS = {"authorities": "authority", "contacts": "contact", "rules": "rule", "treaties": "treaty"}
+KIND_TO_COLLECTION = {v: k for k, v in COLLECTIONS.items()}
+
+
+@dataclass(frozen=True)
+class RecordName:
+    """A parsed record name."""
+
+    member: str
+    collection: str
+    record_id: str
+
+    @property
+    def kind(self) -> str:
+        return COLLECTIONS[self.collection]
+
+    def __str__(self) -> str:
+        return f"members/{self.member}/{self.collection}/{self.record_id}"
+
+
+def check_member_code(code: str, what: str = "member code") -> str:
+    if not MEMBER_RE.match(code):
+        raise InvalidArgumentError(
+            f"{what} {code!r} is malformed: expected an ISO 3166-1 alpha-2 code such as 'GE' "
+            "or an upper-case code of an international body",
+            reason="INVALID_MEMBER_CODE",
+        )
+    return code
+
+
+def member_name(code: str) -> str:
+    return f"members/{code}"
+
+
+def parse_member_name(name: str) -> str:
+    """members/{member} -> member code."""
+    parts = name.split("/")
+    if len(parts) != 2 or parts[0] != "members":
+        raise InvalidArgumentError(
+            f"{name!r} is not a member name (expected members/{{member}}, e.g. members/GE)",
+            reason="INVALID_NAME",
+        )
+    return check_member_code(parts[1])
+
+
+def parse_parent(parent: str) -> str | None:
+    """members/{member} -> code; members/- -> None (every member)."""
+    if parent == "members/-":
+        return None
+    return parse_member_name(parent)
+
+
+def parse_record_name(name: str, collection: str | None = None) -> RecordName:
+    """Parse and validate a record name, optionally of one collection."""
+    parts = name.split("/")
+    expected = f"members/{{member}}/{collection or '{collection}'}/{{id}}"
+    if len(parts) != 4 or parts[0] != "members" or parts[2] not in COLLECTIONS:
+        raise InvalidArgumentError(
+            f"{name!r} is not a record name (expected {expected})", reason="INVALID_NAME"
+        )
+    if collection is not None and parts[2] != collection:
+        raise InvalidArgumentError(
+            f"{name!r} is not in {collection} (expected {expected})", reason="INVALID_NAME"
+        )
+    check_member_code(parts[1])
+    if not ID_RE.match(parts[3]):
+        raise InvalidArgumentError(
+            f"record id {parts[3]!r} in {name!r} is malformed: lower-case letters, digits, "
+            "'-' and '.', at most 63 characters",
+            reason="INVALID_NAME",
+        )
+    return RecordName(parts[1], parts[2], parts[3])

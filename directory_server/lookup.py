@@ -1,0 +1,478 @@
+"""Answers to lookups from the node's verified state, each with its proofs (DESIGN §6).
+
+The gRPC servicer only decodes requests and encodes these answers; every decision about
+what matches and how it ranks is made here or in the pure helpers of the domain.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from counterpart.v1 import directory_service_pb2 as ds
+from counterpart.v1 import federation_pb2, log_pb2, records_pb2
+from directory_server.domain import index, names, signing
+from directory_server.domain.errors import InvalidArgumentError, NotFoundError
+from directory_server.domain.federation import Federation
+from directory_server.domain.index import fold
+from directory_server.domain.query import (
+    ProofTree,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+    parse_filter,
+)
+from directory_server.domain.records import Record
+from directory_server.domain.timeutil import from_timestamp, to_duration, to_timestamp, utcnow
+from directory_server.storage.models import RecordRow
+from directory_server.storage.store import Store
+
+_SUBDIVISION_RE = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
+_POSTAL_RE = re.compile(r"^[0-9][0-9A-Z\- ]{1,9}$")
+_LANG_RE = re.compile(r"^[a-zA-Z]{2,3}(?:-[a-zA-Z0-9]{1,8})*$")
+
+_KIND_CLASS: dict[str, type[Record]] = {
+    "authority": records_pb2.Authority,
+    "contact": records_pb2.Contact,
+    "rule": records_pb2.Rule,
+    "treaty": records_pb2.Treaty,
+}
+_SCOPE_RANK = {
+    federation_pb2.INSTRUMENT_SCOPE_BILATERAL: 0,
+    federation_pb2.INSTRUMENT_SCOPE_REGIONAL: 1,
+    federation_pb2.INSTRUMENT_SCOPE_UNIVERSAL: 2,
+}
+
+
+@dataclass
+class Loaded:
+    """A current record with what proves it."""
+
+    name: str
+    member: str
+    record: Record
+    proof: ds.RecordProof
+
+
+@dataclass
+class Evidence:
+    """Collects the proofs and provenance an answer needs, once per record / member."""
+
+    proofs: dict[str, ds.RecordProof] = field(default_factory=dict)
+    members: set[str] = field(default_factory=set)
+
+    def add(self, loaded: Loaded) -> None:
+        self.proofs[loaded.name] = loaded.proof
+        self.members.add(loaded.member)
+
+
+class Directory:
+    """Read-only lookups over a Store, for one federation document."""
+
+    def __init__(self, store: Store, federation: Callable[[], Federation], clock: Callable[[], datetime] = utcnow) -> None:
+        self.store = store
+        self._federation = federation
+        self.clock = clock
+        self._trees: dict[str, tuple[bytes, ProofTree]] = {}
+        self._lock = threading.Lock()
+
+    def federation(self) -> Federation:
+        return self._federation()
+
+    # --- proofs ------------------------------------------------------------------------
+
+    def _tree(self, member: str) -> tuple[bytes, ProofTree]:
+        """(checkpoint envelope, tree at the checkpoint's size), cached until it changes."""
+        checkpoint = self.store.checkpoint(member)
+        if checkpoint is None:
+            raise NotFoundError(f"this node holds no verified data of member {member}", reason="MEMBER_NOT_FOUND")
+        with self._lock:
+            cached = self._trees.get(member)
+            if cached is not None and cached[0] == checkpoint:
+                return cached
+        env = signing.parse_envelope(checkpoint, signing.CHECKPOINT_TYPE)
+        cp = log_pb2.Checkpoint.FromString(env.payload)
+        tree = ProofTree(self.store.leaf_hashes(member, upto=cp.size))
+        with self._lock:
+            self._trees[member] = (checkpoint, tree)
+        return checkpoint, tree
+
+    def _load_rows(self, rows: Sequence[RecordRow]) -> list[Loaded]:
+        out = []
+        for row in rows:
+            envelope = self.store.envelope(row.member, row.seq)
+            if envelope is None:  # derived state points at a missing entry: rebuild needed
+                raise NotFoundError(f"{row.name}: entry {row.member}/{row.seq} is missing", reason="INDEX_STALE")
+            _, tree = self._tree(row.member)
+            entry = log_pb2.Entry.FromString(signing.parse_envelope(envelope).payload)
+            record: Record = getattr(entry, row.kind)
+            proof = ds.RecordProof(
+                name=row.name, signed_entry=envelope, leaf_index=row.seq - 1, tree_size=tree.size,
+                inclusion_path=tree.inclusion_path(row.seq - 1),
+            )
+            out.append(Loaded(row.name, row.member, record, proof))
+        return out
+
+    def provenance(self, member: str) -> ds.Provenance:
+        checkpoint, _ = self._tree(member)
+        cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(checkpoint).payload)
+        now = self.clock()
+        issued = from_timestamp(cp.issue_time)
+        p = ds.Provenance(
+            member=member, checkpoint_size=cp.size, stale=now > from_timestamp(cp.expire_time),
+            signed_checkpoint=checkpoint,
+        )
+        p.checkpoint_issue_time.CopyFrom(cp.issue_time)
+        p.checkpoint_expire_time.CopyFrom(cp.expire_time)
+        p.checkpoint_age.CopyFrom(to_duration(max(now - issued, now - now)))
+        return p
+
+    # --- Get / List / Search -----------------------------------------------------------
+
+    def get(self, name: str, collection: str) -> tuple[Loaded, ds.Provenance]:
+        parsed = names.parse_record_name(name, collection)
+        row = self.store.record_row(str(parsed))
+        if row is None or not row.public:
+            raise NotFoundError(f"{name} does not exist", reason="RECORD_NOT_FOUND")
+        loaded = self._load_rows([row])[0]
+        return loaded, self.provenance(row.member)
+
+    def list(
+        self, kind: str, parent: str, size: int, token: str, filter_text: str
+    ) -> tuple[list[Loaded], str, list[ds.Provenance]]:
+        member = names.parse_parent(parent)
+        conditions = parse_filter(filter_text, kind)
+        limit = page_size(size, 50, 500)
+        scope = f"{kind}|{parent}|{filter_text}"
+        after = decode_page_token(token, scope)
+        if member is not None and self._federation().member(member) is None and not self.store.checkpoint(member):
+            raise NotFoundError(f"members/{member} is not a member of the federation", reason="MEMBER_NOT_FOUND")
+        rows = self.store.list_rows(
+            kind, member, after, limit + 1, public_only=True,
+            attrs=[(c.field, c.op, c.value) for c in conditions],
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        loaded = self._load_rows(rows)
+        next_token = encode_page_token(scope, rows[-1].name) if more and rows else ""
+        return loaded, next_token, [self.provenance(m) for m in sorted({r.member for r in rows})]
+
+    def search(self, query: str, member: str, size: int, token: str) -> tuple[list[Loaded], str, list[ds.Provenance]]:
+        folded = fold(query)
+        if len(folded) < 2:
+            raise InvalidArgumentError(
+                f"query {query!r} is too short: give at least two letters or digits", reason="QUERY_TOO_SHORT"
+            )
+        if member:
+            names.check_member_code(member)
+        limit = page_size(size, 20, 100)
+        scope = f"search|{member}|{folded}"
+        offset_text = decode_page_token(token, scope)
+        offset = int(offset_text) if offset_text.isdigit() else 0
+        hits = self.store.search(folded, member or None, limit + 1, offset)
+        more = len(hits) > limit
+        rows_by_name = self.store.record_rows([n for n, _ in hits[:limit]])
+        rows = [rows_by_name[n] for n, _ in hits[:limit] if n in rows_by_name and rows_by_name[n].public]
+        loaded = self._load_rows(rows)
+        next_token = encode_page_token(scope, str(offset + limit)) if more else ""
+        return loaded, next_token, [self.provenance(m) for m in sorted({r.member for r in rows})]
+
+    # --- members -----------------------------------------------------------------------
+
+    def member_info(self, code: str) -> ds.MemberInfo:
+        names.check_member_code(code)
+        m = self._federation().member(code)
+        has_data = self.store.checkpoint(code) is not None
+        if m is None and not has_data:
+            raise NotFoundError(f"members/{code} is not a member of the federation", reason="MEMBER_NOT_FOUND")
+        info = ds.MemberInfo(name=f"members/{code}", code=code)
+        if m is not None:
+            info.display_name = m.display_name
+            info.endpoints.extend(m.endpoints)
+        if has_data:
+            counts = self.store.count_records(code)
+            info.log_size = self.store.log_size(code)
+            info.authority_count = counts.get("authority", 0)
+            info.contact_count = counts.get("contact", 0)
+            info.rule_count = counts.get("rule", 0)
+            info.treaty_count = counts.get("treaty", 0)
+            info.provenance.CopyFrom(self.provenance(code))
+        return info
+
+    def members(self, size: int, token: str) -> tuple[list[ds.MemberInfo], str]:
+        limit = page_size(size, 50, 500)
+        after = decode_page_token(token, "members")
+        codes = sorted({m.code for m in self._federation().members()} | set(self.store.checkpoints()))
+        codes = [c for c in codes if c > after]
+        page = codes[:limit]
+        next_token = encode_page_token("members", page[-1]) if len(codes) > limit else ""
+        return [self.member_info(c) for c in page], next_token
+
+    # --- FindCounterpart ---------------------------------------------------------------
+
+    def find_counterpart(self, req: ds.FindCounterpartRequest) -> ds.FindCounterpartResponse:
+        federation = self._federation()
+        vocab = federation.vocabulary
+        member = req.requested_member
+        if not member:
+            raise InvalidArgumentError("requested_member is required (e.g. GE)", reason="MISSING_ARGUMENT")
+        names.check_member_code(member, "requested_member")
+        if req.requesting_member:
+            names.check_member_code(req.requesting_member, "requesting_member")
+        if not req.request_type:
+            raise InvalidArgumentError("request_type is required (e.g. mla.hearing.witness)", reason="MISSING_ARGUMENT")
+        if req.request_type not in vocab.request_types:
+            raise InvalidArgumentError(f"unknown request type {req.request_type!r}", reason="UNKNOWN_REQUEST_TYPE")
+        if req.offence_category and req.offence_category not in vocab.offence_categories:
+            raise InvalidArgumentError(f"unknown offence category {req.offence_category!r}", reason="UNKNOWN_OFFENCE_CATEGORY")
+        for tag in req.preferred_languages:
+            if not _LANG_RE.match(tag):
+                raise InvalidArgumentError(f"{tag!r} is not a BCP 47 language tag", reason="INVALID_LANGUAGE")
+        if self.store.checkpoint(member) is None:
+            raise NotFoundError(f"this node holds no verified data of member {member}", reason="MEMBER_NOT_FOUND")
+
+        resp = ds.FindCounterpartResponse()
+        evidence = Evidence()
+        place = self._resolve_place(member, req.place, resp.warnings)
+        resp.place.CopyFrom(place)
+
+        rule = self._load_name(f"members/{member}/rules/{req.request_type}")
+        if rule is not None:
+            evidence.add(rule)
+            assert isinstance(rule.record, records_pb2.Rule)
+            resp.rule.CopyFrom(rule.record)
+            if rule.record.possible == records_pb2.POSSIBILITY_NO:
+                resp.warnings.append(f"{member} states that {req.request_type} is not possible; see the rule's alternatives")
+        else:
+            resp.warnings.append(f"{member} has published no procedural rule for {req.request_type}")
+
+        candidates = self._candidates(member, req, place, rule.record if rule else None)
+        for cand, loaded in candidates:
+            evidence.add(loaded)
+            resp.candidates.append(cand)
+            if cand.authority.urgent_contact.ByteSize() and (req.urgent or cand.authority.urgent_contact.always_available):
+                resp.urgent_contacts.append(cand.authority.urgent_contact)
+        if not candidates:
+            resp.warnings.append(f"no authority of {member} lists a competence for {req.request_type} covering this place")
+
+        bases = self._legal_bases(member, req.requesting_member, req.request_type, federation, evidence, resp.warnings)
+        resp.legal_bases.extend(bases)
+        resp.route = self._route(rule.record if rule else None, bases, req.urgent, resp.warnings)
+        resp.languages.extend(self._languages(rule.record if rule else None, bases, candidates))
+
+        for contact in self._contacts([c.authority.name for c, _ in candidates]):
+            evidence.add(contact)
+            assert isinstance(contact.record, records_pb2.Contact)
+            resp.contacts.append(contact.record)
+
+        self._uncertainty_warnings(evidence, resp.warnings)
+        for m in sorted(evidence.members):
+            prov = self.provenance(m)
+            if prov.stale:
+                resp.warnings.append(f"the data of {m} is stale: its latest checkpoint expired")
+            resp.provenances.append(prov)
+        resp.proofs.extend(evidence.proofs[n] for n in sorted(evidence.proofs))
+        return resp
+
+    def _load_name(self, name: str) -> Loaded | None:
+        row = self.store.record_row(name)
+        if row is None or not row.public:
+            return None
+        return self._load_rows([row])[0]
+
+    def _resolve_place(self, member: str, query: str, warnings: list[str]) -> ds.ResolvedPlace:
+        place = ds.ResolvedPlace(query=query)
+        q = query.strip()
+        if not q:
+            place.level = ds.COVERAGE_LEVEL_NATIONAL
+            return place
+        m = _SUBDIVISION_RE.match(q.upper())
+        if m and "-" in q:
+            if m.group(1) != member:
+                raise InvalidArgumentError(f"place {q} is not in {member}", reason="PLACE_OUTSIDE_MEMBER")
+            place.level = ds.COVERAGE_LEVEL_SUBDIVISION
+            place.subdivision = q.upper()
+            return place
+        if _POSTAL_RE.match(q.upper()):
+            place.level = ds.COVERAGE_LEVEL_POSTAL_CODE
+            place.postal_code = q.upper()
+            return place
+        rows = self.store.places(member, fold(q))
+        if rows:
+            place.level = ds.COVERAGE_LEVEL_MUNICIPALITY
+            place.municipality = rows[0].display
+            subdivisions = sorted({r.subdivision for r in rows if r.subdivision})
+            if subdivisions:
+                place.subdivision = subdivisions[0]
+            return place
+        place.level = ds.COVERAGE_LEVEL_UNSPECIFIED
+        warnings.append(
+            f"place {q!r} is not a subdivision code, postal code or municipality known to {member}'s records; "
+            "only authorities with national competence are shown"
+        )
+        return place
+
+    def _candidates(
+        self, member: str, req: ds.FindCounterpartRequest, place: ds.ResolvedPlace, rule: records_pb2.Rule | None
+    ) -> list[tuple[ds.Candidate, Loaded]]:
+        roles: dict[str, set[int]] = {}
+        for c in self.store.competences(member, req.request_type):
+            if req.offence_category and c.offence not in ("", req.offence_category):
+                continue
+            if req.stage and c.stage not in (0, int(req.stage)):
+                continue
+            roles.setdefault(c.name, set()).add(c.role)
+        named_by_rule: dict[str, str] = {}
+        if rule is not None:
+            if rule.receiving_authority:
+                named_by_rule[rule.receiving_authority] = "named by the rule as competent to receive"
+                roles.setdefault(rule.receiving_authority, set()).add(records_pb2.COMPETENCE_ROLE_RECEIVES)
+            if rule.executing_authority:
+                named_by_rule.setdefault(rule.executing_authority, "named by the rule as competent to execute")
+                roles.setdefault(rule.executing_authority, set()).add(records_pb2.COMPETENCE_ROLE_EXECUTES)
+
+        levels: dict[str, tuple[int, str]] = {}
+        folded = fold(place.query) if place.level == ds.COVERAGE_LEVEL_MUNICIPALITY else ""
+        for cov in self.store.coverage(list(roles)):
+            match: tuple[int, str] | None = None
+            if cov.level == index.LEVEL_NATIONAL:
+                match = (ds.COVERAGE_LEVEL_NATIONAL, f"competent for the whole of {member}")
+            elif cov.level == index.LEVEL_SUBDIVISION and place.subdivision and cov.key == place.subdivision:
+                match = (ds.COVERAGE_LEVEL_SUBDIVISION, f"competent for subdivision {cov.key}")
+            elif cov.level == index.LEVEL_MUNICIPALITY and folded and cov.key == folded:
+                match = (ds.COVERAGE_LEVEL_MUNICIPALITY, f"competent for the municipality {place.municipality}")
+            elif (
+                cov.level == index.LEVEL_POSTAL_CODE and place.postal_code
+                and len(cov.key) == len(place.postal_code) and cov.key <= place.postal_code <= cov.last
+            ):
+                match = (ds.COVERAGE_LEVEL_POSTAL_CODE, f"competent for postal codes {cov.key}-{cov.last}")
+            if match and match[0] > levels.get(cov.name, (0, ""))[0]:
+                levels[cov.name] = match
+        rows = self.store.record_rows(list(levels))
+        loaded = {ld.name: ld for ld in self._load_rows([rows[n] for n in sorted(levels) if n in rows])}
+        out: list[tuple[ds.Candidate, Loaded]] = []
+        for name, ld in loaded.items():
+            assert isinstance(ld.record, records_pb2.Authority)
+            auth = ld.record
+            level, why = levels[name]
+            cand = ds.Candidate(coverage_level=level)  # type: ignore[arg-type]
+            cand.authority.CopyFrom(auth)
+            cand.roles.extend(sorted(roles[name]))
+            role_words = ", ".join(records_pb2.CompetenceRole.Name(r).removeprefix("COMPETENCE_ROLE_").lower() for r in sorted(roles[name]))
+            cand.reasons.append(f"{role_words} {req.request_type}")
+            cand.reasons.append(why)
+            if name in named_by_rule:
+                cand.reasons.append(named_by_rule[name])
+            wanted = [lang for lang in req.preferred_languages if lang in auth.languages]
+            cand.matching_languages.extend(wanted)
+            if wanted:
+                cand.reasons.append("accepts " + ", ".join(wanted))
+            if req.urgent and auth.urgent_contact.always_available:
+                cand.reasons.append("has a contact reachable around the clock")
+            out.append((cand, ld))
+
+        def rank(item: tuple[ds.Candidate, Loaded]) -> tuple[int, int, int, int, str]:
+            cand, _ = item
+            return (
+                -int(cand.coverage_level),
+                0 if cand.authority.name in named_by_rule else 1,
+                -len(cand.matching_languages),
+                0 if (req.urgent and cand.authority.urgent_contact.always_available) else 1,
+                cand.authority.name,
+            )
+
+        out.sort(key=rank)
+        return out
+
+    def _legal_bases(
+        self, member: str, requesting: str, request_type: str, federation: Federation,
+        evidence: Evidence, warnings: list[str],
+    ) -> list[ds.LegalBasis]:
+        requesting_known = bool(requesting) and self.store.checkpoint(requesting) is not None
+        if requesting and not requesting_known:
+            warnings.append(
+                f"this node holds no records of {requesting}: legal bases are shown from {member}'s side only"
+            )
+        bases: list[ds.LegalBasis] = []
+        for code, instrument in federation.vocabulary.instruments.items():
+            if request_type not in instrument.request_types:
+                continue
+            if instrument.parties and requesting and requesting not in instrument.parties:
+                continue
+            theirs = self._load_name(f"members/{member}/treaties/{code}")
+            if theirs is None or not isinstance(theirs.record, records_pb2.Treaty):
+                continue
+            if theirs.record.status != records_pb2.TREATY_STATUS_IN_FORCE:
+                continue
+            ours = self._load_name(f"members/{requesting}/treaties/{code}") if requesting_known else None
+            ours_in_force = (
+                ours is not None and isinstance(ours.record, records_pb2.Treaty)
+                and ours.record.status == records_pb2.TREATY_STATUS_IN_FORCE
+            )
+            if requesting_known and not ours_in_force:
+                continue
+            evidence.add(theirs)
+            if ours is not None:
+                evidence.add(ours)
+            basis = ds.LegalBasis(
+                instrument=code, title=instrument.title, scope=instrument.scope,
+                direct_transmission=instrument.direct_transmission, requested_member_party=True,
+                requesting_member_party=ours_in_force,
+            )
+            basis.declared_languages.extend(theirs.record.declared_languages)
+            side = f"in force for {member}" + (f" and {requesting}" if ours_in_force else "")
+            basis.explanation = f"{instrument.title} covers {request_type}; {side}"
+            bases.append(basis)
+        bases.sort(key=lambda b: (_SCOPE_RANK.get(b.scope, 3), b.instrument))
+        if not bases:
+            warnings.append(f"no instrument in force for {member} covers {request_type}; reciprocity may apply")
+        return bases
+
+    @staticmethod
+    def _route(
+        rule: records_pb2.Rule | None, bases: Sequence[ds.LegalBasis], urgent: bool, warnings: list[str]
+    ) -> int:
+        if rule is None or not rule.routes:
+            return records_pb2.TRANSMISSION_ROUTE_CENTRAL_AUTHORITY
+        direct_allowed = any(b.direct_transmission for b in bases)
+        for route in rule.routes:
+            if route == records_pb2.TRANSMISSION_ROUTE_DIRECT and not direct_allowed:
+                continue
+            if urgent and rule.interpol_for_urgent:
+                warnings.append("urgent: an advance copy through Interpol is accepted")
+            return int(route)
+        return records_pb2.TRANSMISSION_ROUTE_CENTRAL_AUTHORITY
+
+    @staticmethod
+    def _languages(
+        rule: records_pb2.Rule | None, bases: Sequence[ds.LegalBasis], candidates: Iterable[tuple[ds.Candidate, Loaded]]
+    ) -> list[str]:
+        out: list[str] = []
+        sources: list[Iterable[str]] = [rule.languages if rule else [], *[b.declared_languages for b in bases]]
+        if rule is None or not rule.languages:
+            sources.extend(c.authority.languages for c, _ in candidates)
+        for src in sources:
+            for lang in src:
+                if lang not in out:
+                    out.append(lang)
+        return out
+
+    def _contacts(self, authorities: Sequence[str]) -> list[Loaded]:
+        out: list[Loaded] = []
+        for name in authorities:
+            rows = self.store.list_rows("contact", None, "", 50, public_only=True, attrs=[("authority", "=", name)])
+            out.extend(self._load_rows(rows))
+        return out
+
+    def _uncertainty_warnings(self, evidence: Evidence, warnings: list[str]) -> None:
+        for name, proof in sorted(evidence.proofs.items()):
+            entry = log_pb2.Entry.FromString(signing.parse_envelope(proof.signed_entry).payload)
+            body = entry.WhichOneof("body")
+            rec = getattr(entry, body) if body else None
+            for note in getattr(rec, "notes", []):
+                if "uncertain" in note.text.lower():
+                    warnings.append(f"{name}: {note.text}")
+                    break

@@ -1,0 +1,252 @@
+"""A national node: its storage, trust root and key, and the operations on them.
+
+This is the application layer between the CLI / gRPC adapters and the pure domain:
+it reads and writes through the Store and decides nothing that the domain decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from directory_server.config import NodeConfig
+from directory_server.domain import federation as fed
+from directory_server.domain import log, merkle, signing
+from directory_server.domain.errors import (
+    ConfigurationError,
+    CounterpartError,
+    SignatureError,
+    ValidationError,
+    VerificationError,
+)
+from directory_server.domain.records import SourcedRecord, load_records
+from directory_server.domain.timeutil import from_timestamp, utcnow
+from directory_server.storage.store import Store
+
+
+@dataclass
+class PublishPlan:
+    """What a publish would append: the difference against the current state."""
+
+    added: list[SourcedRecord] = field(default_factory=list)
+    changed: list[SourcedRecord] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    appended: int = 0  # entries actually appended (0 on a dry run)
+    checkpoint_size: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.changed or self.deleted)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong on disk, found by verify."""
+
+    member: str
+    seq: int  # 0: not about one entry
+    reason: str
+    message: str
+
+
+class Node:
+    def __init__(self, config: NodeConfig, store: Store | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+        self.config = config
+        self.store = store or Store(config.db_url)
+        self.clock = clock
+        self._federation: fed.Federation | None = None
+
+    @property
+    def member(self) -> str:
+        return self.config.member
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- trust root ----------------------------------------------------------------------
+
+    def federation(self) -> fed.Federation:
+        """The current federation document, re-verified from disk once per process."""
+        if self._federation is None:
+            chain = self.store.federation_chain()
+            if not chain:
+                raise ConfigurationError(
+                    "this node has no federation document; install one with "
+                    "`counterpart-node federation install FILE`",
+                    reason="NO_FEDERATION",
+                )
+            current = fed.verify_initial(chain[0], from_timestamp(fed.parse_document(chain[0])[1].issue_time))
+            for envelope in chain[1:]:
+                issued = from_timestamp(fed.parse_document(envelope)[1].issue_time)
+                current = fed.verify_next(current, envelope, issued)
+            self._federation = current
+        return self._federation
+
+    def install_federation(self, envelope: bytes) -> fed.Federation:
+        """Accept a first document, or exactly the next version of the current one."""
+        now = self.clock()
+        if not self.store.federation_chain():
+            accepted = fed.verify_initial(envelope, now)
+        else:
+            accepted = fed.verify_next(self.federation(), envelope, now)
+        self.store.put_federation(accepted.version, envelope, now)
+        self._federation = accepted
+        return accepted
+
+    # --- keys ----------------------------------------------------------------------------
+
+    def signing_key(self, passphrase: bytes) -> signing.SigningKey:
+        """The node's key, checked against the member's keys in the federation document."""
+        key = signing.read_key_file(self.config.key_path, passphrase)
+        member = self.federation().member(self.member)
+        if member is None:
+            raise ConfigurationError(
+                f"{self.member} is not a member of federation {self.federation().document.federation_id}",
+                reason="NOT_A_MEMBER",
+            )
+        match = [k for k in member.keys if k.key_id == key.key_id]
+        if not match:
+            raise ConfigurationError(
+                f"the node key {key.key_id} is not among {self.member}'s keys in the federation document",
+                reason="KEY_NOT_IN_FEDERATION",
+            )
+        if not fed.key_valid_at(match[0], self.clock()):
+            raise ConfigurationError(f"the node key {key.key_id} is not valid now", reason="KEY_NOT_VALID")
+        return key
+
+    # --- reading own log -----------------------------------------------------------------
+
+    def verified_entries(self, member: str) -> list[log.LogEntry]:
+        """Every entry of a member's log, each signature re-checked (verify before trusting disk)."""
+        federation = self.federation()
+        return [log.verify_entry(env, member, seq, federation) for seq, env in self.store.envelopes(member)]
+
+    def current_state(self, member: str) -> dict[str, log.LogEntry]:
+        latest: dict[str, log.LogEntry] = {}
+        for e in self.verified_entries(member):
+            latest[e.name] = e
+        return {n: e for n, e in latest.items() if e.kind != "deletion"}
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def plan(self, path: Path) -> PublishPlan:
+        """Validate the files and compute the difference against the current state."""
+        federation = self.federation()
+        records = load_records(path, self.member, federation.vocabulary)
+        current = self.current_state(self.member)
+        plan = PublishPlan()
+        wanted = {r.name for r in records}
+        for r in records:
+            old = current.get(r.name)
+            if old is None:
+                plan.added.append(r)
+            elif old.record is None or old.record.SerializeToString(deterministic=True) != r.record.SerializeToString(deterministic=True):
+                plan.changed.append(r)
+            else:
+                plan.unchanged += 1
+        plan.deleted = sorted(n for n in current if n not in wanted)
+        return plan
+
+    def publish(self, path: Path, passphrase: bytes | None, dry_run: bool = False) -> PublishPlan:
+        """Append the difference as signed entries and sign a checkpoint over the new log.
+
+        Publishing the same files twice appends nothing. On any error nothing is appended.
+        """
+        plan = self.plan(path)
+        size = self.store.log_size(self.member)
+        plan.checkpoint_size = size
+        if dry_run or plan.empty:
+            return plan
+        if passphrase is None:
+            raise ConfigurationError("a key passphrase is needed to publish", reason="NO_PASSPHRASE")
+        key = self.signing_key(passphrase)
+        limits = self.federation().limits
+        now = self.clock()
+        entries: list[log.LogEntry] = []
+        for r in [*plan.added, *plan.changed]:
+            e = log.build_entry(self.member, size + len(entries) + 1, r.name, r.record, now, key)
+            if len(e.envelope) > limits.max_entry_bytes:
+                raise ValidationError(
+                    f"the signed entry is {len(e.envelope)} bytes; the federation allows {limits.max_entry_bytes}",
+                    reason="ENTRY_TOO_LARGE", file=r.file, record=r.name,
+                )
+            entries.append(e)
+        for name in plan.deleted:
+            entries.append(log.build_entry(self.member, size + len(entries) + 1, name, None, now, key, "not in the published files"))
+        if size + len(entries) > limits.max_entries_per_member:
+            raise ValidationError(
+                f"the log would hold {size + len(entries)} entries; the federation allows {limits.max_entries_per_member}",
+                reason="LOG_TOO_LARGE",
+            )
+        hashes = self.store.leaf_hashes(self.member) + [e.leaf_hash for e in entries]
+        checkpoint = log.build_checkpoint(
+            self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td
+        )
+        self.store.append(self.member, size, entries, checkpoint)
+        plan.appended = len(entries)
+        plan.checkpoint_size = checkpoint.size
+        return plan
+
+    def heartbeat(self, key: signing.SigningKey, force: bool = False) -> log.LogCheckpoint | None:
+        """Re-sign the own checkpoint when half its validity has passed (or when forced),
+        so readers can tell a live origin from a frozen copy (DESIGN §3)."""
+        now = self.clock()
+        row = self.store.checkpoint_row(self.member)
+        hashes = self.store.leaf_hashes(self.member)
+        if row is not None and not force:
+            half = (row.expire_time - row.issue_time) / 2
+            if now < row.issue_time + half:
+                return None
+        cp = log.build_checkpoint(self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td)
+        self.store.put_checkpoint(cp)
+        return cp
+
+    # --- integrity -----------------------------------------------------------------------
+
+    def verify(self) -> tuple[int, list[Problem]]:
+        """Re-check every signature and root on disk; return (entries checked, problems)."""
+        problems: list[Problem] = []
+        checked = 0
+        try:
+            federation = self.federation()
+        except CounterpartError as e:
+            return 0, [Problem("", 0, e.reason, f"federation document: {e.message}")]
+        members = sorted(set(self.store.members_with_logs()) | set(self.store.checkpoints()))
+        for member in members:
+            hashes: list[bytes] = []
+            for seq, envelope in self.store.envelopes(member):
+                checked += 1
+                hashes.append(merkle.leaf_hash(envelope))
+                try:
+                    log.verify_entry(envelope, member, seq, federation)
+                except CounterpartError as e:
+                    problems.append(Problem(member, seq, e.reason, e.message))
+            stored = self.store.leaf_hashes(member)
+            for i, (a, b) in enumerate(zip(hashes, stored, strict=True)):
+                if a != b:
+                    problems.append(Problem(member, i + 1, "LEAF_HASH_MISMATCH", "stored leaf hash differs from the envelope's hash"))
+            cp_env = self.store.checkpoint(member)
+            if cp_env is None:
+                problems.append(Problem(member, 0, "NO_CHECKPOINT", "the log has no checkpoint"))
+                continue
+            try:
+                cp = log.verify_checkpoint(cp_env, member, federation)
+                log.check_root(member, cp, hashes)
+            except (VerificationError, SignatureError) as e:
+                problems.append(Problem(member, 0, e.reason, f"checkpoint: {e.message}"))
+        return checked, problems
+
+    def rebuild(self) -> int:
+        """Re-derive every lookup index from the verified envelopes."""
+        members = self.store.members_with_logs()
+        return self.store.rebuild_derived({m: self.verified_entries(m) for m in members})
+
+
+def open_node(config: NodeConfig, clock: Callable[[], datetime] = utcnow) -> Node:
+    return Node(config, clock=clock)
+
+
+__all__: Sequence[str] = ["Node", "PublishPlan", "Problem", "open_node"]

@@ -1,0 +1,142 @@
+"""The node's gRPC server: DirectoryService, health checking, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from counterpart.v1 import directory_service_pb2, directory_service_pb2_grpc
+from directory_server.domain import signing
+from directory_server.domain.errors import CounterpartError
+from directory_server.lookup import Directory
+from directory_server.node import Node
+from directory_server.service.directory import DirectoryServicer
+
+log = logging.getLogger("counterpart.node")
+DIRECTORY_SERVICE = directory_service_pb2.DESCRIPTOR.services_by_name["DirectoryService"].full_name
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any `extra` fields."""
+
+    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class _AccessLog(grpc.ServerInterceptor):
+    """Logs every call with its method, status code and duration."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = details.method
+
+        def logged(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return inner(request, context)
+            except Exception:
+                code = context.code().name if context.code() else "UNKNOWN"  # type: ignore[union-attr]
+                raise
+            finally:
+                log.info("rpc", extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1000, 2)})
+
+        return grpc.unary_unary_rpc_method_handler(
+            logged, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+
+class NodeServer:
+    """A running node: its gRPC server and its heartbeat thread."""
+
+    def __init__(self, node: Node, address: str, *, max_workers: int = 16, access_log: bool = True) -> None:
+        self.node = node
+        self.directory = Directory(node.store, node.federation, node.clock)
+        interceptors = [_AccessLog()] if access_log else []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors)
+        directory_service_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(self.directory), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (DIRECTORY_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise CounterpartError(f"cannot listen on {address}", reason="LISTEN_FAILED")
+        self.address = address.rsplit(":", 1)[0] + f":{self.port}"
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def start(self, key: signing.SigningKey | None = None) -> None:
+        self.node.federation()  # refuse to serve without a trust root
+        self.server.start()
+        for service in ("", DIRECTORY_SERVICE):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if key is not None:
+            self._heartbeat = threading.Thread(target=self._beat, args=(key,), name="heartbeat", daemon=True)
+            self._heartbeat.start()
+        log.info("serving", extra={"address": self.address, "member": self.node.member})
+
+    def _beat(self, key: signing.SigningKey) -> None:
+        interval = self.node.config.heartbeat_interval_td.total_seconds()
+        while not self._stop.is_set():
+            try:
+                cp = self.node.heartbeat(key)
+                if cp is not None:
+                    log.info("heartbeat checkpoint", extra={"size": cp.size, "expires": cp.expire_time.isoformat()})
+            except CounterpartError as e:
+                log.warning("heartbeat failed", extra={"reason": e.reason, "error": e.message})
+            self._stop.wait(interval)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Graceful shutdown: report NOT_SERVING, let calls in flight finish, then stop."""
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        log.info("stopped", extra={"member": self.node.member})
+
+    def wait_for_signal(self) -> None:
+        done = threading.Event()
+
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("signal received; shutting down", extra={"signal": signal.Signals(signum).name})
+            done.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        done.wait()
+        self.stop()

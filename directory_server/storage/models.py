@@ -1,0 +1,141 @@
+"""Tables: raw envelopes (the source of truth) and derived, indexed lookup state.
+
+Alembic owns the schema (storage/migrations); these models describe it for queries.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FederationDocumentRow(Base):
+    """Every accepted version of the federation document, exactly as signed."""
+
+    __tablename__ = "federation_documents"
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    accepted_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EntryRow(Base):
+    """One log entry of one member, exactly as the origin signed it."""
+
+    __tablename__ = "entries"
+    member: Mapped[str] = mapped_column(String(16), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    publish_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_entries_name", "name"),)
+
+
+class CheckpointRow(Base):
+    """The latest verified checkpoint of each member (the per-member cursor is its size)."""
+
+    __tablename__ = "checkpoints"
+    member: Mapped[str] = mapped_column(String(16), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    issue_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expire_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RecordRow(Base):
+    """Derived: the current record of each name (its latest entry, unless a deletion)."""
+
+    __tablename__ = "records"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    member: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    public: Mapped[bool] = mapped_column(Boolean)
+    label: Mapped[str] = mapped_column(String(2000))
+
+    __table_args__ = (Index("ix_records_kind_member_name", "kind", "member", "name"),)
+
+
+class RecordAttrRow(Base):
+    """Derived: simple attributes of a record that filters compare against."""
+
+    __tablename__ = "record_attrs"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    attr: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
+class SearchTermRow(Base):
+    """Derived: folded names and places of a record, for search in any script."""
+
+    __tablename__ = "search_terms"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    term: Mapped[str] = mapped_column(String(2000), primary_key=True)
+    member: Mapped[str] = mapped_column(String(16))
+
+    __table_args__ = (Index("ix_search_terms_member", "member"),)
+
+
+class CoverageIndexRow(Base):
+    """Derived: where an authority is competent."""
+
+    __tablename__ = "coverage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    member: Mapped[str] = mapped_column(String(16))
+    level: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(2000))
+    last: Mapped[str] = mapped_column(String(64))
+    subdivision: Mapped[str] = mapped_column(String(16))
+
+    __table_args__ = (
+        Index("ix_coverage_name", "name"),
+        Index("ix_coverage_member_level_key", "member", "level", "key"),
+    )
+
+
+class CompetenceIndexRow(Base):
+    """Derived: which request types an authority handles, in which role."""
+
+    __tablename__ = "competences"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    member: Mapped[str] = mapped_column(String(16))
+    request_type: Mapped[str] = mapped_column(String(64))
+    role: Mapped[int] = mapped_column(Integer)
+    offence: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("ix_competences_name", "name"),
+        Index("ix_competences_member_type", "member", "request_type"),
+    )
+
+
+class PlaceIndexRow(Base):
+    """Derived: municipality names a member's records mention, and their subdivision."""
+
+    __tablename__ = "places"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    member: Mapped[str] = mapped_column(String(16))
+    folded: Mapped[str] = mapped_column(String(2000))
+    display: Mapped[str] = mapped_column(String(2000))
+    subdivision: Mapped[str] = mapped_column(String(16))
+
+    __table_args__ = (
+        Index("ix_places_name", "name"),
+        Index("ix_places_member_folded", "member", "folded"),
+    )
+
+
+DERIVED_TABLES = (RecordRow, RecordAttrRow, SearchTermRow, CoverageIndexRow, CompetenceIndexRow, PlaceIndexRow)

@@ -1,0 +1,350 @@
+"""The node's storage: one SQLAlchemy engine over SQLite (default) or PostgreSQL.
+
+Guarantees (checked by tests/contract/test_storage_contract.py on both backends):
+- ``append`` writes entries, their derived rows and the new checkpoint in one transaction,
+  and only if the member's log still has the size the caller computed against; a failure
+  leaves nothing of the batch behind.
+- Envelopes are returned byte for byte as they were given.
+- Derived rows of a name always reflect the latest entry of that name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from directory_server.domain.errors import ConflictError
+from directory_server.domain.index import Derived, derive
+from directory_server.domain.log import LogCheckpoint, LogEntry
+from directory_server.storage.models import (
+    DERIVED_TABLES,
+    CheckpointRow,
+    CompetenceIndexRow,
+    CoverageIndexRow,
+    EntryRow,
+    FederationDocumentRow,
+    PlaceIndexRow,
+    RecordAttrRow,
+    RecordRow,
+    SearchTermRow,
+)
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'node.sqlite3').resolve()}"
+
+
+def _aware(dt: datetime) -> datetime:
+    # SQLite returns naive datetimes; every stored time is UTC.
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+class Store:
+    """All persistent state of a node."""
+
+    def __init__(self, url: str, *, engine_options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        options: dict[str, Any] = {"future": True}
+        if make_url(url).get_backend_name() == "sqlite":
+            options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        options.update(engine_options or {})
+        self.engine: Engine = create_engine(url, **options)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.migrate()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        cfg = Config()
+        cfg.set_main_option(
+            "script_location", str(resources.files("directory_server.storage") / "migrations")
+        )
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self._session() as s, s.begin():
+            yield s
+
+    # --- federation documents ----------------------------------------------------------
+
+    def federation_envelope(self) -> bytes | None:
+        with self._session() as s:
+            row = s.scalars(select(FederationDocumentRow).order_by(FederationDocumentRow.version.desc()).limit(1)).first()
+            return row.envelope if row else None
+
+    def federation_chain(self, from_version: int = 1) -> list[bytes]:
+        with self._session() as s:
+            rows = s.scalars(
+                select(FederationDocumentRow)
+                .where(FederationDocumentRow.version >= from_version)
+                .order_by(FederationDocumentRow.version)
+            )
+            return [r.envelope for r in rows]
+
+    def put_federation(self, version: int, envelope: bytes, now: datetime) -> None:
+        try:
+            with self.transaction() as s:
+                current = s.scalar(select(func.max(FederationDocumentRow.version)))
+                if (current or 0) + 1 != version:
+                    raise ConflictError(
+                        f"federation version {version} does not follow stored version {current or 0}",
+                        reason="VERSION_NOT_NEXT",
+                    )
+                s.add(FederationDocumentRow(version=version, envelope=envelope, accepted_time=now))
+        except IntegrityError as e:
+            raise ConflictError(f"federation version {version} is already stored", reason="VERSION_NOT_NEXT") from e
+
+    # --- logs ----------------------------------------------------------------------------
+
+    def log_size(self, member: str) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.count()).select_from(EntryRow).where(EntryRow.member == member)) or 0)
+
+    def members_with_logs(self) -> list[str]:
+        with self._session() as s:
+            return list(s.scalars(select(EntryRow.member).distinct().order_by(EntryRow.member)))
+
+    def leaf_hashes(self, member: str, upto: int | None = None) -> list[bytes]:
+        with self._session() as s:
+            q = select(EntryRow.leaf_hash).where(EntryRow.member == member)
+            if upto is not None:
+                q = q.where(EntryRow.seq <= upto)
+            return [bytes(h) for h in s.scalars(q.order_by(EntryRow.seq))]
+
+    def envelopes(self, member: str, start: int = 1, end: int | None = None) -> list[tuple[int, bytes]]:
+        """(seq, envelope) for start <= seq <= end, in order."""
+        with self._session() as s:
+            q = select(EntryRow.seq, EntryRow.envelope).where(EntryRow.member == member, EntryRow.seq >= start)
+            if end is not None:
+                q = q.where(EntryRow.seq <= end)
+            return [(int(seq), bytes(env)) for seq, env in s.execute(q.order_by(EntryRow.seq))]
+
+    def envelope(self, member: str, seq: int) -> bytes | None:
+        with self._session() as s:
+            env = s.scalar(select(EntryRow.envelope).where(EntryRow.member == member, EntryRow.seq == seq))
+            return bytes(env) if env is not None else None
+
+    def checkpoint(self, member: str) -> bytes | None:
+        with self._session() as s:
+            env = s.scalar(select(CheckpointRow.envelope).where(CheckpointRow.member == member))
+            return bytes(env) if env is not None else None
+
+    def checkpoints(self) -> dict[str, bytes]:
+        with self._session() as s:
+            return {m: bytes(e) for m, e in s.execute(select(CheckpointRow.member, CheckpointRow.envelope))}
+
+    def append(self, member: str, expected_size: int, entries: Sequence[LogEntry], checkpoint: LogCheckpoint) -> None:
+        """Append verified entries and their checkpoint atomically.
+
+        Raises ConflictError, storing nothing, when the log is no longer ``expected_size``
+        long, when the entries do not continue it without gaps, or when the checkpoint
+        does not cover exactly the new size.
+        """
+        new_size = expected_size + len(entries)
+        if checkpoint.size != new_size or checkpoint.member != member:
+            raise ConflictError(
+                f"{member}: checkpoint covers {checkpoint.size} entries, the batch ends at {new_size}",
+                reason="CHECKPOINT_SIZE_MISMATCH",
+            )
+        for i, e in enumerate(entries):
+            if e.member != member or e.seq != expected_size + 1 + i:
+                raise ConflictError(f"{member}: entry seq {e.seq} does not continue the log", reason="SEQ_GAP")
+        try:
+            with self.transaction() as s:
+                size = s.scalar(select(func.count()).select_from(EntryRow).where(EntryRow.member == member)) or 0
+                if size != expected_size:
+                    raise ConflictError(
+                        f"{member}: log has {size} entries, expected {expected_size}", reason="CONCURRENT_APPEND"
+                    )
+                for e in entries:
+                    s.add(
+                        EntryRow(
+                            member=member, seq=e.seq, name=e.name, kind=e.kind, envelope=e.envelope,
+                            leaf_hash=e.leaf_hash, publish_time=e.publish_time,
+                        )
+                    )
+                    self._apply_derived(s, e.name, derive(e))
+                self._put_checkpoint(s, checkpoint)
+        except IntegrityError as e:
+            raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
+
+    def put_checkpoint(self, checkpoint: LogCheckpoint) -> None:
+        """Store a newer checkpoint of the same size (a heartbeat)."""
+        with self.transaction() as s:
+            size = s.scalar(select(func.count()).select_from(EntryRow).where(EntryRow.member == checkpoint.member)) or 0
+            if size != checkpoint.size:
+                raise ConflictError(
+                    f"{checkpoint.member}: checkpoint covers {checkpoint.size} entries, the log holds {size}",
+                    reason="CHECKPOINT_SIZE_MISMATCH",
+                )
+            self._put_checkpoint(s, checkpoint)
+
+    @staticmethod
+    def _put_checkpoint(s: Session, cp: LogCheckpoint) -> None:
+        row = s.get(CheckpointRow, cp.member)
+        values = dict(
+            size=cp.size, root_hash=cp.root_hash, issue_time=cp.issue_time,
+            expire_time=cp.expire_time, envelope=cp.envelope,
+        )
+        if row is None:
+            s.add(CheckpointRow(member=cp.member, **values))
+        else:
+            for k, v in values.items():
+                setattr(row, k, v)
+
+    # --- derived state -------------------------------------------------------------------
+
+    @staticmethod
+    def _apply_derived(s: Session, name: str, d: Derived | None) -> None:
+        for table in DERIVED_TABLES:
+            s.execute(delete(table).where(table.name == name))
+        if d is None:
+            return
+        s.add(RecordRow(name=d.name, member=d.member, kind=d.kind, seq=d.seq, public=d.public, label=d.label[:2000]))
+        s.add_all(RecordAttrRow(name=d.name, attr=k, value=v[:200]) for k, v in d.attrs.items())
+        s.add_all(SearchTermRow(name=d.name, term=t[:2000], member=d.member) for t in d.search_terms)
+        s.add_all(
+            CoverageIndexRow(name=d.name, member=d.member, level=c.level, key=c.key[:2000], last=c.last, subdivision=c.subdivision)
+            for c in d.coverage
+        )
+        s.add_all(
+            CompetenceIndexRow(name=d.name, member=d.member, request_type=c.request_type, role=c.role, offence=c.offence, stage=c.stage)
+            for c in d.competences
+        )
+        s.add_all(
+            PlaceIndexRow(name=d.name, member=d.member, folded=p.folded[:2000], display=p.display[:2000], subdivision=p.subdivision)
+            for p in d.places
+        )
+
+    def rebuild_derived(self, entries_by_member: dict[str, Sequence[LogEntry]]) -> int:
+        """Replace all derived rows by those of the latest entry of each name."""
+        count = 0
+        with self.transaction() as s:
+            for table in DERIVED_TABLES:
+                s.execute(delete(table))
+            for entries in entries_by_member.values():
+                latest: dict[str, LogEntry] = {}
+                for e in entries:
+                    latest[e.name] = e
+                for name, e in latest.items():
+                    d = derive(e)
+                    if d is not None:
+                        self._apply_derived(s, name, d)
+                        count += 1
+        return count
+
+    def record_row(self, name: str) -> RecordRow | None:
+        with self._session() as s:
+            return s.get(RecordRow, name)
+
+    def record_rows(self, names: Sequence[str]) -> dict[str, RecordRow]:
+        if not names:
+            return {}
+        with self._session() as s:
+            return {r.name: r for r in s.scalars(select(RecordRow).where(RecordRow.name.in_(list(names))))}
+
+    def list_rows(
+        self, kind: str, member: str | None, after: str, limit: int, public_only: bool,
+        attrs: Sequence[tuple[str, str, str]] = (),
+    ) -> list[RecordRow]:
+        """Current records of a kind ordered by name, after a name, with attribute filters
+        (attr, op, value) where op is '=' or '!='."""
+        with self._session() as s:
+            q = select(RecordRow).where(RecordRow.kind == kind, RecordRow.name > after)
+            if member is not None:
+                q = q.where(RecordRow.member == member)
+            if public_only:
+                q = q.where(RecordRow.public.is_(True))
+            for attr, op, value in attrs:
+                sub = select(RecordAttrRow.name).where(RecordAttrRow.attr == attr, RecordAttrRow.value == value)
+                q = q.where(RecordRow.name.in_(sub) if op == "=" else RecordRow.name.not_in(sub))
+            return list(s.scalars(q.order_by(RecordRow.name).limit(limit)))
+
+    def count_records(self, member: str) -> dict[str, int]:
+        with self._session() as s:
+            rows = s.execute(
+                select(RecordRow.kind, func.count()).where(RecordRow.member == member).group_by(RecordRow.kind)
+            )
+            return {k: int(n) for k, n in rows}
+
+    def search(self, folded: str, member: str | None, limit: int, offset: int) -> list[tuple[str, int]]:
+        """Authorities whose folded terms contain ``folded``: (name, rank), best first.
+
+        Rank 0: a term equals the query; 1: a term starts with it; 2: contains it.
+        """
+        like = "%" + folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._session() as s:
+            q = (
+                select(SearchTermRow.name, SearchTermRow.term)
+                .join(RecordRow, RecordRow.name == SearchTermRow.name)
+                .where(SearchTermRow.term.like(like, escape="\\"), RecordRow.kind == "authority")
+            )
+            if member is not None:
+                q = q.where(SearchTermRow.member == member)
+            best: dict[str, int] = {}
+            for name, term in s.execute(q):
+                rank = 0 if term == folded else 1 if term.startswith(folded) else 2
+                best[name] = min(rank, best.get(name, 3))
+        ordered = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
+        return ordered[offset : offset + limit]
+
+    def competences(self, member: str, request_type: str) -> list[CompetenceIndexRow]:
+        with self._session() as s:
+            return list(
+                s.scalars(
+                    select(CompetenceIndexRow).where(
+                        CompetenceIndexRow.member == member, CompetenceIndexRow.request_type == request_type
+                    )
+                )
+            )
+
+    def coverage(self, names: Sequence[str]) -> list[CoverageIndexRow]:
+        if not names:
+            return []
+        with self._session() as s:
+            return list(s.scalars(select(CoverageIndexRow).where(CoverageIndexRow.name.in_(list(names)))))
+
+    def places(self, member: str, folded: str) -> list[PlaceIndexRow]:
+        with self._session() as s:
+            return list(
+                s.scalars(select(PlaceIndexRow).where(PlaceIndexRow.member == member, PlaceIndexRow.folded == folded))
+            )
+
+    def checkpoint_row(self, member: str) -> CheckpointRow | None:
+        with self._session() as s:
+            row = s.get(CheckpointRow, member)
+            if row is not None:
+                row.issue_time = _aware(row.issue_time)
+                row.expire_time = _aware(row.expire_time)
+            return row
+
+    def corrupt_for_test(self, member: str, seq: int, envelope: bytes) -> None:
+        """Overwrite a stored envelope (tests and `verify` demonstrations only)."""
+        with self.transaction() as s:
+            s.execute(update(EntryRow).where(EntryRow.member == member, EntryRow.seq == seq).values(envelope=envelope))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
