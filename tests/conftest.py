@@ -119,3 +119,21 @@ def served(make_node: Callable[..., Node], sample_dir: Callable[[str], Path]) ->
 
 def postgres_url() -> str:
     return os.environ.get("COUNTERPART_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many storage contract tests ran on each backend (PostgreSQL may be absent)."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if "test_storage_contract" not in nodeid or getattr(report, "when", "call") not in ("call", "setup"):
+                continue
+            if outcome != "skipped" and report.when != "call":
+                continue
+            backend = "postgresql" if "[postgresql]" in nodeid else "sqlite"
+            counts.setdefault(backend, {}).setdefault(outcome, 0)
+            counts[backend][outcome] += 1
+    if counts:
+        parts = [f"{b}: " + ", ".join(f"{n} {o}" for o, n in sorted(c.items())) for b, c in sorted(counts.items())]
+        terminalreporter.write_line("storage contract tests: " + "; ".join(parts))

@@ -14,6 +14,8 @@ from anyascii import anyascii
 from counterpart.v1 import records_pb2
 from directory_server.domain.log import LogEntry
 
+_MARKS = str.maketrans("", "", "'`\"")
+
 LEVEL_NATIONAL = 1
 LEVEL_SUBDIVISION = 2
 LEVEL_MUNICIPALITY = 3
@@ -23,6 +25,9 @@ LEVEL_POSTAL_CODE = 4
 def fold(text: str) -> str:
     """Fold case, accents and script: 'ბათუმი', 'Батуми' and 'BATUMI' all become 'batumi'."""
     ascii_text = anyascii(unicodedata.normalize("NFKC", text)).lower()
+    # Transliteration marks ejectives and soft signs with apostrophes (p'rok'urat'ura):
+    # they are part of the word, not a break, and people type the word without them.
+    ascii_text = ascii_text.translate(_MARKS)
     kept = "".join(ch if ch.isalnum() else " " for ch in ascii_text)
     return " ".join(kept.split())
 
@@ -97,6 +102,8 @@ def derive(entry: LogEntry) -> Derived | None:
         for mun in cov.municipalities:
             for t in mun.names:
                 folded = fold(t.text)
+                if not folded or folded in d.search_terms and any(p.folded == folded for p in d.places):
+                    continue  # "Batumi" in English and in Russian fold alike: one row
                 d.search_terms.add(folded)
                 d.coverage.append(CoverageRow(LEVEL_MUNICIPALITY, folded, subdivision=mun.subdivision))
                 d.places.append(PlaceRow(folded, t.text, mun.subdivision))

@@ -1,0 +1,214 @@
+"""One contract, every backend: the guarantees documented in storage/store.py.
+
+Runs on a SQLite file and, where it answers, on PostgreSQL (each test in its own
+schema, dropped afterwards). Where PostgreSQL does not answer, its half is skipped
+with the reason printed, and the run's summary says how many ran on it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from counterpart.v1 import records_pb2
+from directory_server.domain import log, merkle, signing
+from directory_server.domain.errors import ConflictError
+from directory_server.domain.index import fold
+from directory_server.storage.store import Store, sqlite_url
+from conftest import postgres_url
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+KEY = signing.SigningKey.generate()
+
+
+def _postgres_available() -> str | None:
+    try:
+        engine = sa.create_engine(postgres_url(), connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as e:  # any failure to connect means: skip, and say why
+        return f"PostgreSQL at {postgres_url()} does not answer ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store(sqlite_url(tmp_path))
+        yield s
+        s.close()
+        return
+    reason = _postgres_available()
+    if reason:
+        pytest.skip(reason)
+    schema = f"cp_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_url())
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    s = Store(postgres_url(), engine_options={"connect_args": {"options": f"-csearch_path={schema}"}})
+    try:
+        yield s
+    finally:
+        s.close()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def authority(record_id: str, names: list[tuple[str, str]], *, national: bool = False, subdivisions: tuple[str, ...] = (),
+              municipality: list[tuple[str, str]] | None = None, request_types: tuple[str, ...] = ("mla.general",),
+              role: int = records_pb2.COMPETENCE_ROLE_EXECUTES) -> records_pb2.Authority:
+    a = records_pb2.Authority(name=f"members/GE/authorities/{record_id}", kind="prosecution-office")
+    for lang, text in names:
+        a.display_names.add(language=lang, text=text)
+    a.coverage.national = national
+    a.coverage.subdivisions.extend(subdivisions)
+    if municipality:
+        m = a.coverage.municipalities.add(subdivision=subdivisions[0] if subdivisions else "")
+        for lang, text in municipality:
+            m.names.add(language=lang, text=text)
+    a.competences.add(request_types=list(request_types), roles=[role])
+    return a
+
+
+def entries_for(records: list[records_pb2.Authority | records_pb2.Contact | None], start: int = 1,
+                names: list[str] | None = None) -> list[log.LogEntry]:
+    out = []
+    for i, r in enumerate(records):
+        name = r.name if r is not None else (names or [])[i]
+        out.append(log.build_entry("GE", start + i, name, r, NOW, KEY))
+    return out
+
+
+def append(store: Store, entries: list[log.LogEntry], expected: int | None = None) -> log.LogCheckpoint:
+    size = store.log_size("GE") if expected is None else expected
+    hashes = store.leaf_hashes("GE") + [e.leaf_hash for e in entries]
+    cp = log.build_checkpoint("GE", len(hashes), merkle.root_hash(hashes), NOW, KEY)
+    store.append("GE", size, entries, cp)
+    return cp
+
+
+PGO = authority("pgo", [("ka", "საქართველოს პროკურატურა"), ("en", "Prosecutor's Office of Georgia")], national=True,
+                role=records_pb2.COMPETENCE_ROLE_RECEIVES)
+AJARA = authority("ajara", [("ka", "აჭარის პროკურატურა"), ("en", "Prosecutor's Office of Ajara")], subdivisions=("GE-AJ",),
+                  municipality=[("ka", "ბათუმი"), ("en", "Batumi")], request_types=("mla.hearing.witness", "mla.general"))
+
+
+class TestStorageContract:
+    def test_empty_store(self, store: Store) -> None:
+        assert store.log_size("GE") == 0
+        assert store.checkpoint("GE") is None
+        assert store.federation_envelope() is None
+        assert store.envelopes("GE") == []
+
+    def test_envelopes_come_back_byte_for_byte(self, store: Store) -> None:
+        entries = entries_for([PGO, AJARA])
+        cp = append(store, entries)
+        assert store.envelopes("GE") == [(1, entries[0].envelope), (2, entries[1].envelope)]
+        assert store.envelope("GE", 2) == entries[1].envelope
+        assert store.leaf_hashes("GE") == [e.leaf_hash for e in entries]
+        assert store.checkpoint("GE") == cp.envelope
+        assert store.checkpoints() == {"GE": cp.envelope}
+        assert store.members_with_logs() == ["GE"]
+
+    def test_append_against_a_stale_size_stores_nothing(self, store: Store) -> None:
+        append(store, entries_for([PGO]))
+        before = (store.envelopes("GE"), store.checkpoint("GE"))
+        late = entries_for([AJARA], start=1)  # computed against an empty log
+        with pytest.raises(ConflictError):
+            append(store, late, expected=0)
+        assert (store.envelopes("GE"), store.checkpoint("GE")) == before
+        assert store.record_row(AJARA.name) is None
+
+    def test_gaps_and_wrong_checkpoints_are_refused(self, store: Store) -> None:
+        with pytest.raises(ConflictError) as gap:
+            append(store, entries_for([PGO], start=2), expected=0)
+        assert gap.value.reason == "SEQ_GAP"
+        entries = entries_for([PGO])
+        wrong = log.build_checkpoint("GE", 5, merkle.root_hash([e.leaf_hash for e in entries]), NOW, KEY)
+        with pytest.raises(ConflictError) as size:
+            store.append("GE", 0, entries, wrong)
+        assert size.value.reason == "CHECKPOINT_SIZE_MISMATCH"
+        assert store.log_size("GE") == 0 and store.checkpoint("GE") is None
+
+    def test_derived_state_follows_the_latest_entry(self, store: Store) -> None:
+        append(store, entries_for([PGO, AJARA]))
+        row = store.record_row(AJARA.name)
+        assert row is not None and (row.seq, row.kind, row.member) == (2, "authority", "GE")
+        renamed = records_pb2.Authority()
+        renamed.CopyFrom(AJARA)
+        renamed.display_names[1].text = "Ajara Regional Prosecutor"
+        append(store, entries_for([renamed], start=3))
+        row = store.record_row(AJARA.name)
+        assert row is not None and row.seq == 3 and row.label == "Ajara Regional Prosecutor"
+        append(store, entries_for([None], start=4, names=[AJARA.name]))
+        assert store.record_row(AJARA.name) is None
+        assert store.coverage([AJARA.name]) == []
+        assert store.competences("GE", "mla.hearing.witness") == []
+        assert store.log_size("GE") == 4  # history stays
+
+    def test_search_in_any_script(self, store: Store) -> None:
+        append(store, entries_for([PGO, AJARA]))
+        assert [n for n, _ in store.search(fold("Batumi"), "GE", 10, 0)] == [AJARA.name]
+        assert [n for n, _ in store.search(fold("ბათუმი"), None, 10, 0)] == [AJARA.name]
+        assert [n for n, _ in store.search(fold("PROKURATURA"), "GE", 10, 0)] == [AJARA.name, PGO.name]
+        assert store.search(fold("Lima"), None, 10, 0) == []
+        assert store.search(fold("batumi"), "AZ", 10, 0) == []
+
+    def test_lookup_indexes(self, store: Store) -> None:
+        append(store, entries_for([PGO, AJARA]))
+        comps = store.competences("GE", "mla.hearing.witness")
+        assert [(c.name, c.role) for c in comps] == [(AJARA.name, records_pb2.COMPETENCE_ROLE_EXECUTES)]
+        levels = sorted((c.name, c.level, c.key) for c in store.coverage([PGO.name, AJARA.name]))
+        assert (PGO.name, 1, "GE") in levels and (AJARA.name, 2, "GE-AJ") in levels and (AJARA.name, 3, "batumi") in levels
+        assert [p.subdivision for p in store.places("GE", "batumi")] == ["GE-AJ"]
+
+    def test_listing_pages_and_filters(self, store: Store) -> None:
+        contact = records_pb2.Contact(name="members/GE/contacts/desk", authority=PGO.name, role="24-7-point",
+                                      visibility=records_pb2.VISIBILITY_MEMBERS)
+        contact.display_names.add(language="en", text="24/7 point")
+        append(store, entries_for([PGO, AJARA, contact]))
+        first = store.list_rows("authority", "GE", "", 1, public_only=True)
+        assert [r.name for r in first] == [AJARA.name]
+        assert [r.name for r in store.list_rows("authority", "GE", first[-1].name, 1, public_only=True)] == [PGO.name]
+        assert store.list_rows("contact", None, "", 10, public_only=True) == []
+        assert [r.name for r in store.list_rows("contact", None, "", 10, public_only=False)] == [contact.name]
+        assert [r.name for r in store.list_rows("authority", None, "", 10, True, [("kind", "=", "prosecution-office"), ("parent", "!=", "x")])] == [AJARA.name, PGO.name]
+        assert store.list_rows("authority", None, "", 10, True, [("kind", "=", "court")]) == []
+        assert store.count_records("GE") == {"authority": 2, "contact": 1}
+
+    def test_heartbeat_checkpoint_replaces_only_at_the_same_size(self, store: Store) -> None:
+        entries = entries_for([PGO])
+        append(store, entries)
+        later = log.build_checkpoint("GE", 1, merkle.root_hash([entries[0].leaf_hash]), NOW + timedelta(hours=1), KEY)
+        store.put_checkpoint(later)
+        assert store.checkpoint("GE") == later.envelope
+        row = store.checkpoint_row("GE")
+        assert row is not None and row.issue_time == NOW + timedelta(hours=1)
+        with pytest.raises(ConflictError):
+            store.put_checkpoint(log.build_checkpoint("GE", 2, b"\x00" * 32, NOW, KEY))
+        assert store.checkpoint("GE") == later.envelope
+
+    def test_federation_versions_only_move_forward(self, store: Store) -> None:
+        store.put_federation(1, b"v1", NOW)
+        store.put_federation(2, b"v2", NOW)
+        for bad in (2, 4, 1):
+            with pytest.raises(ConflictError):
+                store.put_federation(bad, b"x", NOW)
+        assert store.federation_envelope() == b"v2"
+        assert store.federation_chain() == [b"v1", b"v2"]
+        assert store.federation_chain(2) == [b"v2"]
+
+    def test_rebuild_replaces_all_derived_rows(self, store: Store) -> None:
+        entries = entries_for([PGO, AJARA])
+        append(store, entries)
+        assert store.rebuild_derived({"GE": entries[:1]}) == 1
+        assert store.record_row(AJARA.name) is None
+        assert store.rebuild_derived({"GE": entries}) == 2
+        assert store.record_row(AJARA.name) is not None
