@@ -21,7 +21,11 @@ from rich.table import Table
 from directory_server.config import CONFIG_NAME, NodeConfig, load_config
 from directory_server.domain import federation as fed
 from directory_server.domain import signing
-from directory_server.domain.errors import ConfigurationError, CounterpartError, InvalidArgumentError
+from directory_server.domain.errors import (
+    ConfigurationError,
+    CounterpartError,
+    InvalidArgumentError,
+)
 from directory_server.domain.names import check_member_code
 from directory_server.domain.timeutil import from_timestamp, parse_duration, utcnow
 from directory_server.node import Node, PublishPlan
@@ -217,7 +221,7 @@ def status(data_dir: Path, fmt: str) -> None:
     node = _open(data_dir)
     federation = node.federation()
     now = utcnow()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for code in sorted({m.code for m in federation.members()} | set(node.store.checkpoints())):
         cp = node.store.checkpoint_row(code)
         rows.append({

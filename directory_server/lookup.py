@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,7 +26,7 @@ from directory_server.domain.query import (
     parse_filter,
 )
 from directory_server.domain.records import Record
-from directory_server.domain.timeutil import from_timestamp, to_duration, to_timestamp, utcnow
+from directory_server.domain.timeutil import from_timestamp, to_duration, utcnow
 from directory_server.storage.models import RecordRow
 from directory_server.storage.store import Store
 
@@ -140,7 +140,7 @@ class Directory:
         loaded = self._load_rows([row])[0]
         return loaded, self.provenance(row.member)
 
-    def list(
+    def list_records(
         self, kind: str, parent: str, size: int, token: str, filter_text: str
     ) -> tuple[list[Loaded], str, list[ds.Provenance]]:
         member = names.parse_parent(parent)
@@ -249,7 +249,8 @@ class Directory:
         else:
             resp.warnings.append(f"{member} has published no procedural rule for {req.request_type}")
 
-        candidates = self._candidates(member, req, place, rule.record if rule else None)
+        rule_record = rule.record if rule is not None and isinstance(rule.record, records_pb2.Rule) else None
+        candidates = self._candidates(member, req, place, rule_record)
         for cand, loaded in candidates:
             evidence.add(loaded)
             resp.candidates.append(cand)
@@ -260,8 +261,8 @@ class Directory:
 
         bases = self._legal_bases(member, req.requesting_member, req.request_type, federation, evidence, resp.warnings)
         resp.legal_bases.extend(bases)
-        resp.route = self._route(rule.record if rule else None, bases, req.urgent, resp.warnings)
-        resp.languages.extend(self._languages(rule.record if rule else None, bases, candidates))
+        resp.route = self._route(rule_record, bases, req.urgent, resp.warnings)
+        resp.languages.extend(self._languages(rule_record, bases, candidates))
 
         for contact in self._contacts([c.authority.name for c, _ in candidates]):
             evidence.add(contact)
@@ -283,7 +284,7 @@ class Directory:
             return None
         return self._load_rows([row])[0]
 
-    def _resolve_place(self, member: str, query: str, warnings: list[str]) -> ds.ResolvedPlace:
+    def _resolve_place(self, member: str, query: str, warnings: MutableSequence[str]) -> ds.ResolvedPlace:
         place = ds.ResolvedPlace(query=query)
         q = query.strip()
         if not q:
@@ -318,13 +319,13 @@ class Directory:
     def _candidates(
         self, member: str, req: ds.FindCounterpartRequest, place: ds.ResolvedPlace, rule: records_pb2.Rule | None
     ) -> list[tuple[ds.Candidate, Loaded]]:
-        roles: dict[str, set[int]] = {}
+        roles: dict[str, set[records_pb2.CompetenceRole.ValueType]] = {}
         for c in self.store.competences(member, req.request_type):
             if req.offence_category and c.offence not in ("", req.offence_category):
                 continue
             if req.stage and c.stage not in (0, int(req.stage)):
                 continue
-            roles.setdefault(c.name, set()).add(c.role)
+            roles.setdefault(c.name, set()).add(records_pb2.CompetenceRole.ValueType(c.role))
         named_by_rule: dict[str, str] = {}
         if rule is not None:
             if rule.receiving_authority:
@@ -334,10 +335,10 @@ class Directory:
                 named_by_rule.setdefault(rule.executing_authority, "named by the rule as competent to execute")
                 roles.setdefault(rule.executing_authority, set()).add(records_pb2.COMPETENCE_ROLE_EXECUTES)
 
-        levels: dict[str, tuple[int, str]] = {}
+        levels: dict[str, tuple[ds.CoverageLevel.ValueType, str]] = {}
         folded = fold(place.query) if place.level == ds.COVERAGE_LEVEL_MUNICIPALITY else ""
         for cov in self.store.coverage(list(roles)):
-            match: tuple[int, str] | None = None
+            match: tuple[ds.CoverageLevel.ValueType, str] | None = None
             if cov.level == index.LEVEL_NATIONAL:
                 match = (ds.COVERAGE_LEVEL_NATIONAL, f"competent for the whole of {member}")
             elif cov.level == index.LEVEL_SUBDIVISION and place.subdivision and cov.key == place.subdivision:
@@ -349,7 +350,7 @@ class Directory:
                 and len(cov.key) == len(place.postal_code) and cov.key <= place.postal_code <= cov.last
             ):
                 match = (ds.COVERAGE_LEVEL_POSTAL_CODE, f"competent for postal codes {cov.key}-{cov.last}")
-            if match and match[0] > levels.get(cov.name, (0, ""))[0]:
+            if match and match[0] > levels.get(cov.name, (ds.COVERAGE_LEVEL_UNSPECIFIED, ""))[0]:
                 levels[cov.name] = match
         rows = self.store.record_rows(list(levels))
         loaded = {ld.name: ld for ld in self._load_rows([rows[n] for n in sorted(levels) if n in rows])}
@@ -358,7 +359,7 @@ class Directory:
             assert isinstance(ld.record, records_pb2.Authority)
             auth = ld.record
             level, why = levels[name]
-            cand = ds.Candidate(coverage_level=level)  # type: ignore[arg-type]
+            cand = ds.Candidate(coverage_level=level)
             cand.authority.CopyFrom(auth)
             cand.roles.extend(sorted(roles[name]))
             role_words = ", ".join(records_pb2.CompetenceRole.Name(r).removeprefix("COMPETENCE_ROLE_").lower() for r in sorted(roles[name]))
@@ -389,7 +390,7 @@ class Directory:
 
     def _legal_bases(
         self, member: str, requesting: str, request_type: str, federation: Federation,
-        evidence: Evidence, warnings: list[str],
+        evidence: Evidence, warnings: MutableSequence[str],
     ) -> list[ds.LegalBasis]:
         requesting_known = bool(requesting) and self.store.checkpoint(requesting) is not None
         if requesting and not requesting_known:
@@ -433,8 +434,8 @@ class Directory:
 
     @staticmethod
     def _route(
-        rule: records_pb2.Rule | None, bases: Sequence[ds.LegalBasis], urgent: bool, warnings: list[str]
-    ) -> int:
+        rule: records_pb2.Rule | None, bases: Sequence[ds.LegalBasis], urgent: bool, warnings: MutableSequence[str]
+    ) -> records_pb2.TransmissionRoute.ValueType:
         if rule is None or not rule.routes:
             return records_pb2.TRANSMISSION_ROUTE_CENTRAL_AUTHORITY
         direct_allowed = any(b.direct_transmission for b in bases)
@@ -443,7 +444,7 @@ class Directory:
                 continue
             if urgent and rule.interpol_for_urgent:
                 warnings.append("urgent: an advance copy through Interpol is accepted")
-            return int(route)
+            return route
         return records_pb2.TRANSMISSION_ROUTE_CENTRAL_AUTHORITY
 
     @staticmethod
@@ -467,7 +468,7 @@ class Directory:
             out.extend(self._load_rows(rows))
         return out
 
-    def _uncertainty_warnings(self, evidence: Evidence, warnings: list[str]) -> None:
+    def _uncertainty_warnings(self, evidence: Evidence, warnings: MutableSequence[str]) -> None:
         for name, proof in sorted(evidence.proofs.items()):
             entry = log_pb2.Entry.FromString(signing.parse_envelope(proof.signed_entry).payload)
             body = entry.WhichOneof("body")

@@ -249,4 +249,4 @@ def open_node(config: NodeConfig, clock: Callable[[], datetime] = utcnow) -> Nod
     return Node(config, clock=clock)
 
 
-__all__: Sequence[str] = ["Node", "PublishPlan", "Problem", "open_node"]
+__all__: Sequence[str] = ["Node", "Problem", "PublishPlan", "open_node"]

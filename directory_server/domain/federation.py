@@ -43,9 +43,7 @@ def public_key(raw: bytes, not_before: datetime | None = None, not_after: dateti
 def key_valid_at(key: federation_pb2.PublicKey, at: datetime) -> bool:
     if key.HasField("not_before_time") and at < from_timestamp(key.not_before_time):
         return False
-    if key.HasField("not_after_time") and at > from_timestamp(key.not_after_time):
-        return False
-    return True
+    return not (key.HasField("not_after_time") and at > from_timestamp(key.not_after_time))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 from google.protobuf import json_format
@@ -26,7 +26,7 @@ from directory_server.domain.errors import InvalidArgumentError, ValidationError
 from directory_server.domain.names import ID_RE, MEMBER_RE, RecordName, parse_record_name
 from directory_server.domain.vocab import Vocabulary
 
-Record = Union[records_pb2.Authority, records_pb2.Contact, records_pb2.Rule, records_pb2.Treaty]
+Record = records_pb2.Authority | records_pb2.Contact | records_pb2.Rule | records_pb2.Treaty
 
 MAX_TEXT = 2000  # characters in any one string value
 MAX_ITEMS = 500  # items in any one list
@@ -296,7 +296,7 @@ def _load_csv(path: Path, member: str, vocab: Vocabulary) -> Iterator[SourcedRec
         label = f"row {row_number}"
         _check_file_member(row.get("member") or None, member, file)
 
-        def split(col: str) -> list[str]:
+        def split(col: str, row: dict[str, str | None] = row) -> list[str]:
             return [v.strip() for v in (row.get(col) or "").split(CSV_LIST_SEPARATOR) if v.strip()]
 
         national = (row.get("national") or "").strip().lower()

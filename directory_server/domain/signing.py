@@ -127,7 +127,7 @@ def verify_one(env: log_pb2.Envelope, key_lookup: Callable[[str], bytes | None])
             f"no signature by a key valid for this signer (signed by: {ids})",
             reason="UNKNOWN_KEY",
         )
-    return sorted(good)[0]
+    return min(good)
 
 
 # --- key files ---------------------------------------------------------------------------

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import grpc
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
+from counterpart.v1 import records_pb2
 from directory_server.domain.names import parse_member_name
+from directory_server.domain.records import Record
 from directory_server.lookup import Directory
 from directory_server.service.errors import handle_errors
+
+R = TypeVar("R", records_pb2.Authority, records_pb2.Contact, records_pb2.Rule, records_pb2.Treaty)
+
+
+def _typed(kind: type[R], record: Record) -> R:
+    """The record as the type the response field needs (lookup returned it for that kind)."""
+    if not isinstance(record, kind):
+        raise TypeError(f"expected {kind.__name__}, got {type(record).__name__}")
+    return record
 
 
 class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
@@ -18,56 +31,56 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
     @handle_errors
     def GetAuthority(self, request: ds.GetAuthorityRequest, context: grpc.ServicerContext) -> ds.GetAuthorityResponse:
         loaded, prov = self.d.get(request.name, "authorities")
-        return ds.GetAuthorityResponse(authority=loaded.record, proof=loaded.proof, provenance=prov)
+        return ds.GetAuthorityResponse(authority=_typed(records_pb2.Authority, loaded.record), proof=loaded.proof, provenance=prov)
 
     @handle_errors
     def ListAuthorities(self, request: ds.ListAuthoritiesRequest, context: grpc.ServicerContext) -> ds.ListAuthoritiesResponse:
-        items, token, provs = self.d.list("authority", request.parent, request.page_size, request.page_token, request.filter)
+        items, token, provs = self.d.list_records("authority", request.parent, request.page_size, request.page_token, request.filter)
         return ds.ListAuthoritiesResponse(
-            authorities=[i.record for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )
 
     @handle_errors
     def SearchAuthorities(self, request: ds.SearchAuthoritiesRequest, context: grpc.ServicerContext) -> ds.SearchAuthoritiesResponse:
         items, token, provs = self.d.search(request.query, request.member, request.page_size, request.page_token)
         return ds.SearchAuthoritiesResponse(
-            authorities=[i.record for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )
 
     @handle_errors
     def GetContact(self, request: ds.GetContactRequest, context: grpc.ServicerContext) -> ds.GetContactResponse:
         loaded, prov = self.d.get(request.name, "contacts")
-        return ds.GetContactResponse(contact=loaded.record, proof=loaded.proof, provenance=prov)
+        return ds.GetContactResponse(contact=_typed(records_pb2.Contact, loaded.record), proof=loaded.proof, provenance=prov)
 
     @handle_errors
     def ListContacts(self, request: ds.ListContactsRequest, context: grpc.ServicerContext) -> ds.ListContactsResponse:
-        items, token, provs = self.d.list("contact", request.parent, request.page_size, request.page_token, request.filter)
+        items, token, provs = self.d.list_records("contact", request.parent, request.page_size, request.page_token, request.filter)
         return ds.ListContactsResponse(
-            contacts=[i.record for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            contacts=[_typed(records_pb2.Contact, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )
 
     @handle_errors
     def GetRule(self, request: ds.GetRuleRequest, context: grpc.ServicerContext) -> ds.GetRuleResponse:
         loaded, prov = self.d.get(request.name, "rules")
-        return ds.GetRuleResponse(rule=loaded.record, proof=loaded.proof, provenance=prov)
+        return ds.GetRuleResponse(rule=_typed(records_pb2.Rule, loaded.record), proof=loaded.proof, provenance=prov)
 
     @handle_errors
     def ListRules(self, request: ds.ListRulesRequest, context: grpc.ServicerContext) -> ds.ListRulesResponse:
-        items, token, provs = self.d.list("rule", request.parent, request.page_size, request.page_token, request.filter)
+        items, token, provs = self.d.list_records("rule", request.parent, request.page_size, request.page_token, request.filter)
         return ds.ListRulesResponse(
-            rules=[i.record for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            rules=[_typed(records_pb2.Rule, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )
 
     @handle_errors
     def GetTreaty(self, request: ds.GetTreatyRequest, context: grpc.ServicerContext) -> ds.GetTreatyResponse:
         loaded, prov = self.d.get(request.name, "treaties")
-        return ds.GetTreatyResponse(treaty=loaded.record, proof=loaded.proof, provenance=prov)
+        return ds.GetTreatyResponse(treaty=_typed(records_pb2.Treaty, loaded.record), proof=loaded.proof, provenance=prov)
 
     @handle_errors
     def ListTreaties(self, request: ds.ListTreatiesRequest, context: grpc.ServicerContext) -> ds.ListTreatiesResponse:
-        items, token, provs = self.d.list("treaty", request.parent, request.page_size, request.page_token, request.filter)
+        items, token, provs = self.d.list_records("treaty", request.parent, request.page_size, request.page_token, request.filter)
         return ds.ListTreatiesResponse(
-            treaties=[i.record for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            treaties=[_typed(records_pb2.Treaty, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )
 
     @handle_errors

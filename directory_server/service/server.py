@@ -69,7 +69,8 @@ class _AccessLog(grpc.ServerInterceptor):
             try:
                 return inner(request, context)
             except Exception:
-                code = context.code().name if context.code() else "UNKNOWN"  # type: ignore[union-attr]
+                status = getattr(context, "code", lambda: None)()
+                code = status.name if status is not None else "UNKNOWN"
                 raise
             finally:
                 log.info("rpc", extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1000, 2)})
@@ -85,7 +86,7 @@ class NodeServer:
     def __init__(self, node: Node, address: str, *, max_workers: int = 16, access_log: bool = True) -> None:
         self.node = node
         self.directory = Directory(node.store, node.federation, node.clock)
-        interceptors = [_AccessLog()] if access_log else []
+        interceptors: list[grpc.ServerInterceptor] = [_AccessLog()] if access_log else []
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors)
         directory_service_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(self.directory), self.server)
         self.health = health.HealthServicer()

@@ -200,10 +200,10 @@ class Store:
     @staticmethod
     def _put_checkpoint(s: Session, cp: LogCheckpoint) -> None:
         row = s.get(CheckpointRow, cp.member)
-        values = dict(
-            size=cp.size, root_hash=cp.root_hash, issue_time=cp.issue_time,
-            expire_time=cp.expire_time, envelope=cp.envelope,
-        )
+        values = {
+            "size": cp.size, "root_hash": cp.root_hash, "issue_time": cp.issue_time,
+            "expire_time": cp.expire_time, "envelope": cp.envelope,
+        }
         if row is None:
             s.add(CheckpointRow(member=cp.member, **values))
         else:
