@@ -16,6 +16,9 @@ from directory_server.domain.log import LogEntry
 
 _MARKS = str.maketrans("", "", "'`\"")
 
+NAME = 0  # search-term weights
+PLACE = 1
+
 LEVEL_NATIONAL = 1
 LEVEL_SUBDIVISION = 2
 LEVEL_MUNICIPALITY = 3
@@ -67,7 +70,8 @@ class Derived:
     seq: int
     public: bool
     label: str  # a display name for listings
-    search_terms: set[str] = field(default_factory=set)
+    # folded term -> weight: 0 for a name of the record, 1 for a place it is in or covers
+    search_terms: dict[str, int] = field(default_factory=dict)
     coverage: list[CoverageRow] = field(default_factory=list)
     competences: list[CompetenceRow] = field(default_factory=list)
     places: list[PlaceRow] = field(default_factory=list)
@@ -91,9 +95,9 @@ def derive(entry: LogEntry) -> Derived | None:
     if isinstance(rec, records_pb2.Authority):
         d.attrs = {"kind": rec.kind, "parent": rec.parent}
         for t in rec.display_names:
-            d.search_terms.add(fold(t.text))
+            d.search_terms[fold(t.text)] = NAME
         if rec.address.locality:
-            d.search_terms.add(fold(rec.address.locality))
+            d.search_terms.setdefault(fold(rec.address.locality), PLACE)
         cov = rec.coverage
         if cov.national:
             d.coverage.append(CoverageRow(LEVEL_NATIONAL, entry.member))
@@ -102,9 +106,9 @@ def derive(entry: LogEntry) -> Derived | None:
         for mun in cov.municipalities:
             for t in mun.names:
                 folded = fold(t.text)
-                if not folded or folded in d.search_terms and any(p.folded == folded for p in d.places):
+                if not folded or any(p.folded == folded for p in d.places):
                     continue  # "Batumi" in English and in Russian fold alike: one row
-                d.search_terms.add(folded)
+                d.search_terms.setdefault(folded, PLACE)
                 d.coverage.append(CoverageRow(LEVEL_MUNICIPALITY, folded, subdivision=mun.subdivision))
                 d.places.append(PlaceRow(folded, t.text, mun.subdivision))
         for r in cov.postal_code_ranges:
@@ -120,11 +124,11 @@ def derive(entry: LogEntry) -> Derived | None:
     elif isinstance(rec, records_pb2.Contact):
         d.attrs = {"role": rec.role, "authority": rec.authority}
         for t in rec.display_names:
-            d.search_terms.add(fold(t.text))
+            d.search_terms[fold(t.text)] = NAME
     elif isinstance(rec, records_pb2.Rule):
         d.attrs = {"request_type": rec.request_type}
     elif isinstance(rec, records_pb2.Treaty):
         d.attrs = {"instrument": rec.instrument, "status": records_pb2.TreatyStatus.Name(rec.status)}
     d.attrs["member"] = entry.member
-    d.search_terms.discard("")
+    d.search_terms.pop("", None)
     return d

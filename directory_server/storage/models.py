@@ -81,6 +81,7 @@ class SearchTermRow(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     term: Mapped[str] = mapped_column(String(2000), primary_key=True)
     member: Mapped[str] = mapped_column(String(16))
+    weight: Mapped[int] = mapped_column(Integer)  # 0: a name of the record; 1: a place
 
     __table_args__ = (Index("ix_search_terms_member", "member"),)
 

@@ -220,7 +220,7 @@ class Store:
             return
         s.add(RecordRow(name=d.name, member=d.member, kind=d.kind, seq=d.seq, public=d.public, label=d.label[:2000]))
         s.add_all(RecordAttrRow(name=d.name, attr=k, value=v[:200]) for k, v in d.attrs.items())
-        s.add_all(SearchTermRow(name=d.name, term=t[:2000], member=d.member) for t in d.search_terms)
+        s.add_all(SearchTermRow(name=d.name, term=t[:2000], member=d.member, weight=w) for t, w in d.search_terms.items())
         s.add_all(
             CoverageIndexRow(name=d.name, member=d.member, level=c.level, key=c.key[:2000], last=c.last, subdivision=c.subdivision)
             for c in d.coverage
@@ -288,20 +288,21 @@ class Store:
     def search(self, folded: str, member: str | None, limit: int, offset: int) -> list[tuple[str, int]]:
         """Authorities whose folded terms contain ``folded``: (name, rank), best first.
 
-        Rank 0: a term equals the query; 1: a term starts with it; 2: contains it.
+        A match in a name ranks before a match in a place; within each, a term equal to
+        the query before one that starts with it before one that contains it.
         """
         like = "%" + folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         with self._session() as s:
             q = (
-                select(SearchTermRow.name, SearchTermRow.term)
+                select(SearchTermRow.name, SearchTermRow.term, SearchTermRow.weight)
                 .join(RecordRow, RecordRow.name == SearchTermRow.name)
                 .where(SearchTermRow.term.like(like, escape="\\"), RecordRow.kind == "authority")
             )
             if member is not None:
                 q = q.where(SearchTermRow.member == member)
             best: dict[str, int] = {}
-            for name, term in s.execute(q):
-                rank = 0 if term == folded else 1 if term.startswith(folded) else 2
+            for name, term, weight in s.execute(q):
+                rank = 3 * weight + (0 if term == folded else 1 if term.startswith(folded) else 2)
                 best[name] = min(rank, best.get(name, 3))
         ordered = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
         return ordered[offset : offset + limit]

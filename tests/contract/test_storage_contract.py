@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import postgres_url
 
 from counterpart.v1 import records_pb2
 from directory_server.domain import log, merkle, signing
 from directory_server.domain.errors import ConflictError
 from directory_server.domain.index import fold
 from directory_server.storage.store import Store, sqlite_url
-from conftest import postgres_url
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 KEY = signing.SigningKey.generate()
@@ -33,7 +33,7 @@ def _postgres_available() -> str | None:
             pass
         engine.dispose()
         return None
-    except Exception as e:  # any failure to connect means: skip, and say why
+    except Exception as e:  # noqa: BLE001 - any failure to connect means: skip, and say why
         return f"PostgreSQL at {postgres_url()} does not answer ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
 
 
@@ -160,6 +160,11 @@ class TestStorageContract:
         assert [n for n, _ in store.search(fold("PROKURATURA"), "GE", 10, 0)] == [AJARA.name, PGO.name]
         assert store.search(fold("Lima"), None, 10, 0) == []
         assert store.search(fold("batumi"), "AZ", 10, 0) == []
+
+    def test_a_match_in_a_name_ranks_before_a_match_in_a_place(self, store: Store) -> None:
+        port = authority("port", [("en", "Batumi Port Police")], subdivisions=("GE-AJ",))
+        append(store, entries_for([AJARA, port]))  # AJARA covers Batumi; "port" is named after it
+        assert [n for n, _ in store.search(fold("batumi"), "GE", 10, 0)] == [port.name, AJARA.name]
 
     def test_lookup_indexes(self, store: Store) -> None:
         append(store, entries_for([PGO, AJARA]))

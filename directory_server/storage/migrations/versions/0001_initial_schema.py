@@ -107,6 +107,7 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('term', sa.String(length=2000), nullable=False),
     sa.Column('member', sa.String(length=16), nullable=False),
+    sa.Column('weight', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('name', 'term')
     )
     with op.batch_alter_table('search_terms', schema=None) as batch_op:
