@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := node_modules/.bin/buf
 
-.PHONY: all venv generate lint-proto test demo bench clean
+.PHONY: all venv generate lint-proto lint test demo bench clean
 
 all: test
 
@@ -29,7 +29,12 @@ $(BUF): package.json package-lock.json
 lint-proto: $(BUF)
 	cd protos && ../$(BUF) lint
 
-test: $(STAMP) lint-proto
+## ruff and mypy --strict over the Python code.
+lint: $(STAMP)
+	$(PY) -m ruff check directory_server directory_client scripts tests bench
+	$(PY) -m mypy directory_server directory_client
+
+test: $(STAMP) lint-proto lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

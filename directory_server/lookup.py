@@ -10,7 +10,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, log_pb2, records_pb2
@@ -127,7 +127,7 @@ class Directory:
         )
         p.checkpoint_issue_time.CopyFrom(cp.issue_time)
         p.checkpoint_expire_time.CopyFrom(cp.expire_time)
-        p.checkpoint_age.CopyFrom(to_duration(max(now - issued, now - now)))
+        p.checkpoint_age.CopyFrom(to_duration(max(now - issued, timedelta(0))))
         return p
 
     # --- Get / List / Search -----------------------------------------------------------
@@ -175,7 +175,7 @@ class Directory:
         hits = self.store.search(folded, member or None, limit + 1, offset)
         more = len(hits) > limit
         rows_by_name = self.store.record_rows([n for n, _ in hits[:limit]])
-        rows = [rows_by_name[n] for n, _ in hits[:limit] if n in rows_by_name and rows_by_name[n].public]
+        rows = [rows_by_name[n] for n, _ in hits[:limit] if n in rows_by_name]
         loaded = self._load_rows(rows)
         next_token = encode_page_token(scope, str(offset + limit)) if more else ""
         return loaded, next_token, [self.provenance(m) for m in sorted({r.member for r in rows})]
@@ -344,7 +344,8 @@ class Directory:
             elif cov.level == index.LEVEL_SUBDIVISION and place.subdivision and cov.key == place.subdivision:
                 match = (ds.COVERAGE_LEVEL_SUBDIVISION, f"competent for subdivision {cov.key}")
             elif cov.level == index.LEVEL_MUNICIPALITY and folded and cov.key == folded:
-                match = (ds.COVERAGE_LEVEL_MUNICIPALITY, f"competent for the municipality {place.municipality}")
+                shown = place.municipality if place.municipality == place.query.strip() else f"{place.query.strip()} ({place.municipality})"
+                match = (ds.COVERAGE_LEVEL_MUNICIPALITY, f"competent for the municipality {shown}")
             elif (
                 cov.level == index.LEVEL_POSTAL_CODE and place.postal_code
                 and len(cov.key) == len(place.postal_code) and cov.key <= place.postal_code <= cov.last
@@ -426,6 +427,8 @@ class Directory:
             basis.declared_languages.extend(theirs.record.declared_languages)
             side = f"in force for {member}" + (f" and {requesting}" if ours_in_force else "")
             basis.explanation = f"{instrument.title} covers {request_type}; {side}"
+            if instrument.parties and not requesting:
+                basis.explanation += f"; applies only between {' and '.join(instrument.parties)}"
             bases.append(basis)
         bases.sort(key=lambda b: (_SCOPE_RANK.get(b.scope, 3), b.instrument))
         if not bases:
@@ -464,7 +467,7 @@ class Directory:
     def _contacts(self, authorities: Sequence[str]) -> list[Loaded]:
         out: list[Loaded] = []
         for name in authorities:
-            rows = self.store.list_rows("contact", None, "", 50, public_only=True, attrs=[("authority", "=", name)])
+            rows = self.store.list_rows("contact", None, "", 500, public_only=True, attrs=[("authority", "=", name)])
             out.extend(self._load_rows(rows))
         return out
 

@@ -135,11 +135,19 @@ def add_member(
     check_member_code(code)
     if any(m.code == code for m in doc.members):
         raise InvalidArgumentError(f"{code} is already a member", reason="ALREADY_MEMBER")
+    new_keys = [public_key(k) for k in keys]
+    if not new_keys:
+        raise InvalidArgumentError(f"member {code} needs at least one key", reason="NO_MEMBER_KEYS")
+    taken = {bytes(k.ed25519_public_key): m.code for m in doc.members for k in m.keys}
+    for k in new_keys:
+        if bytes(k.ed25519_public_key) in taken:
+            raise InvalidArgumentError(
+                f"key {k.key_id} already belongs to member {taken[bytes(k.ed25519_public_key)]}",
+                reason="DUPLICATE_KEY",
+            )
     member = doc.members.add(code=code, display_name=display_name)
     member.endpoints.extend(endpoints)
-    member.keys.extend(public_key(k) for k in keys)
-    if not member.keys:
-        raise InvalidArgumentError(f"member {code} needs at least one key", reason="NO_MEMBER_KEYS")
+    member.keys.extend(new_keys)
 
 
 def unsigned_envelope(doc: federation_pb2.FederationDocument) -> bytes:
@@ -153,7 +161,38 @@ def parse_document(envelope: bytes) -> tuple[log_pb2.Envelope, federation_pb2.Fe
         doc.ParseFromString(env.payload)
     except Exception as e:
         raise FederationError("the federation document payload is not valid", reason="MALFORMED_DOCUMENT") from e
+    check_keys(doc)
     return env, doc
+
+
+def check_keys(doc: federation_pb2.FederationDocument) -> None:
+    """Every key is a 32-byte Ed25519 key listed under its own id, and no raw key appears
+    twice among the root keys or among all member keys: otherwise one key could count
+    twice towards the threshold, or sign for two members."""
+
+    def check(keys: Iterable[federation_pb2.PublicKey], what: str) -> None:
+        seen: set[bytes] = set()
+        for k in keys:
+            raw = bytes(k.ed25519_public_key)
+            if len(raw) != 32 or k.key_id != signing.key_id(raw):
+                raise FederationError(
+                    f"{what} key {k.key_id!r} is malformed or not listed under its own id",
+                    reason="MALFORMED_KEY",
+                )
+            if raw in seen:
+                raise FederationError(f"{what} key {k.key_id} is listed twice", reason="DUPLICATE_KEY")
+            seen.add(raw)
+
+    check(doc.root_keys, "root")
+    check((k for m in doc.members for k in m.keys), "member")
+    if not 1 <= doc.root_threshold <= len(doc.root_keys):
+        raise FederationError(
+            f"root threshold {doc.root_threshold} is not between 1 and the number of root keys ({len(doc.root_keys)})",
+            reason="INVALID_THRESHOLD",
+        )
+    codes = [m.code for m in doc.members]
+    if len(codes) != len(set(codes)):
+        raise FederationError("a member is listed twice", reason="DUPLICATE_MEMBER")
 
 
 def _signers(env: log_pb2.Envelope, keys: Iterable[federation_pb2.PublicKey]) -> set[str]:
@@ -164,9 +203,11 @@ def _signers(env: log_pb2.Envelope, keys: Iterable[federation_pb2.PublicKey]) ->
 def _require_threshold(env: log_pb2.Envelope, doc: federation_pb2.FederationDocument, whose: str) -> None:
     good = _signers(env, doc.root_keys)
     if len(good) < doc.root_threshold:
+        invalid = len(env.signatures) - len(good)
+        extra = f" ({invalid} other signature(s) did not verify or are by other keys)" if invalid else ""
         raise FederationError(
             f"version {doc.version} is signed by {len(good)} of {whose} root keys; "
-            f"{doc.root_threshold} are required",
+            f"{doc.root_threshold} are required{extra}",
             reason="THRESHOLD_NOT_MET",
         )
 

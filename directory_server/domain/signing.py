@@ -97,37 +97,51 @@ def verify_signatures(
     env: log_pb2.Envelope,
     key_lookup: Callable[[str], bytes | None],
 ) -> set[str]:
-    """Return the key ids whose signatures verify; ``key_lookup`` maps key id to raw key.
+    """Return the ids of the known keys whose signatures verify.
 
-    Signatures by keys the lookup does not know are ignored; a signature by a known key
-    that does not verify is an error (someone altered the payload or forged it).
+    ``key_lookup`` maps a key id to its raw key, or None for a key it does not know. As
+    DSSE prescribes, signatures that do not verify, or that are by unknown keys, are not
+    counted, and do not cancel the valid ones: otherwise anyone relaying an envelope could
+    make it unusable by adding a bogus signature. A key counts once however often it signs.
     """
+    good, _ = _check_signatures(env, key_lookup)
+    return good
+
+
+def _check_signatures(
+    env: log_pb2.Envelope, key_lookup: Callable[[str], bytes | None]
+) -> tuple[set[str], list[str]]:
+    """(ids of known keys with a valid signature, ids of known keys with an invalid one)."""
     message = pae(env.payload_type, env.payload)
     good: set[str] = set()
+    bad: list[str] = []
     for s in env.signatures:
         raw = key_lookup(s.key_id)
         if raw is None:
             continue
         try:
             Ed25519PublicKey.from_public_bytes(raw).verify(s.sig, message)
-        except (InvalidSignature, ValueError) as e:
-            raise SignatureError(
-                f"signature by {s.key_id} does not verify", reason="BAD_SIGNATURE"
-            ) from e
+        except (InvalidSignature, ValueError):
+            bad.append(s.key_id)
+            continue
         good.add(s.key_id)
-    return good
+    return good, bad
 
 
 def verify_one(env: log_pb2.Envelope, key_lookup: Callable[[str], bytes | None]) -> str:
     """Require at least one valid signature by a known key; return its key id."""
-    good = verify_signatures(env, key_lookup)
-    if not good:
-        ids = ", ".join(s.key_id for s in env.signatures) or "none"
+    good, bad = _check_signatures(env, key_lookup)
+    if good:
+        return min(good)
+    if bad:
         raise SignatureError(
-            f"no signature by a key valid for this signer (signed by: {ids})",
-            reason="UNKNOWN_KEY",
+            f"signature by {bad[0]} does not verify: the payload was altered or the signature forged",
+            reason="BAD_SIGNATURE",
         )
-    return min(good)
+    ids = ", ".join(s.key_id for s in env.signatures) or "none"
+    raise SignatureError(
+        f"no signature by a key valid for this signer (signed by: {ids})", reason="UNKNOWN_KEY"
+    )
 
 
 # --- key files ---------------------------------------------------------------------------

@@ -296,7 +296,11 @@ class Store:
             q = (
                 select(SearchTermRow.name, SearchTermRow.term, SearchTermRow.weight)
                 .join(RecordRow, RecordRow.name == SearchTermRow.name)
-                .where(SearchTermRow.term.like(like, escape="\\"), RecordRow.kind == "authority")
+                .where(
+                    SearchTermRow.term.like(like, escape="\\"),
+                    RecordRow.kind == "authority",
+                    RecordRow.public.is_(True),
+                )
             )
             if member is not None:
                 q = q.where(SearchTermRow.member == member)

@@ -11,6 +11,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from tests_support_records import GOOD_RECORDS
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
@@ -18,7 +19,6 @@ from counterpart.v1 import records_pb2
 from directory_server.domain import merkle
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
-from tests_support_records import GOOD_RECORDS
 
 Served = tuple[NodeServer, grpc.Channel]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from tests_support_records import GOOD_RECORDS
 
 from counterpart.v1 import directory_service_pb2 as ds
 from directory_server.cli import main
@@ -17,7 +18,6 @@ from directory_server.domain import federation as fed
 from directory_server.domain import signing
 from directory_server.lookup import Directory
 from directory_server.node import Node
-from tests_support_records import GOOD_RECORDS
 
 ENV = {"COUNTERPART_KEY_PASSPHRASE": "test-passphrase"}
 
@@ -106,8 +106,14 @@ def test_federation_life_cycle(secretariat: Path) -> None:
     assert cli("federation", "verify", doc, "--previous", v1).exit_code == 0
     v2 = secretariat / "v2.json"
     v2.write_bytes(doc.read_bytes())
-    # version 3 made from v2, but the node is still at 1: skipping a version is refused
+    # another member's key is refused, and the document is left as it was
+    before = doc.read_bytes()
     r = cli("federation", "add-member", doc, "--code", "KZ", "--display-name", "Kazakhstan", "--key", secretariat / "az" / "keys" / "node-key.pub")
+    assert r.exit_code == 1 and "already belongs to member AZ" in r.output
+    assert doc.read_bytes() == before
+    # version 3 made from v2, but the node is still at 1: skipping a version is refused
+    assert cli("init", "--member", "KZ", "--data-dir", secretariat / "kz").exit_code == 0
+    r = cli("federation", "add-member", doc, "--code", "KZ", "--display-name", "Kazakhstan", "--key", secretariat / "kz" / "keys" / "node-key.pub")
     assert r.exit_code == 0
     for k in (1, 2):
         assert cli("federation", "sign", doc, "--key", secretariat / f"root-{k}.key").exit_code == 0

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tests_support_records import GOOD_RECORDS
 
 from directory_server.cli import main
 from directory_server.node import Node
-from tests_support_records import GOOD_RECORDS
 
 PASS_ENV = {"COUNTERPART_KEY_PASSPHRASE": "test-passphrase"}
 

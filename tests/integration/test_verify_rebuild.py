@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, update
+from tests_support_records import GOOD_RECORDS
 
 from directory_server.cli import main
 from directory_server.node import Node
 from directory_server.storage.models import CheckpointRow, EntryRow, RecordRow
-from tests_support_records import GOOD_RECORDS
 
 PASSPHRASE = b"test-passphrase"
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from counterpart.v1 import federation_pb2
 from directory_server.domain import federation as fed
 from directory_server.domain import signing
 from directory_server.domain.errors import FederationError, InvalidArgumentError
@@ -51,9 +52,10 @@ def test_expired_document_is_refused(roots: list[signing.SigningKey]) -> None:
 def test_altered_payload_fails_signature(roots: list[signing.SigningKey]) -> None:
     env = signing.parse_envelope(make(1, roots, 1, roots[:1], members=("GE",)))
     env.payload = env.payload.replace(b"GE", b"AZ")
-    with pytest.raises(Exception) as e:
+    with pytest.raises(FederationError) as e:
         fed.verify_initial(env.SerializeToString(), NOW)
-    assert getattr(e.value, "reason", "") == "BAD_SIGNATURE"
+    assert e.value.reason == "THRESHOLD_NOT_MET"
+    assert "1 other signature(s) did not verify" in e.value.message
 
 
 def test_next_version_needs_old_and_new_thresholds(roots: list[signing.SigningKey]) -> None:
@@ -100,3 +102,40 @@ def test_member_key_validity_window() -> None:
     assert fed.key_valid_at(k, NOW + timedelta(hours=1))
     assert not fed.key_valid_at(k, NOW - timedelta(seconds=1))
     assert not fed.key_valid_at(k, NOW + timedelta(days=2))
+
+
+def test_one_key_listed_twice_cannot_meet_a_threshold_of_two(roots: list[signing.SigningKey]) -> None:
+    doc = fed.new_document("casc", [roots[0].public_bytes], 1, NOW, timedelta(days=1))
+    twin = federation_pb2.PublicKey()
+    twin.CopyFrom(doc.root_keys[0])
+    twin.key_id = "ed25519:" + "0" * 32  # same raw key under another id
+    doc.root_keys.append(twin)
+    doc.root_threshold = 2
+    env = signing.parse_envelope(signing.sign_envelope(doc.SerializeToString(), signing.FEDERATION_TYPE, []))
+    message = signing.pae(env.payload_type, env.payload)
+    env.signatures.add(key_id=doc.root_keys[0].key_id, sig=roots[0].sign(message))
+    env.signatures.add(key_id=twin.key_id, sig=roots[0].sign(message))
+    with pytest.raises(FederationError) as e:
+        fed.verify_initial(env.SerializeToString(), NOW)
+    assert e.value.reason == "MALFORMED_KEY"
+
+
+def test_the_same_raw_key_twice_is_refused(roots: list[signing.SigningKey]) -> None:
+    doc = fed.new_document("casc", [roots[0].public_bytes], 1, NOW, timedelta(days=1))
+    doc.root_keys.append(doc.root_keys[0])
+    doc.root_threshold = 2
+    envelope = signing.sign_envelope(doc.SerializeToString(), signing.FEDERATION_TYPE, roots[:1])
+    with pytest.raises(FederationError) as e:
+        fed.verify_initial(envelope, NOW)
+    assert e.value.reason == "DUPLICATE_KEY"
+
+
+def test_a_bogus_extra_signature_does_not_cancel_valid_ones(roots: list[signing.SigningKey]) -> None:
+    env = signing.parse_envelope(make(1, roots, 2, roots[:2]))
+    env.signatures.add(key_id=roots[2].key_id, sig=b"\x00" * 64)  # added by someone relaying it
+    assert fed.verify_initial(env.SerializeToString(), NOW).version == 1
+    only_bogus = signing.parse_envelope(make(1, roots, 1, []))
+    only_bogus.signatures.add(key_id=roots[0].key_id, sig=b"\x00" * 64)
+    with pytest.raises(FederationError) as e:
+        fed.verify_initial(only_bogus.SerializeToString(), NOW)
+    assert e.value.reason == "THRESHOLD_NOT_MET"

@@ -1,0 +1,390 @@
+"""A DirectoryService client that verifies every answer against a pinned trust root.
+
+The client trusts no node: it pins a federation document once (``counterpart trust
+FILE``, see :func:`pin`) and checks each answer's signatures and Merkle proofs against
+it (:mod:`directory_client.verify`). Verification can be switched off for development,
+and then every method says so by returning ``None`` instead of a :class:`Verification`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
+
+import grpc  # type: ignore[import-untyped, unused-ignore]
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
+from grpc_status import rpc_status  # type: ignore[import-untyped, unused-ignore]
+
+from counterpart.v1 import directory_service_pb2 as ds
+from directory_client.errors import InvalidName, NotTrusted, ServerError, TrustRefused
+from directory_client.verify import Verification, verify_response
+from directory_server.domain import federation as fed
+from directory_server.domain import names
+from directory_server.domain.errors import CounterpartError
+from directory_server.domain.timeutil import from_timestamp, utcnow
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "DirectoryClient",
+    "PinResult",
+    "client_home",
+    "load_pinned",
+    "pin",
+    "pinned_path",
+]
+
+DEFAULT_TARGET = "127.0.0.1:7700"
+FEDERATION_FILE = "federation.json"
+ERROR_DOMAIN = "counterpart.v1"
+NOT_TRUSTED_HINT = "no pinned federation document; run `counterpart trust FILE` or pass --no-verify"
+
+R = TypeVar("R", bound=Message)
+
+# The service as the wire contract describes it; method paths and message types come from
+# here rather than from the generated stub, whose typing needs grpc's stubs.
+_SERVICE = ds.DESCRIPTOR.services_by_name["DirectoryService"]
+
+# Collection in a record name -> the Get method that serves it.
+_GET_METHODS: dict[str, tuple[str, type[Message]]] = {
+    "authorities": ("GetAuthority", ds.GetAuthorityRequest),
+    "contacts": ("GetContact", ds.GetContactRequest),
+    "rules": ("GetRule", ds.GetRuleRequest),
+    "treaties": ("GetTreaty", ds.GetTreatyRequest),
+}
+# Kind (singular or plural) -> the List method that serves it.
+_LIST_METHODS: dict[str, tuple[str, type[Message]]] = {
+    "authorities": ("ListAuthorities", ds.ListAuthoritiesRequest),
+    "contacts": ("ListContacts", ds.ListContactsRequest),
+    "rules": ("ListRules", ds.ListRulesRequest),
+    "treaties": ("ListTreaties", ds.ListTreatiesRequest),
+}
+_LIST_METHODS.update({names.COLLECTIONS[c]: m for c, m in list(_LIST_METHODS.items())})
+
+
+# --- the pinned trust root ----------------------------------------------------------------
+
+
+def client_home() -> Path:
+    """The client's directory: $COUNTERPART_HOME, else ~/.config/counterpart."""
+    env = os.environ.get("COUNTERPART_HOME", "")
+    return Path(env).expanduser() if env else Path.home() / ".config" / "counterpart"
+
+
+def pinned_path(home: Path | None = None) -> Path:
+    """Where the pinned federation document (DSSE JSON) lives."""
+    return (home or client_home()) / FEDERATION_FILE
+
+
+def load_pinned(now: datetime | None = None, home: Path | None = None) -> fed.Federation | None:
+    """The pinned federation document, re-verified; None if nothing is pinned.
+
+    Raises :class:`NotTrusted` if the file exists but no longer verifies (edited,
+    corrupted or expired): answers must then not be checked against it.
+    """
+    path = pinned_path(home)
+    if not path.exists():
+        return None
+    try:
+        return fed.verify_initial(fed.read_file(path), now or utcnow())
+    except CounterpartError as e:
+        raise NotTrusted(
+            f"the pinned federation document {path} cannot be used: {e.message}; "
+            "run `counterpart trust FILE` with a current document"
+        ) from e
+
+
+@dataclass(frozen=True)
+class PinResult:
+    """What :func:`pin` did: the accepted document, where, and what it replaced."""
+
+    federation: fed.Federation
+    path: Path
+    previous_version: int | None  # version that was pinned before (None: nothing)
+    unchanged: bool  # the very same document was already pinned
+
+
+def _read_pinned_raw(path: Path) -> tuple[bytes, fed.Federation] | None:
+    """The pinned document checked against its own root keys at its issue time.
+
+    Expiry is not held against it here: an expired pinned document may still
+    authenticate its successor, exactly as a node's stored chain does.
+    """
+    if not path.exists():
+        return None
+    envelope = fed.read_file(path)
+    issued = from_timestamp(fed.parse_document(envelope)[1].issue_time)
+    return envelope, fed.verify_initial(envelope, issued)
+
+
+def pin(
+    path: Path, *, replace: bool = False, now: datetime | None = None, home: Path | None = None
+) -> PinResult:
+    """Verify a federation document and pin it as the client's trust root.
+
+    The document must carry a threshold of its own root keys and not be expired. If a
+    document of the same federation is pinned already, the new one must be the same
+    version (and the same document), or exactly the next version signed as
+    ``verify_next`` requires; anything else (an older version, a gap, another
+    federation, a pinned file that no longer verifies) is refused unless ``replace``.
+    """
+    now = now or utcnow()
+    try:
+        envelope = fed.read_file(path)
+        new = fed.verify_initial(envelope, now)
+    except CounterpartError as e:
+        raise TrustRefused(f"{path} cannot be trusted: {e.message} [{e.reason}]") from e
+
+    target = pinned_path(home)
+    previous_version: int | None = None
+    try:
+        pinned = _read_pinned_raw(target)
+    except CounterpartError as e:
+        if not replace:
+            raise TrustRefused(
+                f"the pinned document {target} does not verify ({e.message}); "
+                "pass --replace to pin the new document anyway"
+            ) from e
+        pinned = None
+    if pinned is not None:
+        old_bytes, old = pinned
+        previous_version = old.version
+        if old_bytes == envelope:
+            return PinResult(new, target, previous_version, unchanged=True)
+        if not replace:
+            _check_successor(old, new, envelope, now)
+    _write_atomically(target, envelope)
+    return PinResult(new, target, previous_version, unchanged=False)
+
+
+def _check_successor(old: fed.Federation, new: fed.Federation, envelope: bytes, now: datetime) -> None:
+    """Refuse to move the trust root anywhere but to the next signed version."""
+    old_id, new_id = old.document.federation_id, new.document.federation_id
+    hint = "; pass --replace if you really mean to trust it"
+    if new_id != old_id:
+        raise TrustRefused(
+            f"federation {old_id!r} (version {old.version}) is pinned; this document is for "
+            f"federation {new_id!r}{hint}"
+        )
+    if new.version < old.version:
+        raise TrustRefused(
+            f"version {new.version} is older than the pinned version {old.version} "
+            f"(a rollback){hint}"
+        )
+    if new.version == old.version:
+        raise TrustRefused(
+            f"version {new.version} is pinned already with different content{hint}"
+        )
+    if new.version > old.version + 1:
+        raise TrustRefused(
+            f"version {new.version} does not follow the pinned version {old.version}: trust "
+            f"version {old.version + 1} first so each step is checked{hint}"
+        )
+    try:
+        fed.verify_next(old, envelope, now)
+    except CounterpartError as e:
+        raise TrustRefused(
+            f"version {new.version} is not a valid successor of the pinned version "
+            f"{old.version}: {e.message} [{e.reason}]{hint}"
+        ) from e
+
+
+def _write_atomically(target: Path, envelope: bytes) -> None:
+    """Write the DSSE JSON next to ``target`` and rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".federation-", suffix=".json", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        fed.write_file(tmp, envelope)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+class DirectoryClient:
+    """Calls one node's DirectoryService and verifies what it answers.
+
+    ``federation`` is the pinned trust root (see :func:`load_pinned`); it is required
+    unless ``verify`` is False. The channel is insecure (loopback and development);
+    pass ``credentials`` (``grpc.ssl_channel_credentials(...)``) for TLS.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        federation: fed.Federation | None,
+        verify: bool = True,
+        timeout: float = 10.0,
+        clock: Callable[[], datetime] = utcnow,
+        credentials: Any = None,
+    ) -> None:
+        if verify and federation is None:
+            raise NotTrusted(NOT_TRUSTED_HINT)
+        self.target = target
+        self.federation = federation
+        self.verify = verify
+        self.timeout = timeout
+        self.clock = clock
+        limit = int(federation.limits.max_message_bytes) if federation else 4 * 1024 * 1024
+        options = [("grpc.max_receive_message_length", limit)]
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._methods: dict[str, grpc.UnaryUnaryMultiCallable[Message, Message]] = {}
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- calls --------------------------------------------------------------------------
+
+    def _call(self, method: str, request: Message, response_type: type[R]) -> R:
+        """Call one RPC; turn a gRPC failure into a ServerError that names the reason."""
+        desc = _SERVICE.methods_by_name[method]
+        if (request.DESCRIPTOR.full_name != desc.input_type.full_name
+                or response_type.DESCRIPTOR.full_name != desc.output_type.full_name):
+            raise TypeError(f"{method} takes {desc.input_type.name}, answers {desc.output_type.name}")
+        rpc = self._methods.get(method)
+        if rpc is None:
+            rpc = self._channel.unary_unary(
+                f"/{_SERVICE.full_name}/{method}",
+                request_serializer=_serialize,
+                response_deserializer=response_type.FromString,
+            )
+            self._methods[method] = rpc
+        try:
+            response = rpc(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise self._server_error(e) from None
+        if not isinstance(response, response_type):
+            raise TypeError(f"{method} answered {type(response).__name__}")
+        return response
+
+    def _server_error(self, err: Any) -> ServerError:
+        code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+        details = str(err.details() if callable(getattr(err, "details", None)) else "") or ""
+        reason = ""
+        message = details
+        try:
+            status = rpc_status.from_call(err)
+        except (ValueError, AttributeError):  # inconsistent or missing status trailers
+            status = None
+        if status is not None:
+            message = str(status.message) or details
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    if info.domain in ("", ERROR_DOMAIN):
+                        reason = str(info.reason)
+                        break
+        if code == grpc.StatusCode.UNAVAILABLE and not reason:
+            message = (
+                f"the node at {self.target} cannot be reached ({details or 'unavailable'}); "
+                "check --server / COUNTERPART_SERVER and that the node is running"
+            )
+        elif code == grpc.StatusCode.DEADLINE_EXCEEDED and not reason:
+            message = f"the node at {self.target} did not answer within {self.timeout:g}s"
+        elif not message:
+            message = f"the node at {self.target} answered {code.name}"
+        return ServerError(code, reason, message)
+
+    def _checked(
+        self, response: R, request: ds.FindCounterpartRequest | None = None
+    ) -> tuple[R, Verification | None]:
+        """Verify a response unless verification is off."""
+        if not self.verify:
+            return response, None
+        assert self.federation is not None  # guaranteed by __init__
+        return response, verify_response(self.federation, response, self.clock(), request)
+
+    # --- lookups ------------------------------------------------------------------------
+
+    def find_counterpart(
+        self, request: ds.FindCounterpartRequest | None = None, /, **fields: Any
+    ) -> tuple[ds.FindCounterpartResponse, Verification | None]:
+        """Answer "whom do I send this request to?"; pass a request or its fields."""
+        if request is None:
+            request = ds.FindCounterpartRequest(**fields)
+        elif fields:
+            raise TypeError("pass either a FindCounterpartRequest or its fields, not both")
+        response = self._call("FindCounterpart", request, ds.FindCounterpartResponse)
+        return self._checked(response, request)
+
+    def get(self, name: str) -> tuple[Message, Verification | None]:
+        """Get one record by name; the collection in the name picks the method."""
+        try:
+            parsed = names.parse_record_name(name)
+        except CounterpartError as e:
+            raise InvalidName(e.message) from e
+        method, request_type = _GET_METHODS[parsed.collection]
+        response_type = cast(type[Message], getattr(ds, method + "Response"))
+        response = self._call(method, request_type(name=name), response_type)
+        return self._checked(response)
+
+    def list(
+        self, kind: str, parent: str = "members/-", filter: str = "", page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[Message, Verification | None]:
+        """List records of one kind ("authority" or "authorities", ...) under a parent."""
+        if kind not in _LIST_METHODS:
+            raise InvalidName(
+                f"unknown kind {kind!r}: expected one of {', '.join(sorted(names.COLLECTIONS))}"
+            )
+        method, request_type = _LIST_METHODS[kind]
+        response_type = cast(type[Message], getattr(ds, method + "Response"))
+        request = request_type(
+            parent=parent, filter=filter, page_size=page_size, page_token=page_token
+        )
+        return self._checked(self._call(method, request, response_type))
+
+    def search(
+        self, query: str, member: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[ds.SearchAuthoritiesResponse, Verification | None]:
+        """Search authorities by name or place, in any script."""
+        request = ds.SearchAuthoritiesRequest(
+            query=query, member=member, page_size=page_size, page_token=page_token
+        )
+        return self._checked(
+            self._call("SearchAuthorities", request, ds.SearchAuthoritiesResponse)
+        )
+
+    def members(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> tuple[ds.ListMembersResponse, Verification | None]:
+        """List the federation's members; their checkpoints are verified, counts are not."""
+        request = ds.ListMembersRequest(page_size=page_size, page_token=page_token)
+        return self._checked(self._call("ListMembers", request, ds.ListMembersResponse))
+
+    def member(self, code: str) -> tuple[ds.GetMemberResponse, Verification | None]:
+        """Get one member by code ("GE") or name ("members/GE")."""
+        name = code if code.startswith("members/") else names.member_name(code)
+        request = ds.GetMemberRequest(name=name)
+        return self._checked(self._call("GetMember", request, ds.GetMemberResponse))

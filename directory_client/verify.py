@@ -1,0 +1,364 @@
+"""Checking a node's answer without trusting the node.
+
+A node only relays what members signed. Every answer carries, for each record, the
+origin's signed entry bytes and an RFC 9162 inclusion proof, and for each member the
+origin's signed checkpoint. With a pinned federation document (which says which keys
+may sign for which member) the client can check that:
+
+1. each checkpoint is signed by a key of its member (and learn its size, root and age);
+2. each proof's entry is signed by that member, sits at the claimed position, and is a
+   leaf of the tree the checkpoint signs;
+3. each record shown to the user is byte-for-byte the body of such an entry.
+
+The cryptography and Merkle code are the domain's own (``directory_server.domain``);
+this module only decides what must be checked against what, and turns any failure into
+:class:`~directory_client.errors.VerificationFailed` naming the record or member.
+
+What this does not prove: that the node left nothing out, or that a proven entry is the
+*latest* one for its record (an inclusion proof shows membership of the log, not the
+absence of a later change). Checkpoint age and expiry bound how stale an answer can be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+from google.protobuf.message import Message
+
+from counterpart.v1 import directory_service_pb2 as ds
+from counterpart.v1 import records_pb2
+from directory_client.errors import VerificationFailed
+from directory_server.domain import log, merkle, names
+from directory_server.domain.errors import CounterpartError
+from directory_server.domain.federation import Federation
+from directory_server.domain.timeutil import from_timestamp
+
+__all__ = [
+    "RECORD_KINDS",
+    "MemberStatus",
+    "Record",
+    "Verification",
+    "records_in",
+    "verify_answer",
+    "verify_response",
+]
+
+Record = records_pb2.Authority | records_pb2.Contact | records_pb2.Rule | records_pb2.Treaty
+"""The record messages an answer shows (the bodies of signed entries)."""
+
+RECORD_KINDS: dict[type[Message], str] = {
+    records_pb2.Authority: "authority",
+    records_pb2.Contact: "contact",
+    records_pb2.Rule: "rule",
+    records_pb2.Treaty: "treaty",
+}
+"""Record message classes and the name of the ``Entry.body`` field that holds each."""
+
+# Messages that carry evidence rather than answer content: never searched for records.
+_EVIDENCE = (ds.RecordProof, ds.Provenance)
+
+
+class MemberStatus(NamedTuple):
+    """Freshness of one member's data, taken from its verified checkpoint."""
+
+    member: str
+    checkpoint_size: int
+    issue_time: datetime
+    age: timedelta
+    stale: bool
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What was verified in one answer.
+
+    ``records_checked`` counts the signed records whose entry signature and inclusion in
+    a signed checkpoint were verified (every record shown in the answer is one of them);
+    ``members`` gives the freshness of each member's checkpoint, recomputed locally.
+    """
+
+    records_checked: int
+    members: list[MemberStatus] = field(default_factory=list)
+
+    @property
+    def stale(self) -> bool:
+        """Some member's checkpoint had expired: its data may be out of date."""
+        return any(m.stale for m in self.members)
+
+
+def _fail(what: str, error: CounterpartError | str) -> VerificationFailed:
+    """A VerificationFailed naming what was being checked and why it failed."""
+    if isinstance(error, CounterpartError):
+        return VerificationFailed(f"{what}: {error.message} [{error.reason}]")
+    return VerificationFailed(f"{what}: {error}")
+
+
+def _verify_provenances(
+    federation: Federation, provenances: Sequence[ds.Provenance], now: datetime
+) -> dict[str, log.LogCheckpoint]:
+    """Verify every member's signed checkpoint; refuse provenance that contradicts it."""
+    checkpoints: dict[str, log.LogCheckpoint] = {}
+    for p in provenances:
+        what = f"checkpoint of {p.member or '(no member)'}"
+        try:
+            cp = log.verify_checkpoint(bytes(p.signed_checkpoint), p.member, federation)
+        except CounterpartError as e:
+            raise _fail(what, e) from e
+        previous = checkpoints.get(p.member)
+        if previous is not None and previous.envelope != cp.envelope:
+            raise _fail(what, "the answer holds two different checkpoints for this member")
+        # The plain fields restate the signed checkpoint; a node that changes them lies.
+        if p.checkpoint_size != cp.size:
+            raise _fail(what, f"provenance claims size {p.checkpoint_size}, the signed checkpoint "
+                              f"says {cp.size}")
+        if (p.HasField("checkpoint_issue_time")
+                and from_timestamp(p.checkpoint_issue_time) != cp.issue_time):
+            raise _fail(what, "provenance misstates the checkpoint's issue time")
+        if (p.HasField("checkpoint_expire_time")
+                and from_timestamp(p.checkpoint_expire_time) != cp.expire_time):
+            raise _fail(what, "provenance misstates the checkpoint's expiry time")
+        checkpoints[p.member] = cp
+    return checkpoints
+
+
+def _verify_proofs(
+    federation: Federation,
+    proofs: Sequence[ds.RecordProof],
+    checkpoints: dict[str, log.LogCheckpoint],
+) -> dict[str, list[log.LogEntry]]:
+    """Verify each proof's entry and inclusion; return the verified entries by name."""
+    entries: dict[str, list[log.LogEntry]] = {}
+    for proof in proofs:
+        what = f"proof of {proof.name or '(unnamed record)'}"
+        try:
+            parsed = names.parse_record_name(proof.name)
+        except CounterpartError as e:
+            raise _fail(what, e) from e
+        member = parsed.member
+        cp = checkpoints.get(member)
+        if cp is None:
+            raise _fail(what, f"the answer carries no signed checkpoint of {member}")
+        if proof.tree_size != cp.size:
+            raise _fail(what, f"the proof is for a tree of {proof.tree_size} entries, but "
+                              f"{member}'s signed checkpoint covers {cp.size}")
+        if proof.leaf_index >= cp.size:
+            raise _fail(what, f"leaf {proof.leaf_index} lies outside {member}'s checkpoint "
+                              f"of {cp.size} entries")
+        signed_entry = bytes(proof.signed_entry)
+        try:
+            entry = log.verify_entry(signed_entry, member, proof.leaf_index + 1, federation)
+            merkle.verify_inclusion(
+                merkle.leaf_hash(signed_entry), proof.leaf_index, proof.tree_size,
+                [bytes(h) for h in proof.inclusion_path], cp.root_hash,
+            )
+        except CounterpartError as e:
+            raise _fail(what, e) from e
+        if entry.name != proof.name:
+            raise _fail(what, f"the signed entry ({member} seq {entry.seq}) is about "
+                              f"{entry.name!r}")
+        if entry.kind != parsed.kind:
+            raise _fail(what, f"the signed entry ({member} seq {entry.seq}) is a "
+                              f"{entry.kind} entry, not one of kind {parsed.kind!r}")
+        entries.setdefault(proof.name, []).append(entry)
+    return entries
+
+
+def _check_records(records: Sequence[Message], entries: dict[str, list[log.LogEntry]]) -> None:
+    """Each record shown must be, byte for byte, the body of a verified entry."""
+    for record in records:
+        if not isinstance(record, Record):
+            raise TypeError(f"{type(record).__name__} is not a record message")
+        kind = RECORD_KINDS[type(record)]
+        name = record.name
+        candidates = entries.get(name)
+        if not candidates:
+            raise _fail(f"{kind} {name or '(unnamed)'}", "the answer carries no proof for it")
+        shown = record.SerializeToString(deterministic=True)
+        for entry in candidates:
+            body = getattr(entry.entry, kind) if entry.kind == kind else None
+            if body is not None and body.SerializeToString(deterministic=True) == shown:
+                break
+        else:
+            seqs = ", ".join(f"seq {e.seq}" for e in candidates)
+            raise _fail(f"{kind} {name}",
+                        f"the record differs from the entry {candidates[0].member} signed ({seqs})")
+
+
+def _statuses(checkpoints: dict[str, log.LogCheckpoint], now: datetime) -> list[MemberStatus]:
+    """Freshness per member, from the verified checkpoints and the local clock only."""
+    return [
+        MemberStatus(
+            member=code, checkpoint_size=cp.size, issue_time=cp.issue_time,
+            age=max(now - cp.issue_time, timedelta(0)), stale=cp.stale(now),
+        )
+        for code, cp in sorted(checkpoints.items())
+    ]
+
+
+def _verify(
+    federation: Federation,
+    proofs: Sequence[ds.RecordProof],
+    provenances: Sequence[ds.Provenance],
+    records: Sequence[Message],
+    now: datetime,
+) -> tuple[Verification, dict[str, list[log.LogEntry]]]:
+    checkpoints = _verify_provenances(federation, provenances, now)
+    entries = _verify_proofs(federation, proofs, checkpoints)
+    _check_records(records, entries)
+    verified = Verification(
+        records_checked=sum(len(v) for v in entries.values()),
+        members=_statuses(checkpoints, now),
+    )
+    return verified, entries
+
+
+def verify_answer(
+    federation: Federation,
+    proofs: Sequence[ds.RecordProof],
+    provenances: Sequence[ds.Provenance],
+    records: Sequence[Message],
+    now: datetime,
+) -> Verification:
+    """Verify an answer's proofs and records against the pinned ``federation``.
+
+    ``records`` are the Authority / Contact / Rule / Treaty messages shown to the user
+    (see :func:`records_in`). Staleness is recomputed from each verified checkpoint's
+    expiry and ``now``; the node's own ``stale`` flag is ignored.
+
+    Raises :class:`VerificationFailed` on the first failure; returns what was verified.
+    """
+    verified, _ = _verify(federation, proofs, provenances, records, now)
+    return verified
+
+
+# --- whole responses --------------------------------------------------------------------
+
+
+def records_in(message: Message) -> list[Record]:
+    """Every record message inside a response, e.g. candidates[].authority, rule, contacts[].
+
+    Walks the message generically, so new response shapes need no change here; proofs
+    and provenance are skipped (they are evidence, not content).
+    """
+    return list(_walk(message))
+
+
+def _walk(message: Message) -> Iterator[Record]:
+    for fd, value in message.ListFields():
+        if fd.message_type is None:
+            continue
+        items: list[Message] = list(value) if fd.is_repeated else [value]
+        for item in items:
+            if isinstance(item, Record):
+                yield item
+            elif not isinstance(item, _EVIDENCE):
+                yield from _walk(item)
+
+
+_PAGES = (
+    ds.ListAuthoritiesResponse, ds.ListContactsResponse, ds.ListRulesResponse,
+    ds.ListTreatiesResponse, ds.SearchAuthoritiesResponse, ds.FindCounterpartResponse,
+)
+_SINGLES = (
+    ds.GetAuthorityResponse, ds.GetContactResponse, ds.GetRuleResponse, ds.GetTreatyResponse,
+)
+
+
+def _evidence(response: Message) -> tuple[list[ds.RecordProof], list[ds.Provenance]]:
+    """The proofs and provenances a response carries, whatever its shape."""
+    if isinstance(response, _PAGES):
+        return list(response.proofs), list(response.provenances)
+    if isinstance(response, _SINGLES):
+        if not response.HasField("proof"):
+            raise VerificationFailed("the answer carries no proof for its record")
+        if not response.HasField("provenance"):
+            raise VerificationFailed("the answer carries no signed checkpoint")
+        return [response.proof], [response.provenance]
+    if isinstance(response, ds.ListMembersResponse):
+        return [], [m.provenance for m in response.members if m.HasField("provenance")]
+    if isinstance(response, ds.GetMemberResponse):
+        member = response.member
+        return [], [member.provenance] if member.HasField("provenance") else []
+    raise TypeError(f"{type(response).__name__} is not a DirectoryService response")
+
+
+def verify_response(
+    federation: Federation,
+    response: Message,
+    now: datetime,
+    request: ds.FindCounterpartRequest | None = None,
+) -> Verification:
+    """Verify any DirectoryService response: its records, proofs and checkpoints.
+
+    For a FindCounterpartResponse it also checks what the node derived from the signed
+    records: urgent contacts and matching languages must come from verified authorities,
+    and each legal basis must rest on a verified treaty record in force. With the
+    ``request``, every record must belong to the requested member, so a node cannot
+    answer with another member's (validly signed) records.
+    """
+    proofs, provenances = _evidence(response)
+    records = records_in(response)
+    verified, entries = _verify(federation, proofs, provenances, records, now)
+    if isinstance(response, ds.FindCounterpartResponse):
+        _check_find(response, entries, request)
+    return verified
+
+
+def _in_force_treaty(entries: dict[str, list[log.LogEntry]], name: str) -> records_pb2.Treaty | None:
+    for entry in entries.get(name, []):
+        if entry.kind == "treaty" and entry.entry.treaty.status == records_pb2.TREATY_STATUS_IN_FORCE:
+            return entry.entry.treaty
+    return None
+
+
+def _check_find(
+    response: ds.FindCounterpartResponse,
+    entries: dict[str, list[log.LogEntry]],
+    request: ds.FindCounterpartRequest | None,
+) -> None:
+    """Check the parts of a FindCounterpart answer the node derived from signed records."""
+    candidates = {c.authority.name for c in response.candidates}
+    if request is not None:
+        member = request.requested_member
+        for name in sorted(candidates):
+            if not name.startswith(f"members/{member}/"):
+                raise _fail(f"candidate {name}",
+                            f"it is not an authority of {member}, the member asked about")
+        wanted = f"members/{member}/rules/{request.request_type}"
+        if response.HasField("rule") and response.rule.name != wanted:
+            raise _fail(f"rule {response.rule.name}", f"the question was about {wanted}")
+    for contact in response.contacts:
+        if contact.authority not in candidates:
+            raise _fail(f"contact {contact.name}",
+                        f"it belongs to {contact.authority or 'no authority'}, not to a candidate")
+    authorities = [c.authority for c in response.candidates]
+    for cand in response.candidates:
+        extra = [lang for lang in cand.matching_languages if lang not in cand.authority.languages]
+        if extra:
+            raise _fail(f"candidate {cand.authority.name}",
+                        f"languages {', '.join(extra)} are not in its signed record")
+    signed_urgent = {a.urgent_contact.SerializeToString(deterministic=True) for a in authorities}
+    for uc in response.urgent_contacts:
+        if uc.SerializeToString(deterministic=True) not in signed_urgent:
+            raise _fail(f"urgent contact {uc.phone or uc.email or uc.description!r}",
+                        "it is not the urgent contact of any verified candidate authority")
+    for basis in response.legal_bases:
+        what = f"legal basis {basis.instrument}"
+        if request is not None:
+            theirs = [f"members/{request.requested_member}/treaties/{basis.instrument}"]
+        else:
+            theirs = [n for n in entries if n.endswith(f"/treaties/{basis.instrument}")]
+        treaty = next((t for n in theirs if (t := _in_force_treaty(entries, n))), None)
+        if basis.requested_member_party and treaty is None:
+            raise _fail(what, "no verified treaty record says it is in force for the requested "
+                              "member")
+        if treaty is not None and list(basis.declared_languages) != list(treaty.declared_languages):
+            raise _fail(what, "its declared languages differ from the signed treaty record")
+        if basis.requesting_member_party and request is not None:
+            ours = f"members/{request.requesting_member}/treaties/{basis.instrument}"
+            if _in_force_treaty(entries, ours) is None:
+                raise _fail(what, f"no verified treaty record says it is in force for "
+                                  f"{request.requesting_member or 'the requesting member'}")
