@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from directory_server.config import CONFIG_NAME, NodeConfig
 from directory_server.domain import federation as fed
@@ -119,6 +121,38 @@ def served(make_node: Callable[..., Node], sample_dir: Callable[[str], Path]) ->
 
 def postgres_url() -> str:
     return os.environ.get("COUNTERPART_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_unavailable() -> str | None:
+    """Why PostgreSQL cannot be used, or None when it answers."""
+    try:
+        engine = sa.create_engine(postgres_url(), connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure to connect means: skip, and say why
+        return f"PostgreSQL at {postgres_url()} does not answer ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+
+
+@pytest.fixture
+def postgres_schema_url() -> Iterator[str]:
+    """A URL whose connections use a fresh, empty schema, dropped afterwards; skips with the
+    reason printed when PostgreSQL does not answer."""
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    schema = f"cp_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_url())
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in postgres_url() else "?"
+    try:
+        yield f"{postgres_url()}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -7,14 +7,11 @@ with the reason printed, and the run's summary says how many ran on it.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from conftest import postgres_url
 
 from counterpart.v1 import records_pb2
 from directory_server.domain import log, merkle, signing
@@ -26,39 +23,12 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 KEY = signing.SigningKey.generate()
 
 
-def _postgres_available() -> str | None:
-    try:
-        engine = sa.create_engine(postgres_url(), connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-        return None
-    except Exception as e:  # noqa: BLE001 - any failure to connect means: skip, and say why
-        return f"PostgreSQL at {postgres_url()} does not answer ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = Store(sqlite_url(tmp_path))
-        yield s
-        s.close()
-        return
-    reason = _postgres_available()
-    if reason:
-        pytest.skip(reason)
-    schema = f"cp_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_url())
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    s = Store(postgres_url(), engine_options={"connect_args": {"options": f"-csearch_path={schema}"}})
-    try:
-        yield s
-    finally:
-        s.close()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    url = sqlite_url(tmp_path) if request.param == "sqlite" else request.getfixturevalue("postgres_schema_url")
+    s = Store(url)
+    yield s
+    s.close()
 
 
 def authority(record_id: str, names: list[tuple[str, str]], *, national: bool = False, subdivisions: tuple[str, ...] = (),
