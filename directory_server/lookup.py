@@ -101,12 +101,14 @@ class Directory:
         return checkpoint, tree
 
     def _load_rows(self, rows: Sequence[RecordRow]) -> list[Loaded]:
+        envelopes = self.store.envelopes_at([(r.member, r.seq) for r in rows])
+        trees = {m: self._tree(m)[1] for m in {r.member for r in rows}}
         out = []
         for row in rows:
-            envelope = self.store.envelope(row.member, row.seq)
+            envelope = envelopes.get((row.member, row.seq))
             if envelope is None:  # derived state points at a missing entry: rebuild needed
                 raise NotFoundError(f"{row.name}: entry {row.member}/{row.seq} is missing", reason="INDEX_STALE")
-            _, tree = self._tree(row.member)
+            tree = trees[row.member]
             entry = log_pb2.Entry.FromString(signing.parse_envelope(envelope).payload)
             record: Record = getattr(entry, row.kind)
             proof = ds.RecordProof(

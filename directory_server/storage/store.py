@@ -19,7 +19,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, select, tuple_
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -141,6 +141,16 @@ class Store:
         with self._session() as s:
             env = s.scalar(select(EntryRow.envelope).where(EntryRow.member == member, EntryRow.seq == seq))
             return bytes(env) if env is not None else None
+
+    def envelopes_at(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+        """Envelopes of the given (member, seq) positions, in one query."""
+        if not keys:
+            return {}
+        with self._session() as s:
+            q = select(EntryRow.member, EntryRow.seq, EntryRow.envelope).where(
+                tuple_(EntryRow.member, EntryRow.seq).in_(list(keys))
+            )
+            return {(m, int(seq)): bytes(env) for m, seq, env in s.execute(q)}
 
     def checkpoint(self, member: str) -> bytes | None:
         with self._session() as s:
@@ -340,11 +350,6 @@ class Store:
                 row.issue_time = _aware(row.issue_time)
                 row.expire_time = _aware(row.expire_time)
             return row
-
-    def corrupt_for_test(self, member: str, seq: int, envelope: bytes) -> None:
-        """Overwrite a stored envelope (tests and `verify` demonstrations only)."""
-        with self.transaction() as s:
-            s.execute(update(EntryRow).where(EntryRow.member == member, EntryRow.seq == seq).values(envelope=envelope))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
