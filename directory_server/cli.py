@@ -117,7 +117,7 @@ def serve(data_dir: Path, listen: str | None, passphrase_file: Path | None, no_h
     setup_logging(log_level.upper())
     node = _open(data_dir, listen=listen)
     key = None if no_heartbeat else node.signing_key(_passphrase(passphrase_file))
-    server = NodeServer(node, node.config.listen)
+    server = NodeServer(node, node.config.listen, max_workers=node.config.workers_count)
     server.start(key)
     server.wait_for_signal()
     node.close()

@@ -25,6 +25,9 @@ class NodeConfig:
     key_file: str = "keys/node-key.pem"
     checkpoint_validity: str = "7d"
     heartbeat_interval: str = "1h"
+    # gRPC worker threads. Lookups are Python-bound, so more threads than cores add
+    # contention, not throughput (bench/README.md: 16 threads gave less than 4).
+    workers: str = "4"
 
     @property
     def db_url(self) -> str:
@@ -38,6 +41,12 @@ class NodeConfig:
     @property
     def checkpoint_validity_td(self) -> timedelta:
         return _duration("checkpoint_validity", self.checkpoint_validity)
+
+    @property
+    def workers_count(self) -> int:
+        if not self.workers.isdigit() or not 1 <= int(self.workers) <= 256:
+            raise ConfigurationError(f"workers: {self.workers!r} is not a number from 1 to 256", reason="INVALID_CONFIG")
+        return int(self.workers)
 
     @property
     def heartbeat_interval_td(self) -> timedelta:

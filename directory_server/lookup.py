@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, log_pb2, records_pb2
 from directory_server.domain import index, names, signing
-from directory_server.domain.errors import InvalidArgumentError, NotFoundError
+from directory_server.domain.errors import ConflictError, InvalidArgumentError, NotFoundError
 from directory_server.domain.federation import Federation
 from directory_server.domain.index import fold
 from directory_server.domain.query import (
@@ -69,6 +69,32 @@ class Evidence:
         self.members.add(loaded.member)
 
 
+class _Snapshot:
+    """What one answer reads of each member's log: the checkpoint, read once.
+
+    Every proof and provenance of an answer then refers to the same tree, even when
+    the member publishes while the answer is being made.
+    """
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+        self._checkpoints: dict[str, bytes | None] = {}
+        self._trees: dict[str, tuple[bytes, ProofTree]] = {}
+
+    def checkpoint(self, member: str) -> bytes | None:
+        if member not in self._checkpoints:
+            self._checkpoints[member] = self._directory.store.checkpoint(member)
+        return self._checkpoints[member]
+
+    def tree(self, member: str) -> tuple[bytes, ProofTree]:
+        if member not in self._trees:
+            checkpoint = self.checkpoint(member)
+            if checkpoint is None:
+                raise NotFoundError(f"this node holds no verified data of member {member}", reason="MEMBER_NOT_FOUND")
+            self._trees[member] = self._directory._tree(member, checkpoint)
+        return self._trees[member]
+
+
 class Directory:
     """Read-only lookups over a Store, for one federation document."""
 
@@ -84,11 +110,8 @@ class Directory:
 
     # --- proofs ------------------------------------------------------------------------
 
-    def _tree(self, member: str) -> tuple[bytes, ProofTree]:
+    def _tree(self, member: str, checkpoint: bytes) -> tuple[bytes, ProofTree]:
         """(checkpoint envelope, tree at the checkpoint's size), cached until it changes."""
-        checkpoint = self.store.checkpoint(member)
-        if checkpoint is None:
-            raise NotFoundError(f"this node holds no verified data of member {member}", reason="MEMBER_NOT_FOUND")
         with self._lock:
             cached = self._trees.get(member)
             if cached is not None and cached[0] == checkpoint:
@@ -100,15 +123,16 @@ class Directory:
             self._trees[member] = (checkpoint, tree)
         return checkpoint, tree
 
-    def _load_rows(self, rows: Sequence[RecordRow]) -> list[Loaded]:
+    def _load_rows(self, rows: Sequence[RecordRow], snap: _Snapshot) -> list[Loaded]:
         envelopes = self.store.envelopes_at([(r.member, r.seq) for r in rows])
-        trees = {m: self._tree(m)[1] for m in {r.member for r in rows}}
         out = []
         for row in rows:
             envelope = envelopes.get((row.member, row.seq))
             if envelope is None:  # derived state points at a missing entry: rebuild needed
                 raise NotFoundError(f"{row.name}: entry {row.member}/{row.seq} is missing", reason="INDEX_STALE")
-            tree = trees[row.member]
+            _, tree = snap.tree(row.member)
+            if row.seq > tree.size:  # published after this answer read the checkpoint
+                raise ConflictError("the records changed while the answer was made; ask again", reason="RETRY")
             entry = log_pb2.Entry.FromString(signing.parse_envelope(envelope).payload)
             record: Record = getattr(entry, row.kind)
             proof = ds.RecordProof(
@@ -119,7 +143,10 @@ class Directory:
         return out
 
     def provenance(self, member: str) -> ds.Provenance:
-        checkpoint, _ = self._tree(member)
+        return self._provenance(member, _Snapshot(self))
+
+    def _provenance(self, member: str, snap: _Snapshot) -> ds.Provenance:
+        checkpoint, _ = snap.tree(member)
         cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(checkpoint).payload)
         now = self.clock()
         issued = from_timestamp(cp.issue_time)
@@ -136,11 +163,12 @@ class Directory:
 
     def get(self, name: str, collection: str) -> tuple[Loaded, ds.Provenance]:
         parsed = names.parse_record_name(name, collection)
+        snap = _Snapshot(self)
         row = self.store.record_row(str(parsed))
         if row is None or not row.public:
             raise NotFoundError(f"{name} does not exist", reason="RECORD_NOT_FOUND")
-        loaded = self._load_rows([row])[0]
-        return loaded, self.provenance(row.member)
+        loaded = self._load_rows([row], snap)[0]
+        return loaded, self._provenance(row.member, snap)
 
     def list_records(
         self, kind: str, parent: str, size: int, token: str, filter_text: str
@@ -152,15 +180,16 @@ class Directory:
         after = decode_page_token(token, scope)
         if member is not None and self._federation().member(member) is None and not self.store.checkpoint(member):
             raise NotFoundError(f"members/{member} is not a member of the federation", reason="MEMBER_NOT_FOUND")
+        snap = _Snapshot(self)
         rows = self.store.list_rows(
             kind, member, after, limit + 1, public_only=True,
             attrs=[(c.field, c.op, c.value) for c in conditions],
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        loaded = self._load_rows(rows)
+        loaded = self._load_rows(rows, snap)
         next_token = encode_page_token(scope, rows[-1].name) if more and rows else ""
-        return loaded, next_token, [self.provenance(m) for m in sorted({r.member for r in rows})]
+        return loaded, next_token, [self._provenance(m, snap) for m in sorted({r.member for r in rows})]
 
     def search(self, query: str, member: str, size: int, token: str) -> tuple[list[Loaded], str, list[ds.Provenance]]:
         folded = fold(query)
@@ -174,13 +203,14 @@ class Directory:
         scope = f"search|{member}|{folded}"
         offset_text = decode_page_token(token, scope)
         offset = int(offset_text) if offset_text.isdigit() else 0
+        snap = _Snapshot(self)
         hits = self.store.search(folded, member or None, limit + 1, offset)
         more = len(hits) > limit
         rows_by_name = self.store.record_rows([n for n, _ in hits[:limit]])
         rows = [rows_by_name[n] for n, _ in hits[:limit] if n in rows_by_name]
-        loaded = self._load_rows(rows)
+        loaded = self._load_rows(rows, snap)
         next_token = encode_page_token(scope, str(offset + limit)) if more else ""
-        return loaded, next_token, [self.provenance(m) for m in sorted({r.member for r in rows})]
+        return loaded, next_token, [self._provenance(m, snap) for m in sorted({r.member for r in rows})]
 
     # --- members -----------------------------------------------------------------------
 
@@ -201,7 +231,7 @@ class Directory:
             info.contact_count = counts.get("contact", 0)
             info.rule_count = counts.get("rule", 0)
             info.treaty_count = counts.get("treaty", 0)
-            info.provenance.CopyFrom(self.provenance(code))
+            info.provenance.CopyFrom(self._provenance(code, _Snapshot(self)))
         return info
 
     def members(self, size: int, token: str) -> tuple[list[ds.MemberInfo], str]:
@@ -233,15 +263,15 @@ class Directory:
         for tag in req.preferred_languages:
             if not _LANG_RE.match(tag):
                 raise InvalidArgumentError(f"{tag!r} is not a BCP 47 language tag", reason="INVALID_LANGUAGE")
-        if self.store.checkpoint(member) is None:
-            raise NotFoundError(f"this node holds no verified data of member {member}", reason="MEMBER_NOT_FOUND")
+        snap = _Snapshot(self)
+        snap.tree(member)  # NOT_FOUND when the node holds nothing of the member
 
         resp = ds.FindCounterpartResponse()
         evidence = Evidence()
         place = self._resolve_place(member, req.place, resp.warnings)
         resp.place.CopyFrom(place)
 
-        rule = self._load_name(f"members/{member}/rules/{req.request_type}")
+        rule = self._load_name(f"members/{member}/rules/{req.request_type}", snap)
         if rule is not None:
             evidence.add(rule)
             assert isinstance(rule.record, records_pb2.Rule)
@@ -252,7 +282,7 @@ class Directory:
             resp.warnings.append(f"{member} has published no procedural rule for {req.request_type}")
 
         rule_record = rule.record if rule is not None and isinstance(rule.record, records_pb2.Rule) else None
-        candidates = self._candidates(member, req, place, rule_record)
+        candidates = self._candidates(member, req, place, rule_record, snap)
         for cand, loaded in candidates:
             evidence.add(loaded)
             resp.candidates.append(cand)
@@ -261,30 +291,33 @@ class Directory:
         if not candidates:
             resp.warnings.append(f"no authority of {member} lists a competence for {req.request_type} covering this place")
 
-        bases = self._legal_bases(member, req.requesting_member, req.request_type, federation, evidence, resp.warnings)
+        bases = self._legal_bases(
+            member, req.requesting_member, req.request_type, federation, evidence, resp.warnings, snap
+        )
         resp.legal_bases.extend(bases)
         resp.route = self._route(rule_record, bases, req.urgent, resp.warnings)
         resp.languages.extend(self._languages(rule_record, bases, candidates))
 
-        for contact in self._contacts([c.authority.name for c, _ in candidates]):
+        contact_rows = self.store.contacts_of([c.authority.name for c, _ in candidates])
+        for contact in self._load_rows(contact_rows, snap):
             evidence.add(contact)
             assert isinstance(contact.record, records_pb2.Contact)
             resp.contacts.append(contact.record)
 
         self._uncertainty_warnings(evidence, resp.warnings)
         for m in sorted(evidence.members):
-            prov = self.provenance(m)
+            prov = self._provenance(m, snap)
             if prov.stale:
                 resp.warnings.append(f"the data of {m} is stale: its latest checkpoint expired")
             resp.provenances.append(prov)
         resp.proofs.extend(evidence.proofs[n] for n in sorted(evidence.proofs))
         return resp
 
-    def _load_name(self, name: str) -> Loaded | None:
+    def _load_name(self, name: str, snap: _Snapshot) -> Loaded | None:
         row = self.store.record_row(name)
         if row is None or not row.public:
             return None
-        return self._load_rows([row])[0]
+        return self._load_rows([row], snap)[0]
 
     def _resolve_place(self, member: str, query: str, warnings: MutableSequence[str]) -> ds.ResolvedPlace:
         place = ds.ResolvedPlace(query=query)
@@ -319,10 +352,29 @@ class Directory:
         return place
 
     def _candidates(
-        self, member: str, req: ds.FindCounterpartRequest, place: ds.ResolvedPlace, rule: records_pb2.Rule | None
+        self, member: str, req: ds.FindCounterpartRequest, place: ds.ResolvedPlace,
+        rule: records_pb2.Rule | None, snap: _Snapshot,
     ) -> list[tuple[ds.Candidate, Loaded]]:
+        # Coverage first: only the few authorities whose coverage includes the place,
+        # then their competences for the request type (both from indexes).
+        folded = fold(place.query) if place.level == ds.COVERAGE_LEVEL_MUNICIPALITY else ""
+        levels: dict[str, tuple[ds.CoverageLevel.ValueType, str]] = {}
+        for cov in self.store.coverage_matches(member, place.subdivision, folded, place.postal_code):
+            match: tuple[ds.CoverageLevel.ValueType, str]
+            if cov.level == index.LEVEL_NATIONAL:
+                match = (ds.COVERAGE_LEVEL_NATIONAL, f"competent for the whole of {member}")
+            elif cov.level == index.LEVEL_SUBDIVISION:
+                match = (ds.COVERAGE_LEVEL_SUBDIVISION, f"competent for subdivision {cov.key}")
+            elif cov.level == index.LEVEL_MUNICIPALITY:
+                shown = place.municipality if place.municipality == place.query.strip() else f"{place.query.strip()} ({place.municipality})"
+                match = (ds.COVERAGE_LEVEL_MUNICIPALITY, f"competent for the municipality {shown}")
+            else:
+                match = (ds.COVERAGE_LEVEL_POSTAL_CODE, f"competent for postal codes {cov.key}-{cov.last}")
+            if match[0] > levels.get(cov.name, (ds.COVERAGE_LEVEL_UNSPECIFIED, ""))[0]:
+                levels[cov.name] = match
+
         roles: dict[str, set[records_pb2.CompetenceRole.ValueType]] = {}
-        for c in self.store.competences(member, req.request_type):
+        for c in self.store.competences(member, req.request_type, names=list(levels)):
             if req.offence_category and c.offence not in ("", req.offence_category):
                 continue
             if req.stage and c.stage not in (0, int(req.stage)):
@@ -332,31 +384,15 @@ class Directory:
         if rule is not None:
             if rule.receiving_authority:
                 named_by_rule[rule.receiving_authority] = "named by the rule as competent to receive"
-                roles.setdefault(rule.receiving_authority, set()).add(records_pb2.COMPETENCE_ROLE_RECEIVES)
             if rule.executing_authority:
                 named_by_rule.setdefault(rule.executing_authority, "named by the rule as competent to execute")
-                roles.setdefault(rule.executing_authority, set()).add(records_pb2.COMPETENCE_ROLE_EXECUTES)
-
-        levels: dict[str, tuple[ds.CoverageLevel.ValueType, str]] = {}
-        folded = fold(place.query) if place.level == ds.COVERAGE_LEVEL_MUNICIPALITY else ""
-        for cov in self.store.coverage(list(roles)):
-            match: tuple[ds.CoverageLevel.ValueType, str] | None = None
-            if cov.level == index.LEVEL_NATIONAL:
-                match = (ds.COVERAGE_LEVEL_NATIONAL, f"competent for the whole of {member}")
-            elif cov.level == index.LEVEL_SUBDIVISION and place.subdivision and cov.key == place.subdivision:
-                match = (ds.COVERAGE_LEVEL_SUBDIVISION, f"competent for subdivision {cov.key}")
-            elif cov.level == index.LEVEL_MUNICIPALITY and folded and cov.key == folded:
-                shown = place.municipality if place.municipality == place.query.strip() else f"{place.query.strip()} ({place.municipality})"
-                match = (ds.COVERAGE_LEVEL_MUNICIPALITY, f"competent for the municipality {shown}")
-            elif (
-                cov.level == index.LEVEL_POSTAL_CODE and place.postal_code
-                and len(cov.key) == len(place.postal_code) and cov.key <= place.postal_code <= cov.last
-            ):
-                match = (ds.COVERAGE_LEVEL_POSTAL_CODE, f"competent for postal codes {cov.key}-{cov.last}")
-            if match and match[0] > levels.get(cov.name, (ds.COVERAGE_LEVEL_UNSPECIFIED, ""))[0]:
-                levels[cov.name] = match
+            for name, role in ((rule.receiving_authority, records_pb2.COMPETENCE_ROLE_RECEIVES),
+                               (rule.executing_authority, records_pb2.COMPETENCE_ROLE_EXECUTES)):
+                if name in levels:  # the rule names it, and it covers the place
+                    roles.setdefault(name, set()).add(role)
+        levels = {n: lv for n, lv in levels.items() if n in roles}
         rows = self.store.record_rows(list(levels))
-        loaded = {ld.name: ld for ld in self._load_rows([rows[n] for n in sorted(levels) if n in rows])}
+        loaded = {ld.name: ld for ld in self._load_rows([rows[n] for n in sorted(levels) if n in rows], snap)}
         out: list[tuple[ds.Candidate, Loaded]] = []
         for name, ld in loaded.items():
             assert isinstance(ld.record, records_pb2.Authority)
@@ -393,40 +429,46 @@ class Directory:
 
     def _legal_bases(
         self, member: str, requesting: str, request_type: str, federation: Federation,
-        evidence: Evidence, warnings: MutableSequence[str],
+        evidence: Evidence, warnings: MutableSequence[str], snap: _Snapshot,
     ) -> list[ds.LegalBasis]:
-        requesting_known = bool(requesting) and self.store.checkpoint(requesting) is not None
+        requesting_known = bool(requesting) and snap.checkpoint(requesting) is not None
         if requesting and not requesting_known:
             warnings.append(
                 f"this node holds no records of {requesting}: legal bases are shown from {member}'s side only"
             )
+
+        def in_force(m: str) -> dict[str, RecordRow]:
+            rows = self.store.list_rows("treaty", m, "", 100_000, True, [("status", "=", "TREATY_STATUS_IN_FORCE")])
+            return {r.name.rsplit("/", 1)[1]: r for r in rows}
+
+        theirs = in_force(member)
+        ours = in_force(requesting) if requesting_known else {}
+        relevant = [
+            code for code, instrument in federation.vocabulary.instruments.items()
+            if request_type in instrument.request_types
+            and not (instrument.parties and requesting and requesting not in instrument.parties)
+            and code in theirs
+            and (not requesting_known or code in ours)
+        ]
+        loaded = {
+            ld.name: ld
+            for ld in self._load_rows([theirs[c] for c in relevant] + [ours[c] for c in relevant if c in ours], snap)
+        }
         bases: list[ds.LegalBasis] = []
-        for code, instrument in federation.vocabulary.instruments.items():
-            if request_type not in instrument.request_types:
-                continue
-            if instrument.parties and requesting and requesting not in instrument.parties:
-                continue
-            theirs = self._load_name(f"members/{member}/treaties/{code}")
-            if theirs is None or not isinstance(theirs.record, records_pb2.Treaty):
-                continue
-            if theirs.record.status != records_pb2.TREATY_STATUS_IN_FORCE:
-                continue
-            ours = self._load_name(f"members/{requesting}/treaties/{code}") if requesting_known else None
-            ours_in_force = (
-                ours is not None and isinstance(ours.record, records_pb2.Treaty)
-                and ours.record.status == records_pb2.TREATY_STATUS_IN_FORCE
-            )
-            if requesting_known and not ours_in_force:
-                continue
-            evidence.add(theirs)
-            if ours is not None:
-                evidence.add(ours)
+        for code in relevant:
+            instrument = federation.vocabulary.instruments[code]
+            their_record = loaded[theirs[code].name]
+            evidence.add(their_record)
+            ours_in_force = code in ours
+            if ours_in_force:
+                evidence.add(loaded[ours[code].name])
+            assert isinstance(their_record.record, records_pb2.Treaty)
             basis = ds.LegalBasis(
                 instrument=code, title=instrument.title, scope=instrument.scope,
                 direct_transmission=instrument.direct_transmission, requested_member_party=True,
                 requesting_member_party=ours_in_force,
             )
-            basis.declared_languages.extend(theirs.record.declared_languages)
+            basis.declared_languages.extend(their_record.record.declared_languages)
             side = f"in force for {member}" + (f" and {requesting}" if ours_in_force else "")
             basis.explanation = f"{instrument.title} covers {request_type}; {side}"
             if instrument.parties and not requesting:
@@ -464,13 +506,6 @@ class Directory:
             for lang in src:
                 if lang not in out:
                     out.append(lang)
-        return out
-
-    def _contacts(self, authorities: Sequence[str]) -> list[Loaded]:
-        out: list[Loaded] = []
-        for name in authorities:
-            rows = self.store.list_rows("contact", None, "", 500, public_only=True, attrs=[("authority", "=", name)])
-            out.extend(self._load_rows(rows))
         return out
 
     def _uncertainty_warnings(self, evidence: Evidence, warnings: MutableSequence[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -57,9 +58,13 @@ class Federation:
     def version(self) -> int:
         return int(self.document.version)
 
-    @property
+    @cached_property
     def vocabulary(self) -> Vocabulary:
         return Vocabulary(self.document.vocabularies)
+
+    @cached_property
+    def _members(self) -> dict[str, federation_pb2.Member]:
+        return {m.code: m for m in self.document.members}
 
     @property
     def limits(self) -> federation_pb2.Limits:
@@ -72,10 +77,7 @@ class Federation:
         return now > from_timestamp(self.document.expire_time)
 
     def member(self, code: str) -> federation_pb2.Member | None:
-        for m in self.document.members:
-            if m.code == code:
-                return m
-        return None
+        return self._members.get(code)
 
     def members(self) -> list[federation_pb2.Member]:
         return sorted(self.document.members, key=lambda m: m.code)

@@ -83,7 +83,7 @@ class _AccessLog(grpc.ServerInterceptor):
 class NodeServer:
     """A running node: its gRPC server and its heartbeat thread."""
 
-    def __init__(self, node: Node, address: str, *, max_workers: int = 16, access_log: bool = True) -> None:
+    def __init__(self, node: Node, address: str, *, max_workers: int = 4, access_log: bool = True) -> None:
         self.node = node
         self.directory = Directory(node.store, node.federation, node.clock)
         interceptors: list[grpc.ServerInterceptor] = [_AccessLog()] if access_log else []

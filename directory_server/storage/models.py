@@ -73,6 +73,8 @@ class RecordAttrRow(Base):
     attr: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
 
+    __table_args__ = (Index("ix_record_attrs_attr_value", "attr", "value"),)
+
 
 class SearchTermRow(Base):
     """Derived: folded names and places of a record, for search in any script."""

@@ -19,16 +19,24 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, select, tuple_
+from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from directory_server.domain.errors import ConflictError
-from directory_server.domain.index import Derived, derive
+from directory_server.domain.index import (
+    LEVEL_MUNICIPALITY,
+    LEVEL_NATIONAL,
+    LEVEL_POSTAL_CODE,
+    LEVEL_SUBDIVISION,
+    Derived,
+    derive,
+)
 from directory_server.domain.log import LogCheckpoint, LogEntry
 from directory_server.storage.models import (
     DERIVED_TABLES,
+    Base,
     CheckpointRow,
     CompetenceIndexRow,
     CoverageIndexRow,
@@ -147,8 +155,12 @@ class Store:
         if not keys:
             return {}
         with self._session() as s:
+            by_member: dict[str, list[int]] = {}
+            for member, seq in keys:
+                by_member.setdefault(member, []).append(seq)
+            # member = ? AND seq IN (...) per member: SQLite plans a row-value IN as a scan
             q = select(EntryRow.member, EntryRow.seq, EntryRow.envelope).where(
-                tuple_(EntryRow.member, EntryRow.seq).in_(list(keys))
+                or_(*(and_(EntryRow.member == m, EntryRow.seq.in_(seqs)) for m, seqs in by_member.items()))
             )
             return {(m, int(seq)): bytes(env) for m, seq, env in s.execute(q)}
 
@@ -184,14 +196,19 @@ class Store:
                     raise ConflictError(
                         f"{member}: log has {size} entries, expected {expected_size}", reason="CONCURRENT_APPEND"
                     )
-                for e in entries:
-                    s.add(
-                        EntryRow(
-                            member=member, seq=e.seq, name=e.name, kind=e.kind, envelope=e.envelope,
-                            leaf_hash=e.leaf_hash, publish_time=e.publish_time,
-                        )
+                if entries:
+                    s.execute(
+                        insert(EntryRow),
+                        [
+                            {
+                                "member": member, "seq": e.seq, "name": e.name, "kind": e.kind,
+                                "envelope": e.envelope, "leaf_hash": e.leaf_hash, "publish_time": e.publish_time,
+                            }
+                            for e in entries
+                        ],
                     )
-                    self._apply_derived(s, e.name, derive(e))
+                latest = {e.name: e for e in entries}  # only a name's last entry shapes its state
+                self._replace_derived(s, list(latest), [derive(e) for e in latest.values()])
                 self._put_checkpoint(s, checkpoint)
         except IntegrityError as e:
             raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
@@ -223,26 +240,43 @@ class Store:
     # --- derived state -------------------------------------------------------------------
 
     @staticmethod
-    def _apply_derived(s: Session, name: str, d: Derived | None) -> None:
-        for table in DERIVED_TABLES:
-            s.execute(delete(table).where(table.name == name))
-        if d is None:
-            return
-        s.add(RecordRow(name=d.name, member=d.member, kind=d.kind, seq=d.seq, public=d.public, label=d.label[:2000]))
-        s.add_all(RecordAttrRow(name=d.name, attr=k, value=v[:200]) for k, v in d.attrs.items())
-        s.add_all(SearchTermRow(name=d.name, term=t[:2000], member=d.member, weight=w) for t, w in d.search_terms.items())
-        s.add_all(
-            CoverageIndexRow(name=d.name, member=d.member, level=c.level, key=c.key[:2000], last=c.last, subdivision=c.subdivision)
-            for c in d.coverage
-        )
-        s.add_all(
-            CompetenceIndexRow(name=d.name, member=d.member, request_type=c.request_type, role=c.role, offence=c.offence, stage=c.stage)
-            for c in d.competences
-        )
-        s.add_all(
-            PlaceIndexRow(name=d.name, member=d.member, folded=p.folded[:2000], display=p.display[:2000], subdivision=p.subdivision)
-            for p in d.places
-        )
+    def _replace_derived(s: Session, names: Sequence[str], derived: Sequence[Derived | None]) -> None:
+        """Drop the derived rows of ``names`` (those that have any) and write ``derived``."""
+        existing: list[str] = []
+        for chunk in _chunks(names):
+            existing += s.scalars(select(RecordRow.name).where(RecordRow.name.in_(chunk)))
+        for chunk in _chunks(existing):
+            for table in DERIVED_TABLES:
+                s.execute(delete(table).where(table.name.in_(chunk)))
+        rows: dict[type[Base], list[dict[str, Any]]] = {t: [] for t in DERIVED_TABLES}
+        for d in derived:
+            if d is None:
+                continue
+            rows[RecordRow].append(
+                {"name": d.name, "member": d.member, "kind": d.kind, "seq": d.seq, "public": d.public, "label": d.label[:2000]}
+            )
+            rows[RecordAttrRow] += [{"name": d.name, "attr": k, "value": v[:200]} for k, v in d.attrs.items()]
+            rows[SearchTermRow] += [
+                {"name": d.name, "term": t[:2000], "member": d.member, "weight": w} for t, w in d.search_terms.items()
+            ]
+            rows[CoverageIndexRow] += [
+                {"name": d.name, "member": d.member, "level": c.level, "key": c.key[:2000], "last": c.last,
+                 "subdivision": c.subdivision}
+                for c in d.coverage
+            ]
+            rows[CompetenceIndexRow] += [
+                {"name": d.name, "member": d.member, "request_type": c.request_type, "role": c.role,
+                 "offence": c.offence, "stage": c.stage}
+                for c in d.competences
+            ]
+            rows[PlaceIndexRow] += [
+                {"name": d.name, "member": d.member, "folded": p.folded[:2000], "display": p.display[:2000],
+                 "subdivision": p.subdivision}
+                for p in d.places
+            ]
+        for model, values in rows.items():
+            if values:
+                s.execute(insert(model), values)
 
     def rebuild_derived(self, entries_by_member: dict[str, Sequence[LogEntry]]) -> int:
         """Replace all derived rows by those of the latest entry of each name."""
@@ -251,14 +285,10 @@ class Store:
             for table in DERIVED_TABLES:
                 s.execute(delete(table))
             for entries in entries_by_member.values():
-                latest: dict[str, LogEntry] = {}
-                for e in entries:
-                    latest[e.name] = e
-                for name, e in latest.items():
-                    d = derive(e)
-                    if d is not None:
-                        self._apply_derived(s, name, d)
-                        count += 1
+                latest = {e.name: e for e in entries}
+                derived = [derive(e) for e in latest.values()]
+                self._replace_derived(s, [], derived)
+                count += sum(d is not None for d in derived)
         return count
 
     def record_row(self, name: str) -> RecordRow | None:
@@ -284,8 +314,13 @@ class Store:
             if public_only:
                 q = q.where(RecordRow.public.is_(True))
             for attr, op, value in attrs:
-                sub = select(RecordAttrRow.name).where(RecordAttrRow.attr == attr, RecordAttrRow.value == value)
-                q = q.where(RecordRow.name.in_(sub) if op == "=" else RecordRow.name.not_in(sub))
+                # correlated on the (name, attr) key: cheap per row, whatever the value's spread
+                has = (
+                    select(RecordAttrRow.name)
+                    .where(RecordAttrRow.name == RecordRow.name, RecordAttrRow.attr == attr, RecordAttrRow.value == value)
+                    .exists()
+                )
+                q = q.where(has if op == "=" else ~has)
             return list(s.scalars(q.order_by(RecordRow.name).limit(limit)))
 
     def count_records(self, member: str) -> dict[str, int]:
@@ -321,21 +356,56 @@ class Store:
         ordered = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
         return ordered[offset : offset + limit]
 
-    def competences(self, member: str, request_type: str) -> list[CompetenceIndexRow]:
+    def competences(self, member: str, request_type: str, names: Sequence[str] | None = None) -> list[CompetenceIndexRow]:
+        """Competence rows of a member for a request type, optionally of some authorities only."""
         with self._session() as s:
-            return list(
-                s.scalars(
-                    select(CompetenceIndexRow).where(
-                        CompetenceIndexRow.member == member, CompetenceIndexRow.request_type == request_type
-                    )
-                )
+            q = select(CompetenceIndexRow).where(
+                CompetenceIndexRow.member == member, CompetenceIndexRow.request_type == request_type
             )
+            if names is not None:
+                q = q.where(CompetenceIndexRow.name.in_(list(names)))
+            return list(s.scalars(q))
 
     def coverage(self, names: Sequence[str]) -> list[CoverageIndexRow]:
         if not names:
             return []
         with self._session() as s:
             return list(s.scalars(select(CoverageIndexRow).where(CoverageIndexRow.name.in_(list(names)))))
+
+    def coverage_matches(
+        self, member: str, subdivision: str = "", municipality: str = "", postal_code: str = ""
+    ) -> list[CoverageIndexRow]:
+        """Coverage rows of a member that include the place: national ones, and those of its
+        subdivision, (folded) municipality or postal code."""
+        conditions = [CoverageIndexRow.level == LEVEL_NATIONAL]
+        if subdivision:
+            conditions.append(and_(CoverageIndexRow.level == LEVEL_SUBDIVISION, CoverageIndexRow.key == subdivision))
+        if municipality:
+            conditions.append(and_(CoverageIndexRow.level == LEVEL_MUNICIPALITY, CoverageIndexRow.key == municipality))
+        if postal_code:
+            conditions.append(
+                and_(
+                    CoverageIndexRow.level == LEVEL_POSTAL_CODE,
+                    func.length(CoverageIndexRow.key) == len(postal_code),
+                    CoverageIndexRow.key <= postal_code,
+                    CoverageIndexRow.last >= postal_code,
+                )
+            )
+        with self._session() as s:
+            return list(s.scalars(select(CoverageIndexRow).where(CoverageIndexRow.member == member, or_(*conditions))))
+
+    def contacts_of(self, authorities: Sequence[str], public_only: bool = True) -> list[RecordRow]:
+        """Current contacts that belong to any of the given authorities, ordered by name."""
+        if not authorities:
+            return []
+        with self._session() as s:
+            owned = select(RecordAttrRow.name).where(
+                RecordAttrRow.attr == "authority", RecordAttrRow.value.in_(list(authorities))
+            )
+            q = select(RecordRow).where(RecordRow.kind == "contact", RecordRow.name.in_(owned))
+            if public_only:
+                q = q.where(RecordRow.public.is_(True))
+            return list(s.scalars(q.order_by(RecordRow.name)))
 
     def places(self, member: str, folded: str) -> list[PlaceIndexRow]:
         with self._session() as s:
@@ -350,6 +420,11 @@ class Store:
                 row.issue_time = _aware(row.issue_time)
                 row.expire_time = _aware(row.expire_time)
             return row
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    """Split a list of names so an IN (...) stays within every backend's parameter limit."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -91,6 +91,9 @@ def upgrade() -> None:
     sa.Column('value', sa.String(length=200), nullable=False),
     sa.PrimaryKeyConstraint('name', 'attr')
     )
+    with op.batch_alter_table('record_attrs', schema=None) as batch_op:
+        batch_op.create_index('ix_record_attrs_attr_value', ['attr', 'value'], unique=False)
+
     op.create_table('records',
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('member', sa.String(length=16), nullable=False),
@@ -124,6 +127,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_records_kind_member_name')
 
     op.drop_table('records')
+    with op.batch_alter_table('record_attrs', schema=None) as batch_op:
+        batch_op.drop_index('ix_record_attrs_attr_value')
+
     op.drop_table('record_attrs')
     with op.batch_alter_table('places', schema=None) as batch_op:
         batch_op.drop_index('ix_places_name')
