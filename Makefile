@@ -21,8 +21,10 @@ venv: $(STAMP)
 generate: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
-$(BUF): package.json package-lock.json
-	npm ci --silent --no-audit --no-fund
+# package.json pins buf exactly (and buf pins its per-platform binary); no lock file, because
+# npm 11 writes one without the other platforms' binaries, which `npm ci` then refuses.
+$(BUF): package.json
+	npm install --silent --no-package-lock --no-audit --no-fund
 	touch $(BUF)
 
 ## buf lint (STANDARD) over the wire contract.
