@@ -274,7 +274,7 @@ def _render_find(
 
     if response.legal_bases:
         table = Table(title="Legal bases, strongest first", title_justify="left")
-        for col in ("Instrument", "Title", "Scope", "Direct transmission", "Declared languages"):
+        for col in ("Instrument", "Title", "Scope", "Direct transmission", "Declared languages", "Only for"):
             table.add_column(col)
         for b in response.legal_bases:
             table.add_row(
@@ -282,6 +282,7 @@ def _render_find(
                 _enum_word(federation_pb2.InstrumentScope, b.scope, "INSTRUMENT_SCOPE_"),
                 "yes" if b.direct_transmission else "no",
                 escape(", ".join(b.declared_languages) or "-"),
+                escape(", ".join(b.offence_categories) or "any offence"),
             )
         out.print(table)
     else:

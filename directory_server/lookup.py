@@ -292,7 +292,8 @@ class Directory:
             resp.warnings.append(f"no authority of {member} lists a competence for {req.request_type} covering this place")
 
         bases = self._legal_bases(
-            member, req.requesting_member, req.request_type, federation, evidence, resp.warnings, snap
+            member, req.requesting_member, req.request_type, req.offence_category, federation, evidence,
+            resp.warnings, snap,
         )
         resp.legal_bases.extend(bases)
         resp.route = self._route(rule_record, bases, req.urgent, resp.warnings)
@@ -428,7 +429,7 @@ class Directory:
         return out
 
     def _legal_bases(
-        self, member: str, requesting: str, request_type: str, federation: Federation,
+        self, member: str, requesting: str, request_type: str, offence: str, federation: Federation,
         evidence: Evidence, warnings: MutableSequence[str], snap: _Snapshot,
     ) -> list[ds.LegalBasis]:
         requesting_known = bool(requesting) and snap.checkpoint(requesting) is not None
@@ -447,6 +448,7 @@ class Directory:
             code for code, instrument in federation.vocabulary.instruments.items()
             if request_type in instrument.request_types
             and not (instrument.parties and requesting and requesting not in instrument.parties)
+            and not (offence and instrument.offence_categories and offence not in instrument.offence_categories)
             and code in theirs
             and (not requesting_known or code in ours)
         ]
@@ -473,6 +475,9 @@ class Directory:
             basis.explanation = f"{instrument.title} covers {request_type}; {side}"
             if instrument.parties and not requesting:
                 basis.explanation += f"; applies only between {' and '.join(instrument.parties)}"
+            basis.offence_categories.extend(instrument.offence_categories)
+            if instrument.offence_categories and not offence:
+                basis.explanation += f"; only for offences of: {', '.join(instrument.offence_categories)}"
             bases.append(basis)
         bases.sort(key=lambda b: (_SCOPE_RANK.get(b.scope, 3), b.instrument))
         if not bases:

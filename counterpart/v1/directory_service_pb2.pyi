@@ -1069,6 +1069,7 @@ class LegalBasis(_message.Message):
     REQUESTING_MEMBER_PARTY_FIELD_NUMBER: _builtins.int
     DECLARED_LANGUAGES_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
+    OFFENCE_CATEGORIES_FIELD_NUMBER: _builtins.int
     instrument: _builtins.str
     """Instrument code."""
     title: _builtins.str
@@ -1087,6 +1088,10 @@ class LegalBasis(_message.Message):
     def declared_languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Languages the requested member declared under the instrument."""
 
+    @_builtins.property
+    def offence_categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Offence categories the instrument is limited to (empty: every category)."""
+
     def __init__(
         self,
         *,
@@ -1098,10 +1103,11 @@ class LegalBasis(_message.Message):
         requesting_member_party: _builtins.bool = ...,
         declared_languages: _abc.Iterable[_builtins.str] | None = ...,
         explanation: _builtins.str = ...,
+        offence_categories: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["declared_languages", b"declared_languages", "direct_transmission", b"direct_transmission", "explanation", b"explanation", "instrument", b"instrument", "requested_member_party", b"requested_member_party", "requesting_member_party", b"requesting_member_party", "scope", b"scope", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["declared_languages", b"declared_languages", "direct_transmission", b"direct_transmission", "explanation", b"explanation", "instrument", b"instrument", "offence_categories", b"offence_categories", "requested_member_party", b"requested_member_party", "requesting_member_party", b"requesting_member_party", "scope", b"scope", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -288,6 +288,7 @@ class Instrument(_message.Message):
     REQUEST_TYPES_FIELD_NUMBER: _builtins.int
     DIRECT_TRANSMISSION_FIELD_NUMBER: _builtins.int
     PARTIES_FIELD_NUMBER: _builtins.int
+    OFFENCE_CATEGORIES_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Code, e.g. "untoc" or "bilateral-az-ge-mla-1997"."""
     title: _builtins.str
@@ -304,6 +305,10 @@ class Instrument(_message.Message):
     def parties(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """For bilateral treaties: the two member codes."""
 
+    @_builtins.property
+    def offence_categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Offence categories the instrument applies to; empty means every category."""
+
     def __init__(
         self,
         *,
@@ -313,10 +318,11 @@ class Instrument(_message.Message):
         request_types: _abc.Iterable[_builtins.str] | None = ...,
         direct_transmission: _builtins.bool = ...,
         parties: _abc.Iterable[_builtins.str] | None = ...,
+        offence_categories: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "direct_transmission", b"direct_transmission", "parties", b"parties", "request_types", b"request_types", "scope", b"scope", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "direct_transmission", b"direct_transmission", "offence_categories", b"offence_categories", "parties", b"parties", "request_types", b"request_types", "scope", b"scope", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -144,6 +144,18 @@ def test_witness_in_batumi(stub: ds_grpc.DirectoryServiceStub, place: str) -> No
     assert [p.member for p in resp.provenances] == ["GE"]
 
 
+def test_legal_bases_follow_the_offence(stub: ds_grpc.DirectoryServiceStub) -> None:
+    any_offence = find(stub, requested_member="GE", request_type="mla.hearing.witness")
+    uncac = next(b for b in any_offence.legal_bases if b.instrument == "uncac")
+    assert list(uncac.offence_categories) == ["corruption", "money-laundering"]
+    assert "only for offences of: corruption, money-laundering" in uncac.explanation
+    fraud = find(stub, requested_member="GE", request_type="mla.hearing.witness", offence_category="fraud")
+    assert {b.instrument for b in fraud.legal_bases} == {b.instrument for b in any_offence.legal_bases} - {"uncac", "un-1988-drugs"}
+    drugs = find(stub, requested_member="GE", request_type="mla.hearing.witness", offence_category="drug-trafficking")
+    assert "un-1988-drugs" in {b.instrument for b in drugs.legal_bases}
+    assert "uncac" not in {b.instrument for b in drugs.legal_bases}
+
+
 def test_place_resolution_levels(stub: ds_grpc.DirectoryServiceStub) -> None:
     national = find(stub, requested_member="GE", request_type="extradition")
     assert national.place.level == ds.COVERAGE_LEVEL_NATIONAL
