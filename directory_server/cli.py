@@ -9,6 +9,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -221,16 +222,7 @@ def status(data_dir: Path, fmt: str) -> None:
     node = _open(data_dir)
     federation = node.federation()
     now = utcnow()
-    rows: list[dict[str, Any]] = []
-    for code in sorted({m.code for m in federation.members()} | set(node.store.checkpoints())):
-        cp = node.store.checkpoint_row(code)
-        rows.append({
-            "member": code,
-            "log_size": node.store.log_size(code),
-            "checkpoint_size": cp.size if cp else None,
-            "checkpoint_age_seconds": int((now - cp.issue_time).total_seconds()) if cp else None,
-            "stale": bool(cp and now > cp.expire_time),
-        })
+    rows = [asdict(s) for s in node.member_statuses()]
     doc = federation.document
     head = {
         "member": node.member, "federation_id": doc.federation_id, "federation_version": doc.version,
@@ -296,13 +288,9 @@ def _duration(text: str) -> timedelta:
 
 
 def _edit(path: Path, valid_for: str) -> Any:
-    """Open a document for a change: a signed one becomes the draft of the next version."""
-    envelope = fed.read_file(path)
-    doc, good, threshold = fed.signature_status(envelope)
-    if good >= threshold:
-        doc.version += 1
+    doc, bumped = fed.open_for_edit(fed.read_file(path), utcnow(), _duration(valid_for))
+    if bumped:
         out.print(f"{path} was signed version {doc.version - 1}; editing it as draft version {doc.version}")
-    fed.stamp(doc, utcnow(), _duration(valid_for))
     return doc
 
 

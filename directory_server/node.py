@@ -43,6 +43,17 @@ class PublishPlan:
 
 
 @dataclass(frozen=True)
+class MemberStatus:
+    """What the node holds of one member."""
+
+    member: str
+    log_size: int
+    checkpoint_size: int | None
+    checkpoint_age_seconds: int | None
+    stale: bool
+
+
+@dataclass(frozen=True)
 class Problem:
     """Something wrong on disk, found by verify."""
 
@@ -203,6 +214,24 @@ class Node:
         cp = log.build_checkpoint(self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td)
         self.store.put_checkpoint(cp)
         return cp
+
+    def member_statuses(self) -> list[MemberStatus]:
+        """Per member of the federation (and any other the node holds data of): log size and
+        checkpoint age, for `counterpart-node status`."""
+        now = self.clock()
+        out = []
+        for code in sorted({m.code for m in self.federation().members()} | set(self.store.checkpoints())):
+            cp = self.store.checkpoint_row(code)
+            out.append(
+                MemberStatus(
+                    member=code,
+                    log_size=self.store.log_size(code),
+                    checkpoint_size=cp.size if cp else None,
+                    checkpoint_age_seconds=int((now - cp.issue_time).total_seconds()) if cp else None,
+                    stale=bool(cp and now > cp.expire_time),
+                )
+            )
+        return out
 
     # --- integrity -----------------------------------------------------------------------
 

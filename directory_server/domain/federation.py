@@ -152,6 +152,23 @@ def add_member(
     member.keys.extend(new_keys)
 
 
+def open_for_edit(
+    envelope: bytes, now: datetime, valid_for: timedelta
+) -> tuple[federation_pb2.FederationDocument, bool]:
+    """The document to change, and whether it became the next version.
+
+    A fully signed document is in force somewhere, so a change to it is the draft of its
+    next version; a draft (under-signed) is changed in place. Either way the old
+    signatures no longer cover the payload, and the caller writes it unsigned.
+    """
+    doc, good, threshold = signature_status(envelope)
+    bumped = good >= threshold
+    if bumped:
+        doc.version += 1
+    stamp(doc, now, valid_for)
+    return doc, bumped
+
+
 def unsigned_envelope(doc: federation_pb2.FederationDocument) -> bytes:
     return signing.sign_envelope(doc.SerializeToString(deterministic=True), signing.FEDERATION_TYPE, [])
 
