@@ -257,9 +257,16 @@ class Directory:
         if not req.request_type:
             raise InvalidArgumentError("request_type is required (e.g. mla.hearing.witness)", reason="MISSING_ARGUMENT")
         if req.request_type not in vocab.request_types:
-            raise InvalidArgumentError(f"unknown request type {req.request_type!r}", reason="UNKNOWN_REQUEST_TYPE")
+            raise InvalidArgumentError(
+                f"unknown request type {req.request_type!r}{vocab.hint('request_types', req.request_type)}",
+                reason="UNKNOWN_REQUEST_TYPE",
+            )
         if req.offence_category and req.offence_category not in vocab.offence_categories:
-            raise InvalidArgumentError(f"unknown offence category {req.offence_category!r}", reason="UNKNOWN_OFFENCE_CATEGORY")
+            raise InvalidArgumentError(
+                f"unknown offence category {req.offence_category!r}"
+                f"{vocab.hint('offence_categories', req.offence_category)}",
+                reason="UNKNOWN_OFFENCE_CATEGORY",
+            )
         for tag in req.preferred_languages:
             if not _LANG_RE.match(tag):
                 raise InvalidArgumentError(f"{tag!r} is not a BCP 47 language tag", reason="INVALID_LANGUAGE")

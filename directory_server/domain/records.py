@@ -357,7 +357,7 @@ class _Checker:
             self.fail(
                 field,
                 f"unknown {vocabulary.replace('_', ' ').rstrip('s')} code {value!r} "
-                f"(not in the federation's vocabulary)",
+                f"(not in the federation's vocabulary){self.vocab.hint(vocabulary, value)}",
                 "UNKNOWN_CODE",
             )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -42,6 +43,12 @@ class Vocabulary:
         set_(self, "channels", frozenset(t.code for t in m.channels))
         set_(self, "contact_roles", frozenset(t.code for t in m.contact_roles))
         set_(self, "instruments", {i.code: i for i in m.instruments})
+
+    def hint(self, vocabulary: str, code: str) -> str:
+        """' (did you mean 'x'?)' for the closest code of a vocabulary, or ''."""
+        codes: frozenset[str] | dict[str, federation_pb2.Instrument] = getattr(self, vocabulary)
+        close = difflib.get_close_matches(code, list(codes), n=1, cutoff=0.75)
+        return f" (did you mean {close[0]!r}?)" if close else ""
 
     def title(self, vocabulary: str, code: str) -> str:
         for term in getattr(self.message, vocabulary):

@@ -223,7 +223,7 @@ BAD_CALLS: dict[str, tuple[Callable[[ds_grpc.DirectoryServiceStub], object], grp
     "no requested member": (lambda s: find(s, request_type="extradition"), grpc.StatusCode.INVALID_ARGUMENT, "MISSING_ARGUMENT", "requested_member"),
     "malformed requested member": (lambda s: find(s, requested_member="Georgia", request_type="extradition"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_MEMBER_CODE", "'Georgia'"),
     "malformed requesting member": (lambda s: find(s, requested_member="GE", requesting_member="az", request_type="extradition"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_MEMBER_CODE", "requesting_member"),
-    "unknown request type": (lambda s: find(s, requested_member="GE", request_type="mla.witness"), grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_REQUEST_TYPE", "'mla.witness'"),
+    "unknown request type": (lambda s: find(s, requested_member="GE", request_type="mla.hearing.witnes"), grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_REQUEST_TYPE", "'mla.hearing.witnes' (did you mean 'mla.hearing.witness'?)"),
     "unknown offence": (lambda s: find(s, requested_member="GE", request_type="extradition", offence_category="piracy"), grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_OFFENCE_CATEGORY", "'piracy'"),
     "place of another member": (lambda s: find(s, requested_member="GE", request_type="extradition", place="AZ-BA"), grpc.StatusCode.INVALID_ARGUMENT, "PLACE_OUTSIDE_MEMBER", "AZ-BA"),
     "bad language tag": (lambda s: find(s, requested_member="GE", request_type="extradition", preferred_languages=["english!"]), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_LANGUAGE", "'english!'"),

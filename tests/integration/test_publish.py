@@ -89,7 +89,8 @@ BAD_INPUTS = {
     ),
     "unknown_request_type": (
         GOOD_RECORDS.replace("request_types: [mla.hearing.witness, mla.general]", "request_types: [mla.hearing.wittness]"),
-        ["bad.yaml", "members/GE/authorities/pgo", "competences[0].request_types[0]", "'mla.hearing.wittness'"],
+        ["bad.yaml", "members/GE/authorities/pgo", "competences[0].request_types[0]", "'mla.hearing.wittness'",
+         "did you mean 'mla.hearing.witness'?"],
     ),
     "malformed_member_code": (
         GOOD_RECORDS.replace("member: GE", "member: Georgia"),
