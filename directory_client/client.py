@@ -23,12 +23,13 @@ from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-
 from grpc_status import rpc_status  # type: ignore[import-untyped, unused-ignore]
 
 from counterpart.v1 import directory_service_pb2 as ds
+from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
 from directory_client.errors import InvalidName, NotTrusted, ServerError, TrustRefused
 from directory_client.verify import Verification, verify_response
 from directory_server.domain import federation as fed
 from directory_server.domain import names
 from directory_server.domain.errors import CounterpartError
-from directory_server.domain.timeutil import from_timestamp, utcnow
+from directory_server.domain.timeutil import utcnow
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -49,7 +50,6 @@ R = TypeVar("R", bound=Message)
 
 # The service as the wire contract describes it; method paths and message types come from
 # here rather than from the generated stub, whose typing needs grpc's stubs.
-_SERVICE = ds.DESCRIPTOR.services_by_name["DirectoryService"]
 
 # Collection in a record name -> the Get method that serves it.
 _GET_METHODS: dict[str, tuple[str, type[Message]]] = {
@@ -119,8 +119,7 @@ def _read_pinned_raw(path: Path) -> tuple[bytes, fed.Federation] | None:
     if not path.exists():
         return None
     envelope = fed.read_file(path)
-    issued = from_timestamp(fed.parse_document(envelope)[1].issue_time)
-    return envelope, fed.verify_initial(envelope, issued)
+    return envelope, fed.verify_chain([envelope])
 
 
 def pin(
@@ -208,10 +207,6 @@ def _write_atomically(target: Path, envelope: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
-
-
 # --- the client ---------------------------------------------------------------------------
 
 
@@ -246,7 +241,7 @@ class DirectoryClient:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
             self._channel = grpc.secure_channel(target, credentials, options=options)
-        self._methods: dict[str, grpc.UnaryUnaryMultiCallable[Message, Message]] = {}
+        self._stub = ds_grpc.DirectoryServiceStub(self._channel)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -267,24 +262,12 @@ class DirectoryClient:
 
     def _call(self, method: str, request: Message, response_type: type[R]) -> R:
         """Call one RPC; turn a gRPC failure into a ServerError that names the reason."""
-        desc = _SERVICE.methods_by_name[method]
-        if (request.DESCRIPTOR.full_name != desc.input_type.full_name
-                or response_type.DESCRIPTOR.full_name != desc.output_type.full_name):
-            raise TypeError(f"{method} takes {desc.input_type.name}, answers {desc.output_type.name}")
-        rpc = self._methods.get(method)
-        if rpc is None:
-            rpc = self._channel.unary_unary(
-                f"/{_SERVICE.full_name}/{method}",
-                request_serializer=_serialize,
-                response_deserializer=response_type.FromString,
-            )
-            self._methods[method] = rpc
         try:
-            response = rpc(request, timeout=self.timeout)
+            response = getattr(self._stub, method)(request, timeout=self.timeout)
         except grpc.RpcError as e:
             raise self._server_error(e) from None
         if not isinstance(response, response_type):
-            raise TypeError(f"{method} answered {type(response).__name__}")
+            raise TypeError(f"{method} answered {type(response).__name__}, not {response_type.__name__}")
         return response
 
     def _server_error(self, err: Any) -> ServerError:

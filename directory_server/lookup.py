@@ -62,10 +62,12 @@ class Evidence:
     """Collects the proofs and provenance an answer needs, once per record / member."""
 
     proofs: dict[str, ds.RecordProof] = field(default_factory=dict)
+    records: dict[str, Record] = field(default_factory=dict)
     members: set[str] = field(default_factory=set)
 
     def add(self, loaded: Loaded) -> None:
         self.proofs[loaded.name] = loaded.proof
+        self.records[loaded.name] = loaded.record
         self.members.add(loaded.member)
 
 
@@ -520,12 +522,10 @@ class Directory:
                     out.append(lang)
         return out
 
-    def _uncertainty_warnings(self, evidence: Evidence, warnings: MutableSequence[str]) -> None:
-        for name, proof in sorted(evidence.proofs.items()):
-            entry = log_pb2.Entry.FromString(signing.parse_envelope(proof.signed_entry).payload)
-            body = entry.WhichOneof("body")
-            rec = getattr(entry, body) if body else None
-            for note in getattr(rec, "notes", []):
+    @staticmethod
+    def _uncertainty_warnings(evidence: Evidence, warnings: MutableSequence[str]) -> None:
+        for name, record in sorted(evidence.records.items()):
+            for note in record.notes:
                 if "uncertain" in note.text.lower():
                     warnings.append(f"{name}: {note.text}")
                     break

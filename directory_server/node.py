@@ -22,7 +22,7 @@ from directory_server.domain.errors import (
     VerificationError,
 )
 from directory_server.domain.records import SourcedRecord, load_records
-from directory_server.domain.timeutil import from_timestamp, utcnow
+from directory_server.domain.timeutil import utcnow
 from directory_server.storage.store import Store
 
 
@@ -89,11 +89,7 @@ class Node:
                     "`counterpart-node federation install FILE`",
                     reason="NO_FEDERATION",
                 )
-            current = fed.verify_initial(chain[0], from_timestamp(fed.parse_document(chain[0])[1].issue_time))
-            for envelope in chain[1:]:
-                issued = from_timestamp(fed.parse_document(envelope)[1].issue_time)
-                current = fed.verify_next(current, envelope, issued)
-            self._federation = current
+            self._federation = fed.verify_chain(chain)
         return self._federation
 
     def install_federation(self, envelope: bytes) -> fed.Federation:

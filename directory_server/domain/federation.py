@@ -7,7 +7,7 @@ keys come from the document, each with a validity window.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -258,6 +258,22 @@ def verify_next(current: Federation, envelope: bytes, now: datetime) -> Federati
     if now > from_timestamp(doc.expire_time):
         raise FederationError(f"version {doc.version} has expired", reason="DOCUMENT_EXPIRED")
     return Federation(doc, envelope)
+
+
+def verify_chain(chain: Sequence[bytes]) -> Federation:
+    """Re-verify documents accepted earlier (version 1 first), each step as of its own
+    issue time: a stored document that has since expired still authenticates its
+    successor; whether the newest one is expired is for the caller to flag."""
+    if not chain:
+        raise FederationError("no federation document", reason="NO_FEDERATION")
+
+    def issued(envelope: bytes) -> datetime:
+        return from_timestamp(parse_document(envelope)[1].issue_time)
+
+    current = verify_initial(chain[0], issued(chain[0]))
+    for envelope in chain[1:]:
+        current = verify_next(current, envelope, issued(envelope))
+    return current
 
 
 def signature_status(envelope: bytes) -> tuple[federation_pb2.FederationDocument, int, int]:
