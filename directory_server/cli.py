@@ -118,7 +118,11 @@ def serve(data_dir: Path, listen: str | None, passphrase_file: Path | None, no_h
     setup_logging(log_level.upper())
     node = _open(data_dir, listen=listen)
     key = None if no_heartbeat else node.signing_key(_passphrase(passphrase_file))
-    server = NodeServer(node, node.config.listen, max_workers=node.config.workers_count)
+    c = node.config
+    server = NodeServer(
+        node, c.listen, max_workers=c.workers_count, peers=c.peer_list,
+        sync_interval=c.sync_interval_seconds, sync_deadline=c.sync_deadline_seconds,
+    )
     server.start(key)
     server.wait_for_signal()
     node.close()

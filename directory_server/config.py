@@ -28,6 +28,13 @@ class NodeConfig:
     # gRPC worker threads. Lookups are Python-bound, so more threads than cores add
     # contention, not throughput (bench/README.md: 16 threads gave less than 4).
     workers: str = "4"
+    # Peers to sync from ("host:port", comma-separated), besides the endpoints the
+    # federation document lists for the other members.
+    peers: str = ""
+    # Anti-entropy: pull from every peer this often even without a push.
+    sync_interval: str = "30s"
+    # Deadline of one call to a peer (a range pull gets 2 ms more per entry).
+    sync_deadline: str = "10s"
 
     @property
     def db_url(self) -> str:
@@ -47,6 +54,23 @@ class NodeConfig:
         if not self.workers.isdigit() or not 1 <= int(self.workers) <= 256:
             raise ConfigurationError(f"workers: {self.workers!r} is not a number from 1 to 256", reason="INVALID_CONFIG")
         return int(self.workers)
+
+    @property
+    def peer_list(self) -> list[str]:
+        peers = [p.strip() for p in self.peers.split(",") if p.strip()]
+        for p in peers:
+            host, sep, port = p.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigurationError(f"peers: {p!r} is not host:port", reason="INVALID_CONFIG")
+        return peers
+
+    @property
+    def sync_interval_seconds(self) -> float:
+        return _duration("sync_interval", self.sync_interval).total_seconds()
+
+    @property
+    def sync_deadline_seconds(self) -> float:
+        return _duration("sync_deadline", self.sync_deadline).total_seconds()
 
     @property
     def heartbeat_interval_td(self) -> timedelta:

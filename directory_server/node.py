@@ -124,7 +124,23 @@ class Node:
             raise ConfigurationError(f"the node key {key.key_id} is not valid now", reason="KEY_NOT_VALID")
         return key
 
-    # --- reading own log -----------------------------------------------------------------
+    def refresh_federation(self) -> bool:
+        """Pick up a document another process installed; True when the version changed."""
+        latest = self.store.federation_version()
+        if self._federation is not None and latest == self._federation.version:
+            return False
+        self._federation = None
+        self.federation()
+        return True
+
+    # --- reading logs --------------------------------------------------------------------
+
+    def held_checkpoint(self, member: str) -> log.LogCheckpoint | None:
+        """The member's checkpoint this node holds, its signature re-checked (disk is not trusted)."""
+        envelope = self.store.checkpoint(member)
+        if envelope is None:
+            return None
+        return log.verify_checkpoint(envelope, member, self.federation(), check_window=False)
 
     def verified_entries(self, member: str) -> list[log.LogEntry]:
         """Every entry of a member's log, each signature re-checked (verify before trusting disk)."""

@@ -112,7 +112,13 @@ def verify_entry(envelope: bytes, member: str, seq: int, federation: Federation)
     return LogEntry(member, seq, entry.name, body, envelope, merkle.leaf_hash(envelope), entry)
 
 
-def verify_checkpoint(envelope: bytes, member: str, federation: Federation) -> LogCheckpoint:
+def verify_checkpoint(envelope: bytes, member: str, federation: Federation, *, check_window: bool = True) -> LogCheckpoint:
+    """Check a checkpoint's envelope: signed by a key of ``member``, valid when it was issued.
+
+    ``check_window=False`` is for a checkpoint accepted earlier and re-read from disk: its
+    key may since have been withdrawn from that point on, which refuses new checkpoints,
+    not the tree this node verified while the key was good.
+    """
     env = signing.parse_envelope(envelope, signing.CHECKPOINT_TYPE)
     key = federation.verify_member_envelope(env, member)
     cp = log_pb2.Checkpoint()
@@ -125,7 +131,7 @@ def verify_checkpoint(envelope: bytes, member: str, federation: Federation) -> L
     if len(cp.root_hash) != merkle.HASH_SIZE:
         raise VerificationError(f"{member}: checkpoint root has {len(cp.root_hash)} bytes", reason="MALFORMED_CHECKPOINT")
     issued = from_timestamp(cp.issue_time)
-    if not key_valid_at(key, issued):
+    if check_window and not key_valid_at(key, issued):
         raise SignatureError(f"{member}: checkpoint signed by {key.key_id} outside its validity window", reason="KEY_NOT_VALID")
     return LogCheckpoint(member, int(cp.size), bytes(cp.root_hash), issued, from_timestamp(cp.expire_time), envelope)
 

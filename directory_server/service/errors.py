@@ -6,9 +6,10 @@ error's stable UPPER_SNAKE_CASE code and whose domain is "counterpart.v1".
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -48,19 +49,35 @@ def to_status(error: CounterpartError) -> grpc.Status:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def handle_errors(method: F) -> F:
+@contextlib.contextmanager
+def _aborting(context: grpc.ServicerContext, method: str) -> Iterator[None]:
     """Abort the call with the mapped status when the domain raises; never leak a traceback."""
+    try:
+        yield
+    except CounterpartError as e:
+        context.abort_with_status(to_status(e))
+    except Exception:
+        log.exception("unexpected error in %s", method)
+        context.abort_with_status(to_status(CounterpartError("internal error; see the node's log", reason="INTERNAL")))
+
+
+def handle_errors(method: F) -> F:
+    """Unary methods: a domain error becomes the call's status."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
+        with _aborting(context, method.__name__):
             return method(self, request, context)
-        except CounterpartError as e:
-            context.abort_with_status(to_status(e))
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            context.abort_with_status(
-                to_status(CounterpartError("internal error; see the node's log", reason="INTERNAL"))
-            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+def handle_stream_errors(method: F) -> F:
+    """Server-streaming methods: an error raised while streaming ends the stream with its status."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        with _aborting(context, method.__name__):
+            yield from method(self, request, context)
 
     return wrapper  # type: ignore[return-value]

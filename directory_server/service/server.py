@@ -16,15 +16,24 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from counterpart.v1 import directory_service_pb2, directory_service_pb2_grpc
+from counterpart.v1 import (
+    directory_service_pb2,
+    directory_service_pb2_grpc,
+    replication_service_pb2,
+    replication_service_pb2_grpc,
+)
 from directory_server.domain import signing
 from directory_server.domain.errors import CounterpartError
 from directory_server.lookup import Directory
 from directory_server.node import Node
 from directory_server.service.directory import DirectoryServicer
+from directory_server.service.replication import Broadcaster, ReplicationServicer
+from directory_server.sync import SyncEngine, peers_of
 
 log = logging.getLogger("counterpart.node")
 DIRECTORY_SERVICE = directory_service_pb2.DESCRIPTOR.services_by_name["DirectoryService"].full_name
+REPLICATION_SERVICE = replication_service_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name
+WATCH_LIMIT = 64  # peers that may follow WatchCheckpoints at once; each holds a server thread
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,18 +90,34 @@ class _AccessLog(grpc.ServerInterceptor):
 
 
 class NodeServer:
-    """A running node: its gRPC server and its heartbeat thread."""
+    """A running node: its gRPC server, its heartbeat, its sync engine, and the thread that
+    pushes every checkpoint the node accepts (own publishes, heartbeats, ingests) to the
+    peers that watch it."""
 
-    def __init__(self, node: Node, address: str, *, max_workers: int = 4, access_log: bool = True) -> None:
+    def __init__(
+        self, node: Node, address: str, *, max_workers: int = 4, access_log: bool = True,
+        peers: list[str] | None = None, sync_interval: float = 30.0, sync_deadline: float = 10.0,
+        push_poll: float = 0.1,
+    ) -> None:
         self.node = node
         self.directory = Directory(node.store, node.federation, node.clock)
         interceptors: list[grpc.ServerInterceptor] = [_AccessLog()] if access_log else []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers + WATCH_LIMIT), interceptors=interceptors,
+            maximum_concurrent_rpcs=max_workers + WATCH_LIMIT,
+        )
         directory_service_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(self.directory), self.server)
+        self.broadcaster = Broadcaster()
+        replication_service_pb2_grpc.add_ReplicationServiceServicer_to_server(
+            ReplicationServicer(node, self.broadcaster, WATCH_LIMIT), self.server
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (DIRECTORY_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                DIRECTORY_SERVICE, REPLICATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
         self.port = self.server.add_insecure_port(address)
@@ -101,16 +126,55 @@ class NodeServer:
         self.address = address.rsplit(":", 1)[0] + f":{self.port}"
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._push_poll = push_poll
+        self.sync: SyncEngine | None = None
+        self._configured_peers = list(peers or [])
+        if peers is not None:
+            self.sync = SyncEngine(
+                node, lambda: peers_of(node, self._configured_peers, self.address),
+                interval=sync_interval, deadline=sync_deadline,
+            )
 
     def start(self, key: signing.SigningKey | None = None) -> None:
         self.node.federation()  # refuse to serve without a trust root
         self.server.start()
-        for service in ("", DIRECTORY_SERVICE):
+        for service in ("", DIRECTORY_SERVICE, REPLICATION_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if key is not None:
             self._heartbeat = threading.Thread(target=self._beat, args=(key,), name="heartbeat", daemon=True)
             self._heartbeat.start()
+        threading.Thread(target=self._push, name="push", daemon=True).start()
+        if self.sync is not None:
+            self.sync.start()
         log.info("serving", extra={"address": self.address, "member": self.node.member})
+
+    def set_peers(self, peers: list[str]) -> None:
+        """Replace the configured peers (the federation's endpoints still count); the sync
+        engine picks them up within a few seconds, or at once with ``sync.trigger``."""
+        self._configured_peers = list(peers)
+        if self.sync is not None:
+            self.sync.refresh_peers()
+
+    def _push(self) -> None:
+        """Watch the store for checkpoints and federation versions this node accepted (in
+        this process or another: `counterpart-node publish` is one) and push each."""
+        seen = self.node.store.checkpoints()
+        version = self.node.federation().version
+        while not self._stop.wait(self._push_poll):
+            try:
+                if self.node.refresh_federation():
+                    version = self.node.federation().version
+                    self.broadcaster.publish(replication_service_pb2.WatchCheckpointsResponse(federation_version=version))
+                current = self.node.store.checkpoints()
+            except Exception:  # the database may be briefly unavailable; try again next tick
+                log.exception("push poll failed")
+                continue
+            for member, envelope in sorted(current.items()):
+                if seen.get(member) != envelope:
+                    self.broadcaster.publish(
+                        replication_service_pb2.WatchCheckpointsResponse(signed_checkpoint=envelope, federation_version=version)
+                    )
+            seen = current
 
     def _beat(self, key: signing.SigningKey) -> None:
         interval = self.node.config.heartbeat_interval_td.total_seconds()
@@ -126,6 +190,9 @@ class NodeServer:
     def stop(self, grace: float = 5.0) -> None:
         """Graceful shutdown: report NOT_SERVING, let calls in flight finish, then stop."""
         self._stop.set()
+        if self.sync is not None:
+            self.sync.stop()
+        self.broadcaster.close()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         log.info("stopped", extra={"member": self.node.member})

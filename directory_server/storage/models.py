@@ -142,3 +142,42 @@ class PlaceIndexRow(Base):
 
 
 DERIVED_TABLES = (RecordRow, RecordAttrRow, SearchTermRow, CoverageIndexRow, CompetenceIndexRow, PlaceIndexRow)
+
+
+class PeerMemberRow(Base):
+    """Sync bookkeeping: the largest checkpoint size a peer has shown for a member (an honest
+    peer never goes back: a smaller one later is a rollback) and when a sync of that member
+    from that peer last succeeded."""
+
+    __tablename__ = "peer_members"
+    peer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    member: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_size: Mapped[int] = mapped_column(BigInteger)
+    last_success_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RejectionRow(Base):
+    """What a peer sent that failed verification, counted per peer, member and reason."""
+
+    __tablename__ = "rejections"
+    peer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    member: Mapped[str] = mapped_column(String(16), primary_key=True)  # "" : not about one member
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    last_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_message: Mapped[str] = mapped_column(String(2000))
+
+
+class EquivocationRow(Base):
+    """Evidence: two checkpoints signed by the same member that cannot both be true."""
+
+    __tablename__ = "equivocations"
+    member: Mapped[str] = mapped_column(String(16), primary_key=True)
+    offered_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    peer: Mapped[str] = mapped_column(String(255))
+    held_checkpoint: Mapped[bytes] = mapped_column(LargeBinary)
+    offered_checkpoint: Mapped[bytes] = mapped_column(LargeBinary)
+    detected_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+SYNC_TABLES = (PeerMemberRow, RejectionRow, EquivocationRow)

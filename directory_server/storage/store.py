@@ -10,6 +10,7 @@ Guarantees (checked by tests/contract/test_storage_contract.py on both backends)
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -41,10 +42,13 @@ from directory_server.storage.models import (
     CompetenceIndexRow,
     CoverageIndexRow,
     EntryRow,
+    EquivocationRow,
     FederationDocumentRow,
+    PeerMemberRow,
     PlaceIndexRow,
     RecordAttrRow,
     RecordRow,
+    RejectionRow,
     SearchTermRow,
 )
 
@@ -97,6 +101,10 @@ class Store:
         with self._session() as s:
             row = s.scalars(select(FederationDocumentRow).order_by(FederationDocumentRow.version.desc()).limit(1)).first()
             return row.envelope if row else None
+
+    def federation_version(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.max(FederationDocumentRow.version))) or 0)
 
     def federation_chain(self, from_version: int = 1) -> list[bytes]:
         with self._session() as s:
@@ -412,6 +420,71 @@ class Store:
             return list(
                 s.scalars(select(PlaceIndexRow).where(PlaceIndexRow.member == member, PlaceIndexRow.folded == folded))
             )
+
+    # --- sync bookkeeping ----------------------------------------------------------------
+
+    def peer_sizes(self, peer: str) -> dict[str, int]:
+        """The largest checkpoint size the peer has shown, per member."""
+        with self._session() as s:
+            rows = s.execute(select(PeerMemberRow.member, PeerMemberRow.last_size).where(PeerMemberRow.peer == peer))
+            return {m: int(n) for m, n in rows}
+
+    def note_peer_checkpoint(self, peer: str, member: str, size: int, success_time: datetime | None) -> None:
+        """Remember the size a peer showed for a member and, when given, that syncing the
+        member from it just succeeded. Only the peer's own sync thread writes its rows."""
+        with self.transaction() as s:
+            row = s.get(PeerMemberRow, (peer, member))
+            if row is None:
+                s.add(PeerMemberRow(peer=peer, member=member, last_size=size, last_success_time=success_time))
+                return
+            row.last_size = max(row.last_size, size)
+            if success_time is not None:
+                row.last_success_time = success_time
+
+    def peer_rows(self) -> list[PeerMemberRow]:
+        with self._session() as s:
+            rows = list(s.scalars(select(PeerMemberRow).order_by(PeerMemberRow.member, PeerMemberRow.peer)))
+        for r in rows:
+            r.last_success_time = _aware(r.last_success_time) if r.last_success_time else None
+        return rows
+
+    def count_rejection(self, peer: str, member: str, reason: str, message: str, now: datetime) -> None:
+        with self.transaction() as s:
+            row = s.get(RejectionRow, (peer, member, reason))
+            if row is None:
+                s.add(RejectionRow(peer=peer, member=member, reason=reason, count=1, last_time=now,
+                                   last_message=message[:2000]))
+            else:
+                row.count += 1
+                row.last_time = now
+                row.last_message = message[:2000]
+
+    def rejections(self) -> list[RejectionRow]:
+        with self._session() as s:
+            rows = list(s.scalars(select(RejectionRow).order_by(RejectionRow.member, RejectionRow.peer, RejectionRow.reason)))
+        for r in rows:
+            r.last_time = _aware(r.last_time)
+        return rows
+
+    def add_evidence(self, member: str, peer: str, held: bytes, offered: bytes, now: datetime) -> bool:
+        """Keep two conflicting checkpoints of a member; False when already kept."""
+        digest = hashlib.sha256(offered).hexdigest()
+        try:
+            with self.transaction() as s:
+                if s.get(EquivocationRow, (member, digest)) is not None:
+                    return False
+                s.add(EquivocationRow(member=member, offered_sha256=digest, peer=peer, held_checkpoint=held,
+                                      offered_checkpoint=offered, detected_time=now))
+            return True
+        except IntegrityError:  # another peer's thread stored the same evidence first
+            return False
+
+    def evidence(self) -> list[EquivocationRow]:
+        with self._session() as s:
+            rows = list(s.scalars(select(EquivocationRow).order_by(EquivocationRow.member, EquivocationRow.detected_time)))
+        for r in rows:
+            r.detected_time = _aware(r.detected_time)
+        return rows
 
     def checkpoint_row(self, member: str) -> CheckpointRow | None:
         with self._session() as s:

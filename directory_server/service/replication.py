@@ -1,0 +1,134 @@
+"""counterpart.v1.ReplicationService: serves every member's verified log to peers (relay).
+
+Thin: it reads the Store and encodes; the only logic is cutting ranges into batches that
+stay within the federation's message and batch limits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from counterpart.v1 import replication_service_pb2 as rs
+from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from directory_server.domain import merkle
+from directory_server.domain.errors import InvalidArgumentError
+from directory_server.domain.names import check_member_code
+from directory_server.node import Node
+from directory_server.service.errors import handle_errors, handle_stream_errors
+
+BATCH_OVERHEAD = 1024  # bytes kept free in each message for its own framing
+READ_CHUNK = 1000  # entries read from the store at a time
+
+
+class Broadcaster:
+    """Fans out pushes to every WatchCheckpoints stream: a ring of recent events; each
+    watcher follows it at its own pace and skips what fell off (pushes are only hints)."""
+
+    def __init__(self, keep: int = 1024) -> None:
+        self._events: deque[tuple[int, rs.WatchCheckpointsResponse]] = deque(maxlen=keep)
+        self._generation = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def publish(self, event: rs.WatchCheckpointsResponse) -> None:
+        with self._cond:
+            self._generation += 1
+            self._events.append((self._generation, event))
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def follow(self, active: Callable[[], bool], poll: float = 1.0) -> Iterator[rs.WatchCheckpointsResponse]:
+        with self._cond:
+            seen = self._generation
+        while True:
+            with self._cond:
+                if not self._closed and self._generation == seen:
+                    self._cond.wait(timeout=poll)
+                if self._closed:
+                    return
+                fresh = [e for g, e in self._events if g > seen]
+                seen = self._generation
+            if not active():
+                return
+            yield from fresh
+
+
+class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
+    def __init__(self, node: Node, broadcaster: Broadcaster, watch_limit: int = 64) -> None:
+        self.node = node
+        self.broadcaster = broadcaster
+        self._watchers = threading.BoundedSemaphore(watch_limit)
+
+    @handle_errors
+    def GetCheckpoints(self, request: rs.GetCheckpointsRequest, context: grpc.ServicerContext) -> rs.GetCheckpointsResponse:
+        checkpoints = self.node.store.checkpoints()
+        return rs.GetCheckpointsResponse(
+            signed_checkpoints=[checkpoints[m] for m in sorted(checkpoints)],
+            federation_version=self.node.federation().version,
+        )
+
+    @handle_stream_errors
+    def GetEntries(self, request: rs.GetEntriesRequest, context: grpc.ServicerContext) -> Iterator[rs.GetEntriesResponse]:
+        check_member_code(request.member)
+        if request.start_seq < 1 or request.end_seq < request.start_seq:
+            raise InvalidArgumentError(
+                f"start_seq {request.start_seq} and end_seq {request.end_seq} do not form a range starting at 1 or later",
+                reason="INVALID_RANGE",
+            )
+        row = self.node.store.checkpoint_row(request.member)
+        end = min(request.end_seq, row.size if row else 0)  # only what a verified checkpoint covers
+        limits = self.node.federation().limits
+        budget = limits.max_message_bytes - BATCH_OVERHEAD
+        batch: list[bytes] = []
+        size = 0
+        start = seq = request.start_seq
+        while seq <= end and context.is_active():
+            for seq_read, envelope in self.node.store.envelopes(request.member, seq, min(end, seq + READ_CHUNK - 1)):
+                if batch and (size + len(envelope) + 8 > budget or len(batch) >= limits.max_batch_entries):
+                    yield rs.GetEntriesResponse(start_seq=start, signed_entries=batch)
+                    batch, size, start = [], 0, seq_read
+                batch.append(envelope)
+                size += len(envelope) + 8
+                seq = seq_read + 1
+        if batch:
+            yield rs.GetEntriesResponse(start_seq=start, signed_entries=batch)
+
+    @handle_errors
+    def GetConsistencyProof(
+        self, request: rs.GetConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> rs.GetConsistencyProofResponse:
+        check_member_code(request.member)
+        row = self.node.store.checkpoint_row(request.member)
+        held = row.size if row else 0
+        if not 0 < request.first_size <= request.second_size <= held:
+            raise InvalidArgumentError(
+                f"sizes {request.first_size} and {request.second_size} must satisfy 0 < first <= second <= {held}, "
+                f"the size of {request.member}'s log this node holds",
+                reason="INVALID_RANGE",
+            )
+        hashes = self.node.store.leaf_hashes(request.member, upto=request.second_size)
+        return rs.GetConsistencyProofResponse(hashes=merkle.consistency_proof(hashes, request.first_size))
+
+    @handle_stream_errors
+    def WatchCheckpoints(
+        self, request: rs.WatchCheckpointsRequest, context: grpc.ServicerContext
+    ) -> Iterator[rs.WatchCheckpointsResponse]:
+        # each watcher holds a server thread for as long as it follows
+        if not self._watchers.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many peers are watching this node")
+        try:
+            yield from self.broadcaster.follow(context.is_active)
+        finally:
+            self._watchers.release()
+
+    @handle_errors
+    def GetFederation(self, request: rs.GetFederationRequest, context: grpc.ServicerContext) -> rs.GetFederationResponse:
+        return rs.GetFederationResponse(signed_documents=self.node.store.federation_chain(max(1, request.from_version)))
