@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -237,15 +237,34 @@ def status(data_dir: Path, fmt: str) -> None:
         return
     out.print(f"node of {node.member}; federation {doc.federation_id} version {doc.version}"
               + (" [red](expired)[/]" if head["federation_expired"] else ""))
-    table = Table("member", "log size", "checkpoint", "age", "state")
+    table = Table("member", "log size", "checkpoint", "age", "state", "last sync per peer", "rejections")
     for r in rows:
         age = r["checkpoint_age_seconds"]
+        state = "stale" if r["stale"] else ("ok" if r["checkpoint_size"] is not None else "no data")
+        if r["equivocations"]:
+            state = f"[red]EQUIVOCATION ({len(r['equivocations'])})[/]"
         table.add_row(
-            r["member"], str(r["log_size"]), str(r["checkpoint_size"] if r["checkpoint_size"] is not None else "-"),
+            r["member"] or "(federation)", str(r["log_size"]),
+            str(r["checkpoint_size"] if r["checkpoint_size"] is not None else "-"),
             str(timedelta(seconds=age)) if age is not None else "-",
-            "stale" if r["stale"] else ("ok" if r["checkpoint_size"] is not None else "no data"),
+            state,
+            "\n".join(f"{p['peer']}: {_ago(p['last_success'], now)}" for p in r["peers"]) or "-",
+            "\n".join(f"{x['peer']} {x['reason']} x{x['count']}" for x in r["rejections"]) or "-",
         )
     out.print(table)
+    for r in rows:
+        for e in r["equivocations"]:
+            out.print(
+                f"[red]{r['member']} signed two inconsistent checkpoints[/] (sizes {e['held_size']} held, "
+                f"{e['offered_size']} from {e['peer']}, detected {e['detected_time']}); this node keeps "
+                "serving the history it verified first. Both signed checkpoints are in `status --format json`."
+            )
+
+
+def _ago(iso: str | None, now: datetime) -> str:
+    if iso is None:
+        return "never"
+    return f"{int((now - datetime.fromisoformat(iso)).total_seconds())} s ago"
 
 
 # --- the federation document --------------------------------------------------------------

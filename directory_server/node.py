@@ -6,11 +6,13 @@ it reads and writes through the Store and decides nothing that the domain decide
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from counterpart.v1 import log_pb2
 from directory_server.config import NodeConfig
 from directory_server.domain import federation as fed
 from directory_server.domain import log, merkle, signing
@@ -43,14 +45,47 @@ class PublishPlan:
 
 
 @dataclass(frozen=True)
+class PeerSync:
+    """One peer's view of one member, as this node last saw it."""
+
+    peer: str
+    last_size: int
+    last_success: str | None  # ISO time of the last successful sync of the member from the peer
+
+
+@dataclass(frozen=True)
+class Rejection:
+    peer: str
+    reason: str
+    count: int
+    last_time: str
+    last_message: str
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Two checkpoints the member signed that cannot both be true."""
+
+    peer: str
+    held_size: int
+    offered_size: int
+    detected_time: str
+    held_checkpoint: str  # base64 of the envelopes, exactly as signed
+    offered_checkpoint: str
+
+
+@dataclass(frozen=True)
 class MemberStatus:
-    """What the node holds of one member."""
+    """What the node holds of one member, and how syncing it went."""
 
     member: str
     log_size: int
     checkpoint_size: int | None
     checkpoint_age_seconds: int | None
     stale: bool
+    peers: list[PeerSync] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    equivocations: list[Evidence] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -231,16 +266,38 @@ class Node:
         """Per member of the federation (and any other the node holds data of): log size and
         checkpoint age, for `counterpart-node status`."""
         now = self.clock()
+        peers: dict[str, list[PeerSync]] = {}
+        for p in self.store.peer_rows():
+            success = p.last_success_time.isoformat() if p.last_success_time else None
+            peers.setdefault(p.member, []).append(PeerSync(p.peer, p.last_size, success))
+        rejections: dict[str, list[Rejection]] = {}
+        for r in self.store.rejections():
+            rejections.setdefault(r.member, []).append(
+                Rejection(r.peer, r.reason, r.count, r.last_time.isoformat(), r.last_message)
+            )
+        evidence: dict[str, list[Evidence]] = {}
+        for e in self.store.evidence():
+            evidence.setdefault(e.member, []).append(
+                Evidence(
+                    e.peer, _checkpoint_size(e.held_checkpoint), _checkpoint_size(e.offered_checkpoint),
+                    e.detected_time.isoformat(), base64.b64encode(e.held_checkpoint).decode(),
+                    base64.b64encode(e.offered_checkpoint).decode(),
+                )
+            )
+        codes = {m.code for m in self.federation().members()} | set(self.store.checkpoints()) | set(rejections)
         out = []
-        for code in sorted({m.code for m in self.federation().members()} | set(self.store.checkpoints())):
-            cp = self.store.checkpoint_row(code)
+        for code in sorted(codes):
+            cp = self.store.checkpoint_row(code) if code else None
             out.append(
                 MemberStatus(
                     member=code,
-                    log_size=self.store.log_size(code),
+                    log_size=self.store.log_size(code) if code else 0,
                     checkpoint_size=cp.size if cp else None,
                     checkpoint_age_seconds=int((now - cp.issue_time).total_seconds()) if cp else None,
                     stale=bool(cp and now > cp.expire_time),
+                    peers=peers.get(code, []),
+                    rejections=rejections.get(code, []),
+                    equivocations=evidence.get(code, []),
                 )
             )
         return out
@@ -284,6 +341,13 @@ class Node:
         """Re-derive every lookup index from the verified envelopes."""
         members = self.store.members_with_logs()
         return self.store.rebuild_derived({m: self.verified_entries(m) for m in members})
+
+
+def _checkpoint_size(envelope: bytes) -> int:
+    """The size a stored checkpoint claims (its signature was checked when it was stored)."""
+    cp = log_pb2.Checkpoint()
+    cp.ParseFromString(signing.parse_envelope(envelope).payload)
+    return int(cp.size)
 
 
 def open_node(config: NodeConfig, clock: Callable[[], datetime] = utcnow) -> Node:
