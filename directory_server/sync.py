@@ -108,15 +108,17 @@ class Syncer:
             self._sync_federation(stub, report)
         peer_sizes = self.node.store.peer_sizes(peer)
         for envelope in vector.signed_checkpoints:
-            member = ""
             try:
                 offered = rep.verify_offered_checkpoint(envelope, self.node.federation())
-                member = offered.member
-                self._sync_member(stub, report, offered, peer_sizes.get(member))
             except VerificationError as e:
-                self._reject(report, member, e)
+                self._reject(report, rep.claimed_member(envelope, self.node.federation()), e)
+                continue
+            try:
+                self._sync_member(stub, report, offered, peer_sizes.get(offered.member))
+            except VerificationError as e:
+                self._reject(report, offered.member, e)
             except grpc.RpcError as e:
-                self._rpc_failed(report, member, e)
+                self._rpc_failed(report, offered.member, e)
         return report
 
     def _sync_federation(self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport) -> None:
