@@ -237,27 +237,40 @@ def status(data_dir: Path, fmt: str) -> None:
         return
     out.print(f"node of {node.member}; federation {doc.federation_id} version {doc.version}"
               + (" [red](expired)[/]" if head["federation_expired"] else ""))
-    table = Table("member", "log size", "checkpoint", "age", "state", "last sync per peer", "rejections")
+    table = Table("member", "log size", "checkpoint", "age", "state", "synced from", "rejected")
     for r in rows:
         age = r["checkpoint_age_seconds"]
         state = "stale" if r["stale"] else ("ok" if r["checkpoint_size"] is not None else "no data")
         if r["equivocations"]:
             state = f"[red]EQUIVOCATION ({len(r['equivocations'])})[/]"
+        successes = [p["last_success"] for p in r["peers"] if p["last_success"]]
         table.add_row(
             r["member"] or "(federation)", str(r["log_size"]),
             str(r["checkpoint_size"] if r["checkpoint_size"] is not None else "-"),
             str(timedelta(seconds=age)) if age is not None else "-",
             state,
-            "\n".join(f"{p['peer']}: {_ago(p['last_success'], now)}" for p in r["peers"]) or "-",
-            "\n".join(f"{x['peer']} {x['reason']} x{x['count']}" for x in r["rejections"]) or "-",
+            f"{len(successes)} peer(s), last {_ago(max(successes), now)}" if successes else "-",
+            str(sum(x["count"] for x in r["rejections"])) if r["rejections"] else "-",
         )
     out.print(table)
+    peers = Table("member", "peer", "largest size shown", "last successful sync", title="sync per peer")
     for r in rows:
+        for p in r["peers"]:
+            peers.add_row(r["member"], p["peer"], str(p["last_size"]), _ago(p["last_success"], now))
+    if peers.row_count:
+        out.print(peers)
+    for r in rows:
+        for x in r["rejections"]:
+            out.print(
+                f"[yellow]rejected[/] {x['count']}x from {x['peer']} about {r['member'] or 'the federation document'}: "
+                f"{x['reason']} (last {x['last_time']}: {x['last_message']})", highlight=False,
+            )
         for e in r["equivocations"]:
             out.print(
                 f"[red]{r['member']} signed two inconsistent checkpoints[/] (sizes {e['held_size']} held, "
                 f"{e['offered_size']} from {e['peer']}, detected {e['detected_time']}); this node keeps "
-                "serving the history it verified first. Both signed checkpoints are in `status --format json`."
+                "serving the history it verified first. Both signed checkpoints are in `status --format json`.",
+                highlight=False,
             )
 
 

@@ -1,11 +1,15 @@
-"""`make demo`: a small federation on loopback, asked the questions prosecutors ask.
+"""`make demo`: a federation of five national nodes on loopback, replicating each other's
+signed records and answered the questions prosecutors ask.
 
-Creates everything under .demo/ (removed and recreated on every run): two root keys
-and a federation document signed by both, one node per member (GE, AZ, KZ, PE) each
-publishing its own sample records, the nodes serving on free loopback ports, and a
-client that pins the federation document and verifies every answer. It runs the
-real command-line programs, prints each command before its output, and stops every
-process it started, also when a step fails.
+Creates everything under .demo/ (removed and recreated on every run): two root keys and
+a federation document signed by both that lists each member's key and endpoint, one node
+per member (GE, AZ, KZ, PE, AM), each publishing only its own sample records. The nodes
+serve on free loopback ports and sync from the endpoints the document lists. The demo
+shows them converge, asks one member's node about other members, publishes a change at
+one node and measures how long it takes to reach all the others, then stops one node and
+asks the others about it. A client pins the federation document and verifies every
+answer. It runs the real command-line programs, prints each command before its output,
+and stops every process it started, also when a step fails.
 """
 
 from __future__ import annotations
@@ -19,17 +23,24 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from counterpart.v1 import log_pb2
+from counterpart.v1 import replication_service_pb2 as rs
+from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from directory_server.domain.signing import parse_envelope
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / ".demo"
 BIN = Path(sys.executable).parent
 NODE = str(BIN / "counterpart-node")
 CLIENT = str(BIN / "counterpart")
-MEMBERS = {"GE": "Georgia", "AZ": "Azerbaijan", "KZ": "Kazakhstan", "PE": "Peru"}
+MEMBERS = {"GE": "Georgia", "AZ": "Azerbaijan", "KZ": "Kazakhstan", "PE": "Peru", "AM": "Armenia"}
 
 
 def free_port() -> int:
@@ -63,6 +74,27 @@ def wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 3
             except grpc.RpcError:
                 time.sleep(0.2)
     raise SystemExit(f"node at {address} did not become healthy within {timeout:.0f}s")
+
+
+def vector(address: str) -> dict[str, bytes]:
+    """The signed checkpoints a node holds, by member (its ReplicationService vector)."""
+    with grpc.insecure_channel(address) as channel:
+        resp = rs_grpc.ReplicationServiceStub(channel).GetCheckpoints(rs.GetCheckpointsRequest(), timeout=5)
+    out: dict[str, bytes] = {}
+    for envelope in resp.signed_checkpoints:
+        cp = log_pb2.Checkpoint()
+        cp.ParseFromString(parse_envelope(envelope).payload)
+        out[cp.member] = envelope
+    return out
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - start
 
 
 def main() -> int:
@@ -102,25 +134,65 @@ def main() -> int:
         run([NODE, "publish", str(REPO / "sample_data" / "GE"), "--data-dir", "GE"], env)
         run([NODE, "verify", "--data-dir", "GE"], env)
 
-        print("\n== 4. The nodes serve on loopback")
+        print("\n== 4. The nodes serve on loopback and sync from the endpoints in the federation document")
+        addresses = {code: f"127.0.0.1:{ports[code]}" for code in MEMBERS}
         for code in MEMBERS:
             log = open(DEMO / f"{code}.log", "wb")  # noqa: SIM115 - kept open for the child's lifetime
             procs.append(subprocess.Popen([NODE, "serve", "--data-dir", code], cwd=DEMO, env=env, stdout=log, stderr=log))
-        for code, proc in zip(MEMBERS, procs, strict=True):
-            wait_serving(f"127.0.0.1:{ports[code]}", proc)
-            print(f"   {code} serving on 127.0.0.1:{ports[code]}")
+        running = dict(zip(MEMBERS, procs, strict=True))
+        for code, proc in running.items():
+            wait_serving(addresses[code], proc)
+            print(f"   {code} serving on {addresses[code]}")
 
-        print("\n== 5. A prosecutor pins the federation document once, then asks")
+        def converged(nodes: list[str]) -> bool:
+            want = {m: vector(addresses[m]).get(m) for m in MEMBERS}
+            return all(vector(addresses[n]) == want for n in nodes)
+
+        took = wait_until(lambda: converged(list(MEMBERS)), "the five nodes to converge")
+        print(f"   converged: every node holds every member's latest signed checkpoint ({took:.2f} s after all were up)")
+        run([NODE, "status", "--data-dir", "GE"], env)
+
+        print("\n== 5. A prosecutor in Baku pins the federation document once, then asks her own node about others")
         run([CLIENT, "trust", "federation.json"], env)
-        ge, az, kz, pe = (f"127.0.0.1:{ports[c]}" for c in ("GE", "AZ", "KZ", "PE"))
-        run([CLIENT, "--server", ge, "find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Batumi",
+        ge, az, kz, pe = (addresses[c] for c in ("GE", "AZ", "KZ", "PE"))
+        run([CLIENT, "--server", az, "find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Batumi",
              "--from", "AZ", "--lang", "en"], env)
-        run([CLIENT, "--server", pe, "find", "--in", "PE", "--type", "asset-recovery.freezing", "--from", "KZ",
+        run([CLIENT, "--server", az, "find", "--in", "PE", "--type", "asset-recovery.freezing", "--from", "AZ",
              "--offence", "money-laundering"], env)
-        run([CLIENT, "--server", kz, "find", "--in", "KZ", "--type", "extradition", "--from", "KG", "--urgent"], env)
-        run([CLIENT, "--server", az, "search", "Баку"], env)
+        run([CLIENT, "--server", az, "search", "Astana"], env)
         run([CLIENT, "--server", ge, "members"], env)
-        print("\n== Done: every answer above was verified against the pinned federation document.")
+
+        print("\n== 6. Armenia publishes a change; how long until every other node holds it?")
+        records = DEMO / "records-AM"
+        shutil.copytree(REPO / "sample_data" / "AM", records)
+        (records / "new-desk.yaml").write_text(
+            "member: AM\nauthorities:\n  - id: demo-cybercrime-unit\n"
+            '    display_names: [{language: en, text: "Cybercrime unit of the Prosecutor General\'s Office"}]\n'
+            "    kind: prosecution-office\n    coverage: {national: true}\n"
+            "    competences:\n      - request_types: [mla.electronic-evidence.preservation]\n        roles: [COMPETENCE_ROLE_EXECUTES]\n",
+            encoding="utf-8",
+        )
+        run([NODE, "publish", str(records), "--data-dir", "AM"], env)
+        new_checkpoint = vector(addresses["AM"])["AM"]
+        wait_until(
+            lambda: all(vector(addresses[n]).get("AM") == new_checkpoint for n in MEMBERS if n != "AM"),
+            "the change to reach every node",
+        )
+        arrived = datetime.now(UTC)
+        signed = log_pb2.Checkpoint()
+        signed.ParseFromString(parse_envelope(new_checkpoint).payload)
+        took = (arrived - signed.issue_time.ToDatetime(tzinfo=UTC)).total_seconds()
+        print(f"   every other node ({len(MEMBERS) - 1}) held AM's new checkpoint {took:.2f} s after AM signed it "
+              "(the publish command itself was still exiting)")
+        run([CLIENT, "--server", pe, "show", "members/AM/authorities/demo-cybercrime-unit"], env)
+
+        print("\n== 7. Kazakhstan's node goes down; the others still answer about Kazakhstan from verified copies")
+        running["KZ"].send_signal(signal.SIGTERM)
+        running["KZ"].wait(timeout=15)
+        print(f"   KZ node stopped (exit {running['KZ'].returncode}); {kz} no longer answers")
+        run([CLIENT, "--server", ge, "find", "--in", "KZ", "--type", "extradition", "--from", "GE", "--urgent"], env)
+        print("\n== Done: every answer above was verified against the pinned federation document,")
+        print("   including those about members whose data came through other nodes.")
         return 0
     finally:
         for proc in procs:
