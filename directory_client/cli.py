@@ -25,7 +25,7 @@ from rich.table import Table
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, records_pb2
-from directory_client.client import DEFAULT_TARGET, DirectoryClient, load_pinned, pin
+from directory_client.client import DEFAULT_TARGET, DirectoryClient, load_pinned, pin, update_trust
 from directory_client.errors import ClientError, InvalidName, ServerError
 from directory_client.verify import Record, Verification
 from directory_server.domain import federation as fed
@@ -154,21 +154,37 @@ pass_settings = click.make_pass_decorator(Settings)
 
 
 @main.command()
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False), required=False)
 @click.option(
     "--replace", is_flag=True,
     help="Pin FILE even if it does not follow the pinned document (another federation, "
          "an older version, a gap).",
 )
+@click.option(
+    "--update", is_flag=True,
+    help="Instead of FILE: follow the newer versions the --server node serves, each checked "
+         "against the one before (after a member's key rotation, say).",
+)
 @pass_settings
 @handle_errors
-def trust(settings: Settings, file: Path, replace: bool) -> None:
+def trust(settings: Settings, file: Path | None, replace: bool, update: bool) -> None:
     """Verify a federation document and pin it as the trust root.
 
     FILE must be signed by a threshold of its own root keys and not be expired. A newer
     version of the pinned federation must be exactly the next one, signed by the
-    pinned version's root keys.
+    pinned version's root keys. With --update, those versions come from the node.
     """
+    if update == (file is not None):
+        _fail("give either FILE or --update", 2)
+    if file is None:
+        versions = update_trust(settings.server, timeout=settings.timeout)
+        if settings.fmt == "json":
+            _print_json({"pinned_versions": versions})
+        elif versions:
+            click.echo(f"pinned version {versions[-1]} (checked each step: {', '.join(map(str, versions))})")
+        else:
+            click.echo("the pinned version is the newest the node has")
+        return
     result = pin(file, replace=replace)
     doc = result.federation.document
     if settings.fmt == "json":

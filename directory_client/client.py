@@ -24,6 +24,8 @@ from grpc_status import rpc_status  # type: ignore[import-untyped, unused-ignore
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
+from counterpart.v1 import replication_service_pb2 as rs
+from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
 from directory_client.errors import InvalidName, NotTrusted, ServerError, TrustRefused
 from directory_client.verify import Verification, verify_response
 from directory_server.domain import federation as fed
@@ -160,6 +162,45 @@ def pin(
             _check_successor(old, new, envelope, now)
     _write_atomically(target, envelope)
     return PinResult(new, target, previous_version, unchanged=False)
+
+
+def update_trust(
+    server: str, *, timeout: float = 10.0, now: datetime | None = None, home: Path | None = None
+) -> list[int]:
+    """Move the pinned document forward along the chain a node serves, one verified step at a
+    time (a TUF client update): each version must be exactly the next and signed by the
+    thresholds of the pinned version's root keys and of its own. Returns the versions pinned;
+    a step that fails stops the update and leaves the last good version pinned."""
+    now = now or utcnow()
+    target = pinned_path(home)
+    try:
+        pinned = _read_pinned_raw(target)
+    except CounterpartError as e:
+        raise NotTrusted(f"the pinned document {target} does not verify ({e.message}); pin one with `counterpart trust FILE`") from e
+    if pinned is None:
+        raise NotTrusted(NOT_TRUSTED_HINT)
+    current = pinned[1]
+    try:
+        with grpc.insecure_channel(server) as channel:
+            chain = rs_grpc.ReplicationServiceStub(channel).GetFederation(
+                rs.GetFederationRequest(from_version=current.version + 1), timeout=timeout
+            )
+    except grpc.RpcError as e:
+        code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = e.details() if isinstance(e, grpc.Call) else str(e)
+        raise ServerError(code, "", f"{server} did not give its federation documents: {details}") from None
+    accepted: list[int] = []
+    for envelope in chain.signed_documents:
+        try:
+            current = fed.verify_next(current, envelope, now)
+        except CounterpartError as e:
+            raise TrustRefused(
+                f"{server} offered a document that does not follow the pinned version {current.version}: "
+                f"{e.message} [{e.reason}]; version {current.version} stays pinned"
+            ) from e
+        _write_atomically(target, envelope)
+        accepted.append(current.version)
+    return accepted
 
 
 def _check_successor(old: fed.Federation, new: fed.Federation, envelope: bytes, now: datetime) -> None:

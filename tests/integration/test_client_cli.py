@@ -133,6 +133,36 @@ def test_trust_accepts_the_next_version_and_refuses_a_rollback(
     assert "rollback" in one_error_line(rollback)
 
 
+def test_trust_update_follows_the_chain_the_node_serves(
+    run: Run, trusted: Path, served: Served, federation: Any, clock: Any
+) -> None:
+    node = served[0].node
+    same = run("trust", "--update")
+    assert same.exit_code == 0 and "newest" in same.stdout
+    v2 = federation.document(["GE"], clock(), version=2)
+    node.install_federation(v2)
+    node.install_federation(federation.document(["GE"], clock(), version=3))
+    updated = run("trust", "--update")
+    assert updated.exit_code == 0, updated.output
+    assert "pinned version 3 (checked each step: 2, 3)" in updated.stdout
+    assert fed.read_file(trusted) == node.store.federation_envelope()
+
+
+def test_trust_update_refuses_a_step_that_lacks_the_threshold(
+    run: Run, trusted: Path, served: Served, federation: Any, clock: Any
+) -> None:
+    node = served[0].node
+    unsigned = federation.document(["GE"], clock(), version=2, signers=[])
+    node.store.put_federation(2, unsigned, clock())  # a node serving what no honest node holds
+    before = trusted.read_bytes()
+    refused = run("trust", "--update")
+    assert refused.exit_code == 1
+    assert "THRESHOLD_NOT_MET" in one_error_line(refused) and "version 1 stays pinned" in refused.stderr
+    assert trusted.read_bytes() == before
+    neither = run("trust")
+    assert neither.exit_code == 2 and "either FILE or --update" in neither.stderr
+
+
 # --- find --------------------------------------------------------------------------------
 
 
