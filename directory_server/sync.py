@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,12 +43,30 @@ class PeerReport:
     refreshed: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (member, reason, message)
     equivocations: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)  # members another peer's pull was fetching
     federation_versions: list[int] = field(default_factory=list)
     error: str = ""  # the peer could not be reached or answered with an error
 
     @property
     def ok(self) -> bool:
         return not self.error and not self.rejected
+
+
+STALL = 2.0  # seconds without a batch after which a peer's claim on a range lapses
+
+
+class _Claim:
+    """A pull under way: up to which size, and when it last made progress."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.last = time.monotonic()
+
+    def progress(self) -> None:
+        self.last = time.monotonic()
+
+    def stalled(self) -> bool:
+        return time.monotonic() - self.last > STALL
 
 
 class Syncer:
@@ -59,7 +78,7 @@ class Syncer:
         self.per_entry_deadline = per_entry_deadline
         self._channels: dict[str, tuple[int, grpc.Channel]] = {}
         self._lock = threading.Lock()
-        self._inflight: dict[str, int] = {}  # member -> size a pull is under way to
+        self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
         self.on_change: Callable[[], None] = lambda: None
 
     def close(self) -> None:
@@ -106,6 +125,15 @@ class Syncer:
             return report
         if vector.federation_version > self.node.federation().version:
             self._sync_federation(stub, report)
+        members = len(self.node.federation().members())
+        if len(vector.signed_checkpoints) > members:
+            # one checkpoint per member at most: refuse the whole reply with one count, not
+            # one database write per bogus checkpoint
+            self._reject(report, "", rep.Rejected(
+                f"the peer sent {len(vector.signed_checkpoints)} checkpoints; the federation has {members} members",
+                reason="TOO_MANY_CHECKPOINTS",
+            ))
+            return report
         peer_sizes = self.node.store.peer_sizes(peer)
         for envelope in vector.signed_checkpoints:
             try:
@@ -156,18 +184,20 @@ class Syncer:
             report.refreshed.append(member)
             self.on_change()
         elif decision.action is rep.Action.PULL:
-            if not self._claim(member, offered.size):
-                return  # another peer's thread is pulling this far already
+            claim = self._claim(member, offered.size)
+            if claim is None:
+                report.deferred.append(member)  # another peer's pull is under way and moving
+                return
             try:
-                if not self._pull(stub, report, held, offered, decision):
+                if not self._pull(stub, report, held, offered, decision, claim):
                     return
             finally:
-                self._release(member)
+                self._release(member, claim)
         store.note_peer_checkpoint(report.peer, member, offered.size, now)
 
     def _pull(
         self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, held: log.LogCheckpoint | None,
-        offered: log.LogCheckpoint, decision: rep.Decision,
+        offered: log.LogCheckpoint, decision: rep.Decision, claim: _Claim,
     ) -> bool:
         member = offered.member
         federation = self.node.federation()
@@ -182,13 +212,13 @@ class Syncer:
             except VerificationError:
                 # Either the peer lies about the proof or the member signed two histories:
                 # only the peer's whole log, verified, can tell which.
-                self._check_fork(stub, report, held, offered)
+                self._check_fork(stub, report, held, offered, claim)
                 return False
         verifier = rep.RangeVerifier(
             member, decision.start, decision.end, federation,
             merkle.CompactRange.from_leaf_hashes(self.node.store.leaf_hashes(member)),
         )
-        self._stream(stub, verifier)
+        self._stream(stub, verifier, claim)
         entries = verifier.finish(offered)
         try:
             self.node.store.append(member, held_size, entries, offered)
@@ -201,7 +231,7 @@ class Syncer:
         self.on_change()
         return True
 
-    def _stream(self, stub: rs_grpc.ReplicationServiceStub, verifier: rep.RangeVerifier) -> None:
+    def _stream(self, stub: rs_grpc.ReplicationServiceStub, verifier: rep.RangeVerifier, claim: _Claim) -> None:
         count = verifier.end - verifier.start + 1
         call = stub.GetEntries(
             rs.GetEntriesRequest(member=verifier.member, start_seq=verifier.start, end_seq=verifier.end),
@@ -212,6 +242,7 @@ class Syncer:
                 if not batch.signed_entries:
                     raise rep.Rejected(f"{verifier.member}: the peer sent an empty batch", reason="EMPTY_BATCH")
                 verifier.add_batch(batch.start_seq, batch.signed_entries)
+                claim.progress()
                 if verifier.complete:
                     break  # anything more the peer would send is not read
         finally:
@@ -219,7 +250,7 @@ class Syncer:
 
     def _check_fork(
         self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, held: log.LogCheckpoint,
-        offered: log.LogCheckpoint,
+        offered: log.LogCheckpoint, claim: _Claim,
     ) -> None:
         """The offered checkpoint is not consistent with the held one, by the peer's proof.
         If the peer can show a whole log, signed by the member, that ends in the offered
@@ -228,7 +259,7 @@ class Syncer:
         verifier = rep.RangeVerifier(
             offered.member, 1, offered.size, self.node.federation(), merkle.CompactRange(), mark_size=held.size
         )
-        self._stream(stub, verifier)
+        self._stream(stub, verifier, claim)
         verifier.finish(offered)
         if verifier.marked_root != held.root_hash:
             self._equivocation(report, held, offered)
@@ -248,16 +279,23 @@ class Syncer:
 
     # --- bookkeeping ---------------------------------------------------------------------
 
-    def _claim(self, member: str, size: int) -> bool:
+    def _claim(self, member: str, size: int) -> _Claim | None:
+        """Pull a member's range from one peer at a time, unless that pull has stalled: a
+        peer that claims a range and then sends nothing for STALL seconds loses it to the
+        next peer (both may then pull; the first to commit wins, the other's append is
+        refused as concurrent)."""
         with self._lock:
-            if self._inflight.get(member, 0) >= size:
-                return False
-            self._inflight[member] = size
-            return True
+            current = self._inflight.get(member)
+            if current is not None and current.size >= size and not current.stalled():
+                return None
+            claim = _Claim(size)
+            self._inflight[member] = claim
+            return claim
 
-    def _release(self, member: str) -> None:
+    def _release(self, member: str, claim: _Claim) -> None:
         with self._lock:
-            self._inflight.pop(member, None)
+            if self._inflight.get(member) is claim:
+                del self._inflight[member]
 
     def _reject(self, report: PeerReport, member: str, error: CounterpartError) -> None:
         report.rejected.append((member, error.reason, error.message))
@@ -365,7 +403,8 @@ class SyncEngine:
                 logger.info("peer unavailable; backing off", extra={"peer": peer, "error": report.error, "seconds": round(wait, 2)})
             else:
                 failures = 0
-                wait = self.interval
+                # a member left to another peer's pull: look again once that pull could have stalled
+                wait = min(self.interval, 1.5 * STALL) if report.deferred else self.interval
             wake.wait(self._jitter(wait))
 
     def _watch_loop(self, peer: str) -> None:

@@ -1,0 +1,137 @@
+"""A hostile ReplicationService peer for the sync tests: a real gRPC server on loopback that
+serves whatever a test tells it to, built from a real node's signed data.
+
+By default it is honest: it serves the source node's checkpoints, entries and consistency
+proofs. A test replaces one of ``checkpoints``, ``entries`` or ``proof`` to tamper with what
+it sends, and reads ``calls`` to see what the node under test asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
+
+import grpc
+
+from counterpart.v1 import log_pb2
+from counterpart.v1 import replication_service_pb2 as rs
+from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from directory_server.domain import merkle
+from directory_server.node import Node
+
+Batches = Callable[[rs.GetEntriesRequest, grpc.ServicerContext], Iterable[rs.GetEntriesResponse]]
+SEND_LIMIT = 64 * 1024 * 1024  # far above any federation's message limit: the receiver must refuse
+
+
+class HostilePeer(rs_grpc.ReplicationServiceServicer):
+    """Serves ``source``'s log, or what the test put in its place."""
+
+    def __init__(self, source: Node, member: str) -> None:
+        self.source = source
+        self.member = member
+        self.checkpoints: list[bytes] | None = None  # None: the source's current checkpoints
+        self.entries: Batches | None = None  # None: the requested range, honestly
+        self.proof: Callable[[rs.GetConsistencyProofRequest], list[bytes]] | None = None  # None: honest
+        self.federation_version: int | None = None  # None: the source's
+        self.calls: list[tuple[str, int, int]] = []  # (method, first, second) as asked
+        self._lock = threading.Lock()
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8),
+            options=[("grpc.max_send_message_length", SEND_LIMIT), ("grpc.max_receive_message_length", SEND_LIMIT)],
+        )
+        rs_grpc.add_ReplicationServiceServicer_to_server(self, self._server)
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        assert port, "no free loopback port"
+        self.address = f"127.0.0.1:{port}"
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> HostilePeer:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop(grace=0).wait()
+
+    # --- what to serve ------------------------------------------------------------------
+
+    def envelopes(self) -> list[bytes]:
+        """The source's entries of the member, exactly as signed, seq 1 first."""
+        return [env for _, env in self.source.store.envelopes(self.member)]
+
+    def serve_batches(self, batches: Sequence[tuple[int, Sequence[bytes]]]) -> None:
+        """Answer every GetEntries with these (start_seq, envelopes) batches, whatever was asked."""
+        fixed = [rs.GetEntriesResponse(start_seq=start, signed_entries=list(envs)) for start, envs in batches]
+        self.entries = lambda request, context: iter(fixed)
+
+    def asked(self, method: str) -> list[tuple[int, int]]:
+        with self._lock:
+            return [(a, b) for m, a, b in self.calls if m == method]
+
+    def _note(self, method: str, first: int = 0, second: int = 0) -> None:
+        with self._lock:
+            self.calls.append((method, first, second))
+
+    # --- ReplicationService -------------------------------------------------------------
+
+    def GetCheckpoints(self, request: rs.GetCheckpointsRequest, context: grpc.ServicerContext) -> rs.GetCheckpointsResponse:
+        self._note("GetCheckpoints")
+        checkpoints = self.checkpoints
+        if checkpoints is None:
+            held = self.source.store.checkpoints()
+            checkpoints = [held[m] for m in sorted(held)]
+        version = self.federation_version if self.federation_version is not None else self.source.federation().version
+        return rs.GetCheckpointsResponse(signed_checkpoints=checkpoints, federation_version=version)
+
+    def GetEntries(self, request: rs.GetEntriesRequest, context: grpc.ServicerContext) -> Iterator[rs.GetEntriesResponse]:
+        self._note("GetEntries", request.start_seq, request.end_seq)
+        if self.entries is not None:
+            yield from self.entries(request, context)
+            return
+        envelopes = [env for _, env in self.source.store.envelopes(request.member, request.start_seq, request.end_seq)]
+        if envelopes:
+            yield rs.GetEntriesResponse(start_seq=request.start_seq, signed_entries=envelopes)
+
+    def GetConsistencyProof(
+        self, request: rs.GetConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> rs.GetConsistencyProofResponse:
+        self._note("GetConsistencyProof", request.first_size, request.second_size)
+        if self.proof is not None:
+            return rs.GetConsistencyProofResponse(hashes=self.proof(request))
+        hashes = self.source.store.leaf_hashes(request.member, upto=request.second_size)
+        return rs.GetConsistencyProofResponse(hashes=merkle.consistency_proof(hashes, request.first_size))
+
+    def WatchCheckpoints(
+        self, request: rs.WatchCheckpointsRequest, context: grpc.ServicerContext
+    ) -> Iterator[rs.WatchCheckpointsResponse]:
+        self._note("WatchCheckpoints")
+        return iter(())  # pushes nothing: a hostile peer need not help
+
+    def GetFederation(self, request: rs.GetFederationRequest, context: grpc.ServicerContext) -> rs.GetFederationResponse:
+        self._note("GetFederation", request.from_version)
+        return rs.GetFederationResponse(signed_documents=self.source.store.federation_chain(max(1, request.from_version)))
+
+
+# --- tampering ------------------------------------------------------------------------------
+
+
+def forge_signature(envelope: bytes) -> bytes:
+    """The same envelope with every signature replaced by 64 bytes that are not a signature
+    (the key ids stay: the forgery claims the member's key)."""
+    env = log_pb2.Envelope()
+    env.ParseFromString(envelope)
+    for s in env.signatures:
+        s.sig = bytes((b ^ 0x5A) for b in s.sig)
+    return env.SerializeToString(deterministic=True)
+
+
+def flip_payload_byte(envelope: bytes) -> bytes:
+    """The envelope with one bit flipped in the middle of its signed payload; the framing
+    (lengths, payload type, signatures) is untouched, so it still parses."""
+    env = log_pb2.Envelope()
+    env.ParseFromString(envelope)
+    at = envelope.find(env.payload)
+    assert at > 0 and envelope.count(env.payload) == 1
+    i = at + len(env.payload) // 2
+    return envelope[:i] + bytes([envelope[i] ^ 0x01]) + envelope[i + 1 :]
