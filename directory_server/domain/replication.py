@@ -13,7 +13,7 @@ the checkpoint's root. Only then does the caller commit, in one transaction.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -133,6 +133,26 @@ def _decide(
             return Decision(Action.REFRESH)
         return Decision(Action.IGNORE)
     return Decision(Action.PULL, held.size + 1, offered.size)
+
+
+def batches(
+    entries: Iterable[tuple[int, bytes]], max_bytes: int, max_entries: int
+) -> Iterator[tuple[int, list[bytes]]]:
+    """Cut consecutive (seq, envelope) into (start_seq, envelopes) batches that stay within
+    a message's byte budget (8 bytes of framing counted per entry) and the batch limit."""
+    batch: list[bytes] = []
+    size = 0
+    start = 0
+    for seq, envelope in entries:
+        if batch and (size + len(envelope) + 8 > max_bytes or len(batch) >= max_entries):
+            yield start, batch
+            batch, size = [], 0
+        if not batch:
+            start = seq
+        batch.append(envelope)
+        size += len(envelope) + 8
+    if batch:
+        yield start, batch
 
 
 @dataclass

@@ -14,7 +14,7 @@ import grpc
 
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
-from directory_server.domain import merkle
+from directory_server.domain import merkle, replication
 from directory_server.domain.errors import InvalidArgumentError
 from directory_server.domain.names import check_member_code
 from directory_server.node import Node
@@ -86,20 +86,18 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
         row = self.node.store.checkpoint_row(request.member)
         end = min(request.end_seq, row.size if row else 0)  # only what a verified checkpoint covers
         limits = self.node.federation().limits
-        budget = limits.max_message_bytes - BATCH_OVERHEAD
-        batch: list[bytes] = []
-        size = 0
-        start = seq = request.start_seq
-        while seq <= end and context.is_active():
-            for seq_read, envelope in self.node.store.envelopes(request.member, seq, min(end, seq + READ_CHUNK - 1)):
-                if batch and (size + len(envelope) + 8 > budget or len(batch) >= limits.max_batch_entries):
-                    yield rs.GetEntriesResponse(start_seq=start, signed_entries=batch)
-                    batch, size, start = [], 0, seq_read
-                batch.append(envelope)
-                size += len(envelope) + 8
-                seq = seq_read + 1
-        if batch:
-            yield rs.GetEntriesResponse(start_seq=start, signed_entries=batch)
+        for start, envelopes in replication.batches(
+            self._read(request.member, request.start_seq, end, context),
+            limits.max_message_bytes - BATCH_OVERHEAD, limits.max_batch_entries,
+        ):
+            yield rs.GetEntriesResponse(start_seq=start, signed_entries=envelopes)
+
+    def _read(self, member: str, start: int, end: int, context: grpc.ServicerContext) -> Iterator[tuple[int, bytes]]:
+        """The range from the store, READ_CHUNK entries at a time, while the caller listens."""
+        for first in range(start, end + 1, READ_CHUNK):
+            if not context.is_active():
+                return
+            yield from self.node.store.envelopes(member, first, min(end, first + READ_CHUNK - 1))
 
     @handle_errors
     def GetConsistencyProof(

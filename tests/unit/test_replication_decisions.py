@@ -130,3 +130,15 @@ def test_limits_are_enforced_before_parsing(federation: Federation, trust: fed.F
     with pytest.raises(rep.Rejected) as e:
         rep.verify_offered_checkpoint(b"\xff" * 65, small)
     assert e.value.reason == "ENTRY_TOO_LARGE"
+
+
+@given(sizes=st.lists(st.integers(1, 300), max_size=60), max_bytes=st.integers(50, 1000), max_entries=st.integers(1, 10))
+def test_batches_keep_order_and_limits(sizes: list[int], max_bytes: int, max_entries: int) -> None:
+    entries = [(i + 7, bytes(n)) for i, n in enumerate(sizes)]
+    out = list(rep.batches(entries, max_bytes, max_entries))
+    assert [e for _, b in out for e in b] == [e for _, e in entries]
+    seq = 7
+    for start, batch in out:
+        assert start == seq and 1 <= len(batch) <= max_entries
+        assert len(batch) == 1 or sum(len(e) + 8 for e in batch) <= max_bytes  # only a lone entry may exceed
+        seq += len(batch)
