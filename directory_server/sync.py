@@ -61,12 +61,13 @@ class _Claim:
     def __init__(self, size: int) -> None:
         self.size = size
         self.last = time.monotonic()
+        self.committing = False
 
     def progress(self) -> None:
         self.last = time.monotonic()
 
     def stalled(self) -> bool:
-        return time.monotonic() - self.last > STALL
+        return not self.committing and time.monotonic() - self.last > STALL
 
 
 class Syncer:
@@ -135,6 +136,7 @@ class Syncer:
             ))
             return report
         peer_sizes = self.node.store.peer_sizes(peer)
+        synced: dict[str, int] = {}
         for envelope in vector.signed_checkpoints:
             try:
                 offered = rep.verify_offered_checkpoint(envelope, self.node.federation())
@@ -142,11 +144,13 @@ class Syncer:
                 self._reject(report, rep.claimed_member(envelope, self.node.federation()), e)
                 continue
             try:
-                self._sync_member(stub, report, offered, peer_sizes.get(offered.member))
+                if self._sync_member(stub, report, offered, peer_sizes.get(offered.member)):
+                    synced[offered.member] = offered.size
             except VerificationError as e:
                 self._reject(report, offered.member, e)
             except grpc.RpcError as e:
                 self._rpc_failed(report, offered.member, e)
+        self.node.store.note_peer_checkpoints(peer, synced, self.node.clock())
         return report
 
     def _sync_federation(self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport) -> None:
@@ -169,7 +173,9 @@ class Syncer:
     def _sync_member(
         self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, offered: log.LogCheckpoint,
         peer_last_size: int | None,
-    ) -> None:
+    ) -> bool:
+        """Bring one member up to the peer's checkpoint; True when this node now holds at
+        least what the peer showed (a successful sync of the member from the peer)."""
         member = offered.member
         store = self.node.store
         held = self.node.held_checkpoint(member)
@@ -178,7 +184,7 @@ class Syncer:
         if decision.action is rep.Action.EQUIVOCATION:
             assert held is not None
             self._equivocation(report, held, offered)
-            return
+            return False
         if decision.action is rep.Action.REFRESH:
             store.put_checkpoint(offered)
             report.refreshed.append(member)
@@ -187,13 +193,12 @@ class Syncer:
             claim = self._claim(member, offered.size)
             if claim is None:
                 report.deferred.append(member)  # another peer's pull is under way and moving
-                return
+                return False
             try:
-                if not self._pull(stub, report, held, offered, decision, claim):
-                    return
+                return self._pull(stub, report, held, offered, decision, claim)
             finally:
                 self._release(member, claim)
-        store.note_peer_checkpoint(report.peer, member, offered.size, now)
+        return True
 
     def _pull(
         self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, held: log.LogCheckpoint | None,
@@ -216,10 +221,13 @@ class Syncer:
                 return False
         verifier = rep.RangeVerifier(
             member, decision.start, decision.end, federation,
-            merkle.CompactRange.from_leaf_hashes(self.node.store.leaf_hashes(member)),
+            # the tree as decided on: if another pull has committed since, append refuses
+            # this one as concurrent instead of blaming the peer for a size mismatch
+            merkle.CompactRange.from_leaf_hashes(self.node.store.leaf_hashes(member, upto=held_size)),
         )
         self._stream(stub, verifier, claim)
         entries = verifier.finish(offered)
+        claim.committing = True  # a long commit is not a stall
         try:
             self.node.store.append(member, held_size, entries, offered)
         except ConflictError:

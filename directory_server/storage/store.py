@@ -20,7 +20,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, or_, select
+from sqlalchemy import Engine, Table, and_, create_engine, delete, event, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -206,7 +206,7 @@ class Store:
                     )
                 if entries:
                     s.execute(
-                        insert(EntryRow),
+                        _table(EntryRow).insert(),
                         [
                             {
                                 "member": member, "seq": e.seq, "name": e.name, "kind": e.kind,
@@ -284,7 +284,7 @@ class Store:
             ]
         for model, values in rows.items():
             if values:
-                s.execute(insert(model), values)
+                s.execute(_table(model).insert(), values)
 
     def rebuild_derived(self, entries_by_member: dict[str, Sequence[LogEntry]]) -> int:
         """Replace all derived rows by those of the latest entry of each name."""
@@ -429,17 +429,21 @@ class Store:
             rows = s.execute(select(PeerMemberRow.member, PeerMemberRow.last_size).where(PeerMemberRow.peer == peer))
             return {m: int(n) for m, n in rows}
 
-    def note_peer_checkpoint(self, peer: str, member: str, size: int, success_time: datetime | None) -> None:
-        """Remember the size a peer showed for a member and, when given, that syncing the
-        member from it just succeeded. Only the peer's own sync thread writes its rows."""
+    def note_peer_checkpoints(self, peer: str, sizes: dict[str, int], success_time: datetime) -> None:
+        """Remember, in one transaction per sync pass, the size a peer showed for each member
+        and that syncing those members from it just succeeded. Only the peer's own sync
+        thread writes its rows."""
+        if not sizes:
+            return
         with self.transaction() as s:
-            row = s.get(PeerMemberRow, (peer, member))
-            if row is None:
-                s.add(PeerMemberRow(peer=peer, member=member, last_size=size, last_success_time=success_time))
-                return
-            row.last_size = max(row.last_size, size)
-            if success_time is not None:
-                row.last_success_time = success_time
+            rows = {r.member: r for r in s.scalars(select(PeerMemberRow).where(PeerMemberRow.peer == peer))}
+            for member, size in sizes.items():
+                row = rows.get(member)
+                if row is None:
+                    s.add(PeerMemberRow(peer=peer, member=member, last_size=size, last_success_time=success_time))
+                else:
+                    row.last_size = max(row.last_size, size)
+                    row.last_success_time = success_time
 
     def peer_rows(self) -> list[PeerMemberRow]:
         with self._session() as s:
@@ -493,6 +497,12 @@ class Store:
                 row.issue_time = _aware(row.issue_time)
                 row.expire_time = _aware(row.expire_time)
             return row
+
+
+def _table(model: type[Base]) -> Table:
+    """A model's Core table: bulk inserts through it skip the ORM's bulk path, which costs a
+    quarter more on a sync's 1.65 M derived rows per 100,000 entries (bench/README.md)."""
+    return Base.metadata.tables[model.__tablename__]
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:

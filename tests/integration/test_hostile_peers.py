@@ -567,3 +567,32 @@ def test_a_stalled_pull_does_not_hold_up_honest_peers(world: World) -> None:
         release.set()
         stalled.join(timeout=30)
     assert reports and reports[0].pulled == {}
+
+
+def test_a_pull_overtaken_by_another_peer_is_not_blamed_on_its_peer(make_world: Callable[[int], World]) -> None:
+    """A slow but honest peer's pull lapses (no progress for STALL seconds) and another peer
+    commits the range first: the slow pull must end quietly, not count a rejection against
+    its peer because the node's tree grew under it."""
+    w = make_world(2)
+    assert w.syncer.sync_peer(w.honest.address).pulled == {ORIGIN: w.current.size}
+    w.publish_next_stage()
+    release = threading.Event()
+
+    def slow_proof(request: rs.GetConsistencyProofRequest) -> list[bytes]:
+        release.wait(30)
+        return merkle.consistency_proof(w.origin.store.leaf_hashes(ORIGIN, upto=request.second_size), request.first_size)
+
+    w.hostile.proof = slow_proof
+    reports: list[PeerReport] = []
+    slow = threading.Thread(target=lambda: reports.append(w.syncer.sync_peer(w.hostile.address)))
+    slow.start()
+    try:
+        wait_for(lambda: w.hostile.asked("GetConsistencyProof") != [], 10, "the slow peer to be asked for a proof")
+        time.sleep(STALL + 0.3)
+        assert_honest_gets_through(w)
+    finally:
+        release.set()
+        slow.join(timeout=30)
+    assert reports and reports[0].rejected == [] and reports[0].pulled == {}
+    assert w.target.store.rejections() == []
+    assert w.target.store.checkpoint(ORIGIN) == w.current.envelope
