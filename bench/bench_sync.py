@@ -1,0 +1,544 @@
+"""Benchmark a full sync of one member's log into an empty node, against the raw crypto cost.
+
+1. Builds a source node for one member (``AA``) whose log holds ``--entries`` signed
+   entries (default 100,000): synthetic authority, contact, rule and treaty records as
+   gen_dataset.py makes them (validated), each signed with the member's generated key
+   by ``log.build_entry``, written with ``Store.append`` in batches of ``--batch``
+   entries, each batch with a checkpoint over the log so far (the last one covers the
+   whole log). The federation document (a generated root key; members ``AA`` and the
+   target's ``AB``, no endpoints) is installed in both nodes.
+2. Baseline, in this process on one core: verifies the Ed25519 signature of every one of
+   those envelopes (``Ed25519PublicKey.verify`` over ``signing.pae(payload_type,
+   payload)``) and computes its leaf hash (``merkle.leaf_hash``); envelopes are parsed
+   before the clock starts. Prints entries/s.
+3. Serves the source with ``counterpart-node serve --no-heartbeat`` (the production
+   ``NodeServer``) on a free loopback port, waits for health SERVING.
+4. In a fresh process (so that its peak RSS is the sync's own), opens an empty target
+   node (separate SQLite file) and times ``Syncer(node).sync_peer(source)``. The time is
+   split by wrapping, in that process only, ``Syncer._stream`` (receive + parse of the
+   gRPC batches + verify), ``RangeVerifier.add_batch`` and ``finish`` (verify),
+   ``Store.append`` (commit) and the ``derive`` it calls. Reports entries/s, the ratio to
+   the baseline, CPU seconds of target and source, and VmHWM / VmRSS of the target.
+5. Appends one more entry at the source, then times a second pass into the (now full)
+   target in a fresh process: the cost of an incremental pull of one entry into a node
+   that holds the whole log. Then a pass with nothing new.
+6. With ``--profile``, a further full sync into another empty node under cProfile; the
+   top functions go to ``--profile-out`` (or stdout).
+
+Usage: python bench/bench_sync.py [--entries 100000] [--json OUT] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import bench_find  # sibling scripts: python puts bench/ first on sys.path
+import gen_dataset
+import grpc
+
+from directory_server.config import CONFIG_NAME, NodeConfig
+from directory_server.domain import federation as fed
+from directory_server.domain import log, merkle, signing
+from directory_server.domain.records import SourcedRecord
+from directory_server.domain.vocab import Vocabulary, default_vocabularies
+from directory_server.node import Node
+from directory_server.storage.store import Store, sqlite_url
+
+BENCH_DIR = Path(__file__).resolve().parent
+SOURCE_MEMBER = "AA"
+TARGET_MEMBER = "AB"
+VALIDITY = timedelta(days=365)
+TARGET_TIMEOUT_S = 3600.0
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def proc_status_kib(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS, VmHWM (peak RSS) and Threads of a process from /proc/<pid>/status."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def mib(kib: int | None) -> float:
+    return round((kib or 0) / 1024, 1)
+
+
+def db_bytes(data_dir: Path) -> int:
+    return sum(f.stat().st_size for f in data_dir.glob("node.sqlite3*"))
+
+
+# --- the source node -------------------------------------------------------------------------
+
+
+def authorities_for(entries: int) -> int:
+    """The number of authorities for which gen_dataset's member has at most ``entries``
+    records (authorities + 2 + one contact per subdivision + 10 treaties + 10 rules)."""
+    for a in range(max(4, entries - 22), 3, -1):
+        subdivisions = gen_dataset.subdivision_count(a)
+        total = a + 2 + min(subdivisions, a - 4) + 20
+        if total <= entries:
+            return a
+    raise SystemExit("--entries must be at least 30")
+
+
+def federation_envelope(
+    keys: dict[str, signing.SigningKey], root: signing.SigningKey, now: datetime
+) -> bytes:
+    doc = fed.new_document("bench", [root.public_bytes], 1, now, VALIDITY)
+    for code, key in keys.items():
+        # no endpoints: neither node has peers besides the ones we point it at
+        fed.add_member(doc, code, f"Synthetic member {code}", [key.public_bytes], [])
+    return signing.sign_envelope(
+        doc.SerializeToString(deterministic=True), signing.FEDERATION_TYPE, [root]
+    )
+
+
+def make_node(data_dir: Path, member: str, federation: bytes, now: datetime) -> Node:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = NodeConfig(data_dir=data_dir, member=member, listen="127.0.0.1:0")
+    (data_dir / CONFIG_NAME).write_text(config.to_toml(), encoding="utf-8")
+    node = Node(config, store=Store(sqlite_url(data_dir)), clock=lambda: now)
+    node.install_federation(federation)
+    return node
+
+
+def build_source(
+    data_dir: Path, entries: int, batch: int, key: signing.SigningKey, federation: bytes,
+    now: datetime,
+) -> tuple[dict[str, Any], list[SourcedRecord]]:
+    """Write ``entries`` signed entries of SOURCE_MEMBER into a new node at ``data_dir``."""
+    t0 = time.perf_counter()
+    spec = gen_dataset.MemberSpec(
+        0, SOURCE_MEMBER, authorities_for(entries), gen_dataset._raw_private(key), now
+    )
+    records, _ = gen_dataset.build_records(spec, Vocabulary(default_vocabularies()))
+    t1 = time.perf_counter()
+    node = make_node(data_dir, SOURCE_MEMBER, federation, now)
+    compact = merkle.CompactRange()
+    sign_s = append_s = 0.0
+    try:
+        seq = 0
+        while seq < entries:
+            ts = time.perf_counter()
+            chunk: list[log.LogEntry] = []
+            while seq < entries and len(chunk) < batch:
+                seq += 1
+                if seq <= len(records):
+                    r = records[seq - 1]
+                    e = log.build_entry(SOURCE_MEMBER, seq, r.name, r.record, now, key)
+                else:  # pad to the exact size with tombstones of authorities made above
+                    name = records[seq - len(records) - 1].name
+                    e = log.build_entry(SOURCE_MEMBER, seq, name, None, now, key, "bench padding")
+                chunk.append(e)
+                compact.append(e.leaf_hash)
+            cp = log.build_checkpoint(SOURCE_MEMBER, seq, compact.root(), now, key, VALIDITY)
+            ta = time.perf_counter()
+            node.store.append(SOURCE_MEMBER, seq - len(chunk), chunk, cp)
+            sign_s += ta - ts
+            append_s += time.perf_counter() - ta
+        size = node.store.log_size(SOURCE_MEMBER)
+        assert size == entries, (size, entries)
+        held = node.held_checkpoint(SOURCE_MEMBER)
+        assert held is not None and held.size == entries
+        # what every publish at this node does first (Node.plan): re-verify the whole log
+        tc = time.perf_counter()
+        current = node.current_state(SOURCE_MEMBER)
+        current_state_s = time.perf_counter() - tc
+    finally:
+        node.close()
+    info = {
+        "entries": entries,
+        "records": len(records),
+        "tombstones": max(0, entries - len(records)),
+        "append_batch": batch,
+        "build_validate_s": round(t1 - t0, 2),
+        "sign_s": round(sign_s, 2),
+        "store_append_s": round(append_s, 2),
+        "database_bytes": db_bytes(data_dir),
+        "current_state_records": len(current),
+        "current_state_s": round(current_state_s, 2),
+    }
+    return info, records
+
+
+def append_one(
+    data_dir: Path, key: signing.SigningKey, records: list[SourcedRecord], now: datetime
+) -> int:
+    """Append one changed record to the source's log (a new review date) with its checkpoint;
+    the serving source process reads it from the same SQLite file."""
+    store = Store(sqlite_url(data_dir))
+    try:
+        size = store.log_size(SOURCE_MEMBER)
+        r = records[0]
+        record = type(r.record)()
+        record.CopyFrom(r.record)
+        record.review_date = "2026-12-01"  # type: ignore[union-attr]
+        e = log.build_entry(SOURCE_MEMBER, size + 1, r.name, record, now, key)
+        hashes = store.leaf_hashes(SOURCE_MEMBER) + [e.leaf_hash]
+        cp = log.build_checkpoint(
+            SOURCE_MEMBER, size + 1, merkle.root_hash(hashes), now, key, VALIDITY
+        )
+        store.append(SOURCE_MEMBER, size, [e], cp)
+        return size + 1
+    finally:
+        store.close()
+
+
+# --- baseline ------------------------------------------------------------------------------
+
+
+def raw_baseline(data_dir: Path, public_key: bytes) -> dict[str, Any]:
+    """One core: Ed25519 verify over PAE plus leaf hash, for every envelope of the log."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    store = Store(sqlite_url(data_dir))
+    try:
+        envelopes = [env for _, env in store.envelopes(SOURCE_MEMBER)]
+    finally:
+        store.close()
+    parsed = [signing.parse_envelope(env) for env in envelopes]
+    items = [(env, p.payload_type, p.payload, p.signatures[0].sig) for env, p in zip(
+        envelopes, parsed, strict=True)]
+    pub = Ed25519PublicKey.from_public_bytes(public_key)
+    pae, leaf_hash = signing.pae, merkle.leaf_hash
+    n = len(items)
+
+    t0 = time.perf_counter()
+    for env, ptype, payload, sig in items:
+        pub.verify(sig, pae(ptype, payload))
+        leaf_hash(env)
+    both = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for _env, ptype, payload, sig in items:
+        pub.verify(sig, pae(ptype, payload))
+    verify_only = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for env, _ptype, _payload, _sig in items:
+        leaf_hash(env)
+    hash_only = time.perf_counter() - t0
+
+    # for reference: what parsing every envelope and its entry costs (verify_entry does both)
+    from counterpart.v1 import log_pb2
+
+    t0 = time.perf_counter()
+    for env in envelopes:
+        e = log_pb2.Envelope()
+        e.ParseFromString(env)
+        entry = log_pb2.Entry()
+        entry.ParseFromString(e.payload)
+    parse_s = time.perf_counter() - t0
+
+    return {
+        "entries": n,
+        "envelope_bytes_avg": round(sum(map(len, envelopes)) / n, 1),
+        "verify_and_hash_s": round(both, 3),
+        "verify_and_hash_per_s": round(n / both, 1),
+        "verify_us": round(verify_only / n * 1e6, 2),
+        "leaf_hash_us": round(hash_only / n * 1e6, 3),
+        "parse_envelope_and_entry_us": round(parse_s / n * 1e6, 2),
+    }
+
+
+# --- the target process --------------------------------------------------------------------
+
+
+class Timers:
+    """Accumulated wall time of wrapped functions, by label."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, owner: Any, name: str, label: str) -> None:
+        inner: Callable[..., Any] = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
+                self.calls[label] = self.calls.get(label, 0) + 1
+
+        setattr(owner, name, timed)
+
+
+def target_main(a: argparse.Namespace) -> int:
+    """One sync pass of a target node from the source; figures as JSON on stdout."""
+    from directory_server import sync as sync_module
+    from directory_server.domain import replication as rep
+    from directory_server.storage import store as store_module
+
+    data_dir: Path = a.data_dir
+    federation = Path(a.federation).read_bytes()
+    now = datetime.now(UTC)
+    fresh = not (data_dir / CONFIG_NAME).exists()
+    node = make_node(data_dir, TARGET_MEMBER, federation, now) if fresh else Node(
+        NodeConfig(data_dir=data_dir, member=TARGET_MEMBER), clock=lambda: now
+    )
+    held_before = node.store.log_size(SOURCE_MEMBER)
+    timers = Timers()
+    if not a.profile:
+        timers.wrap(sync_module.Syncer, "_stream", "stream")
+        timers.wrap(rep.RangeVerifier, "add_batch", "verify_batches")
+        timers.wrap(rep.RangeVerifier, "finish", "verify_finish")
+        timers.wrap(store_module.Store, "append", "commit")
+        timers.wrap(store_module, "derive", "commit_derive")
+        timers.wrap(store_module.Store, "leaf_hashes", "read_leaf_hashes")
+        timers.wrap(merkle.CompactRange, "from_leaf_hashes", "compact_range_rebuild")
+        timers.wrap(node, "held_checkpoint", "held_checkpoint")
+    syncer = sync_module.Syncer(node)
+    mem_before = proc_status_kib()
+    profiler = cProfile.Profile() if a.profile else None
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    report = syncer.sync_peer(a.source)
+    if profiler is not None:
+        profiler.disable()
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    mem_after = proc_status_kib()
+    syncer.close()
+    size = node.store.log_size(SOURCE_MEMBER)
+    held = node.held_checkpoint(SOURCE_MEMBER)
+    node.close()
+    out: dict[str, Any] = {
+        "held_before": held_before,
+        "held_after": size,
+        "checkpoint_size_after": held.size if held else None,
+        "pulled": report.pulled,
+        "refreshed": report.refreshed,
+        "rejected": report.rejected,
+        "error": report.error,
+        "wall_s": round(elapsed, 3),
+        "cpu_s": round(cpu, 2),
+        "rss_before_mib": mib(mem_before.get("VmRSS")),
+        "rss_after_mib": mib(mem_after.get("VmRSS")),
+        "peak_rss_mib": mib(mem_after.get("VmHWM")),
+        "database_bytes": db_bytes(data_dir),
+        "split_s": {k: round(v, 3) for k, v in sorted(timers.seconds.items())},
+        "split_calls": dict(sorted(timers.calls.items())),
+    }
+    if profiler is not None:
+        buf = io.StringIO()
+        stats = pstats.Stats(profiler, stream=buf)
+        stats.strip_dirs().sort_stats("cumulative").print_stats(a.top)
+        stats.sort_stats("tottime").print_stats(a.top)
+        out["profile"] = buf.getvalue()
+    print(json.dumps(out))
+    return 0
+
+
+def run_target(
+    source: str, data_dir: Path, federation_file: Path, profile: bool = False, top: int = 30,
+    source_pid: int | None = None,
+) -> dict[str, Any]:
+    argv = [
+        sys.executable, str(Path(__file__).resolve()), "--role", "target", "--source", source,
+        "--data-dir", str(data_dir), "--federation", str(federation_file), "--top", str(top),
+    ]
+    if profile:
+        argv.append("--profile")
+    src0 = bench_find.proc_cpu_seconds(source_pid) if source_pid else 0.0
+    busy0 = bench_find.system_busy_seconds()
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        argv, check=False, capture_output=True, text=True, timeout=TARGET_TIMEOUT_S,
+        env=bench_find._clean_env(),
+    )
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"target process failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = round(wall, 2)
+    if source_pid:
+        result["source_cpu_s"] = round(bench_find.proc_cpu_seconds(source_pid) - src0, 2)
+    # CPU of everything else on the machine: the process's startup is in both terms
+    result["machine_busy_s"] = round(bench_find.system_busy_seconds() - busy0, 2)
+    return result
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def describe_pass(name: str, r: dict[str, Any], entries: int) -> str:
+    rate = entries / r["wall_s"] if r["wall_s"] and entries else 0.0
+    return (
+        f"{name}: {r['held_before']} -> {r['held_after']} entries in {r['wall_s']:.3f} s"
+        + (f" = {rate:,.0f} entries/s" if entries > 1 else "")
+        + f"; CPU target {r['cpu_s']:.1f} s, source {r.get('source_cpu_s', 0):.1f} s; "
+        f"RSS before {r['rss_before_mib']} MiB, peak {r['peak_rss_mib']} MiB"
+        + (f"; error {r['error']}" if r["error"] else "")
+        + (f"; rejected {r['rejected']}" if r["rejected"] else "")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Benchmark a full sync of one member's log.")
+    p.add_argument("--entries", type=int, default=100_000, help="entries in the source's log")
+    p.add_argument("--batch", type=int, default=5000, help="entries per Store.append at the source")
+    p.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    p.add_argument("--profile", action="store_true", help="also profile a full sync (cProfile)")
+    p.add_argument("--profile-out", type=Path, default=None, help="write the profile text here")
+    p.add_argument("--top", type=int, default=30, help="functions listed in the profile")
+    p.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it")
+    # internal: the target process
+    p.add_argument("--role", choices=["main", "target"], default="main", help=argparse.SUPPRESS)
+    p.add_argument("--source", default="", help=argparse.SUPPRESS)
+    p.add_argument("--data-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--federation", default="", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.role == "target":
+        return target_main(a)
+    if a.entries < 30:
+        raise SystemExit("--entries must be at least 30")
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    version = bench_find.code_version()
+    work = a.keep or Path(tempfile.mkdtemp(prefix="counterpart-bench-sync-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        now = datetime.now(UTC).replace(microsecond=0)
+        keys = {SOURCE_MEMBER: signing.SigningKey.generate(),
+                TARGET_MEMBER: signing.SigningKey.generate()}
+        envelope = federation_envelope(keys, signing.SigningKey.generate(), now)
+        federation_file = work / "federation.bin"
+        federation_file.write_bytes(envelope)
+        source_dir = work / "source"
+        if source_dir.exists():
+            shutil.rmtree(source_dir)
+        print(f"building the source: {a.entries} entries of {SOURCE_MEMBER} ...", flush=True)
+        source_info, records = build_source(
+            source_dir, a.entries, a.batch, keys[SOURCE_MEMBER], envelope, now
+        )
+        print(
+            f"  built+validated {source_info['build_validate_s']} s, signed "
+            f"{source_info['sign_s']} s, Store.append {source_info['store_append_s']} s, "
+            f"database {source_info['database_bytes'] / 2**20:.1f} MiB; Node.current_state "
+            f"(first step of every publish) {source_info['current_state_s']} s",
+            flush=True,
+        )
+        baseline = raw_baseline(source_dir, keys[SOURCE_MEMBER].public_bytes)
+        print(
+            f"baseline (one core): Ed25519 verify + leaf hash of {baseline['entries']} envelopes "
+            f"({baseline['envelope_bytes_avg']:.0f} B avg) in {baseline['verify_and_hash_s']} s = "
+            f"{baseline['verify_and_hash_per_s']:,.0f} entries/s (verify "
+            f"{baseline['verify_us']} us, hash {baseline['leaf_hash_us']} us, parse "
+            f"{baseline['parse_envelope_and_entry_us']} us per entry)",
+            flush=True,
+        )
+        target = f"127.0.0.1:{bench_find.free_port()}"
+        passes: dict[str, dict[str, Any]] = {}
+        profile_text = ""
+        argv_node = bench_find.node_argv(source_dir, target)
+        with bench_find.server_process("source", argv_node, target, work) as source:
+            pid = source.proc.pid
+            full = run_target(target, work / "target", federation_file, source_pid=pid)
+            passes["full"] = full
+            print(describe_pass("full sync", full, a.entries), flush=True)
+            split = full["split_s"]
+            stream, verify = split.get("stream", 0.0), split.get("verify_batches", 0.0)
+            verify += split.get("verify_finish", 0.0)
+            commit, derive_s = split.get("commit", 0.0), split.get("commit_derive", 0.0)
+            other = full["wall_s"] - stream - split.get("verify_finish", 0.0) - commit
+            print(
+                f"  split: receive+parse {stream - split.get('verify_batches', 0.0):.2f} s, "
+                f"verify {verify:.2f} s, commit {commit:.2f} s (of which derive "
+                f"{derive_s:.2f} s), other {other:.2f} s",
+                flush=True,
+            )
+            new_size = append_one(source_dir, keys[SOURCE_MEMBER], records, now)
+            inc = run_target(target, work / "target", federation_file, source_pid=pid)
+            passes["incremental_one_entry"] = inc
+            print(describe_pass(f"incremental (1 entry, to {new_size})", inc, 1), flush=True)
+            noop = run_target(target, work / "target", federation_file, source_pid=pid)
+            passes["nothing_new"] = noop
+            print(describe_pass("nothing new", noop, 0), flush=True)
+            if a.profile:
+                prof = run_target(
+                    target, work / "target-profiled", federation_file, profile=True, top=a.top,
+                    source_pid=pid,
+                )
+                profile_text = prof.pop("profile", "")
+                passes["full_profiled"] = prof
+                print(describe_pass("full sync under cProfile", prof, new_size), flush=True)
+        sync_rate = a.entries / full["wall_s"]
+        ratio = sync_rate / baseline["verify_and_hash_per_s"]
+        print(
+            f"\nsync {sync_rate:,.0f} entries/s; raw verify+hash {baseline['verify_and_hash_per_s']:,.0f} "
+            f"entries/s; ratio sync/raw = {ratio:.3f}"
+        )
+        if profile_text:
+            header = (
+                f"cProfile of Syncer.sync_peer: full sync of {new_size} entries into an empty node\n"
+                f"(bench/bench_sync.py --entries {a.entries} --profile), {now.date().isoformat()}\n\n"
+            )
+            if a.profile_out:
+                a.profile_out.write_text(header + profile_text, encoding="utf-8")
+                print(f"profile written to {a.profile_out}")
+            else:
+                print(header + profile_text)
+        if a.json is not None:
+            for r in passes.values():
+                r.pop("profile", None)
+            report = {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "grpc": grpc.__version__,
+                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+                },
+                "code": version | {"changed_during_run": str(bench_find.code_version() != version)},
+                "settings": {"entries": a.entries, "append_batch": a.batch},
+                "source": source_info,
+                "baseline_one_core": baseline,
+                "passes": passes,
+                "sync_entries_per_s": round(sync_rate, 1),
+                "ratio_sync_over_raw": round(ratio, 4),
+            }
+            a.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            print(f"figures written to {a.json}")
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if a.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
