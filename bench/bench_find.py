@@ -447,6 +447,17 @@ def describe_run(r: RunResult) -> str:
 # --- main ----------------------------------------------------------------------------------
 
 
+def machine_info() -> dict[str, object]:
+    """What a figure depends on besides the code: cores, versions, load at the end of the run."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "grpc": grpc.__version__,
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def code_version() -> dict[str, str]:
     """The commit checked out and a hash of the server's sources (others may edit them)."""
     repo = BENCH_DIR.parent
@@ -577,13 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.json is not None:
             report = {
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                    "grpc": grpc.__version__,
-                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-                },
+                "machine": machine_info(),
                 "code": version | {"changed_during_run": str(code_version() != version)},
                 "settings": {
                     "duration_s": a.duration,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import sys
 import tempfile
@@ -242,12 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.json is not None:
             report = {
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "grpc": grpc.__version__,
-                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-                },
+                "machine": bench_find.machine_info(),
                 "code": version | {"changed_during_run": str(bench_find.code_version() != version)},
                 "settings": {"finds": a.finds, "settle_s": a.settle},
                 "dataset": {k: v for k, v in manifest.items() if k not in ("member_data", "database")}

@@ -34,8 +34,6 @@ import argparse
 import cProfile
 import io
 import json
-import os
-import platform
 import pstats
 import shutil
 import signal
@@ -51,7 +49,6 @@ from typing import Any
 
 import bench_find  # sibling scripts: python puts bench/ first on sys.path
 import gen_dataset
-import grpc
 
 from directory_server.config import CONFIG_NAME, NodeConfig
 from directory_server.domain import federation as fed
@@ -515,12 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                 r.pop("profile", None)
             report = {
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "grpc": grpc.__version__,
-                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-                },
+                "machine": bench_find.machine_info(),
                 "code": version | {"changed_during_run": str(bench_find.code_version() != version)},
                 "settings": {"entries": a.entries, "append_batch": a.batch},
                 "source": source_info,
