@@ -80,7 +80,6 @@ class Syncer:
         self._channels: dict[str, tuple[int, grpc.Channel]] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
-        self.on_change: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         with self._lock:
@@ -107,12 +106,6 @@ class Syncer:
             )
             self._channels[peer] = (limit, channel)
             return channel
-
-    def forget(self, peer: str) -> None:
-        with self._lock:
-            cached = self._channels.pop(peer, None)
-        if cached is not None:
-            cached[1].close()
 
     # --- one pass ------------------------------------------------------------------------
 
@@ -148,6 +141,8 @@ class Syncer:
                     synced[offered.member] = offered.size
             except VerificationError as e:
                 self._reject(report, offered.member, e)
+            except ConflictError:
+                pass  # another peer's pull changed the member's log meanwhile; the next pass looks again
             except grpc.RpcError as e:
                 self._rpc_failed(report, offered.member, e)
         self.node.store.note_peer_checkpoints(peer, synced, self.node.clock())
@@ -168,7 +163,6 @@ class Syncer:
                 return
             report.federation_versions.append(accepted.version)
             logger.info("federation document accepted", extra={"peer": report.peer, "version": accepted.version})
-            self.on_change()
 
     def _sync_member(
         self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, offered: log.LogCheckpoint,
@@ -188,7 +182,6 @@ class Syncer:
         if decision.action is rep.Action.REFRESH:
             store.put_checkpoint(offered)
             report.refreshed.append(member)
-            self.on_change()
         elif decision.action is rep.Action.PULL:
             claim = self._claim(member, offered.size)
             if claim is None:
@@ -236,7 +229,6 @@ class Syncer:
         logger.info(
             "ingested", extra={"peer": report.peer, "member": member, "entries": len(entries), "size": offered.size}
         )
-        self.on_change()
         return True
 
     def _stream(self, stub: rs_grpc.ReplicationServiceStub, verifier: rep.RangeVerifier, claim: _Claim) -> None:
