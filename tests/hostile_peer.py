@@ -1,9 +1,9 @@
 """A hostile ReplicationService peer for the sync tests: a real gRPC server on loopback that
 serves whatever a test tells it to, built from a real node's signed data.
 
-By default it is honest: it serves the source node's checkpoints, entries and consistency
-proofs. A test replaces one of ``checkpoints``, ``entries`` or ``proof`` to tamper with what
-it sends, and reads ``calls`` to see what the node under test asked for.
+By default it is honest: it serves the source node's checkpoints, entries, consistency
+proofs and federation chain. A test replaces one of ``checkpoints``, ``entries``, ``proof``
+or ``documents`` (or a whole log, ``serve_log``) to tamper with what it sends, and reads ``calls`` to see what the node under test asked for.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class HostilePeer(rs_grpc.ReplicationServiceServicer):
         self.entries: Batches | None = None  # None: the requested range, honestly
         self.proof: Callable[[rs.GetConsistencyProofRequest], list[bytes]] | None = None  # None: honest
         self.federation_version: int | None = None  # None: the source's
+        self.documents: list[bytes] | None = None  # None: the source's federation chain
         self.calls: list[tuple[str, int, int]] = []  # (method, first, second) as asked
         self._lock = threading.Lock()
         self._server = grpc.server(
@@ -64,6 +65,17 @@ class HostilePeer(rs_grpc.ReplicationServiceServicer):
         """Answer every GetEntries with these (start_seq, envelopes) batches, whatever was asked."""
         fixed = [rs.GetEntriesResponse(start_seq=start, signed_entries=list(envs)) for start, envs in batches]
         self.entries = lambda request, context: iter(fixed)
+
+    def serve_log(self, envelopes: Sequence[bytes]) -> None:
+        """Serve this log of the member (ranges and consistency proofs cut from it, honestly
+        framed) in place of the source's: for logs no honest node would hold."""
+        log = list(envelopes)
+        self.entries = lambda request, context: iter(
+            [rs.GetEntriesResponse(start_seq=request.start_seq, signed_entries=log[request.start_seq - 1 : request.end_seq])]
+        )
+        self.proof = lambda request: merkle.consistency_proof(
+            [merkle.leaf_hash(e) for e in log[: request.second_size]], request.first_size
+        )
 
     def asked(self, method: str) -> list[tuple[int, int]]:
         with self._lock:
@@ -110,6 +122,8 @@ class HostilePeer(rs_grpc.ReplicationServiceServicer):
 
     def GetFederation(self, request: rs.GetFederationRequest, context: grpc.ServicerContext) -> rs.GetFederationResponse:
         self._note("GetFederation", request.from_version)
+        if self.documents is not None:
+            return rs.GetFederationResponse(signed_documents=self.documents)
         return rs.GetFederationResponse(signed_documents=self.source.store.federation_chain(max(1, request.from_version)))
 
 

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent import futures
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from conftest import PASSPHRASE, SAMPLE_DATA, Federation  # type: ignore[import-not-found, unused-ignore]
 from sqlalchemy import select
 
-from counterpart.v1 import replication_service_pb2 as rs
-from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
 from directory_server.config import CONFIG_NAME, NodeConfig
-from directory_server.domain import merkle, signing
+from directory_server.domain import signing
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 from directory_server.storage import models
@@ -151,33 +147,3 @@ class Cluster:
     def wait_converged(self, timeout: float = 30.0, on: Iterable[str] | None = None) -> float:
         return wait_for(lambda: self.converged(on), timeout, "every node to hold every member's latest checkpoint")
 
-
-class StaticPeer(rs_grpc.ReplicationServiceServicer):
-    """A peer that serves exactly the signed bytes it is given (honest framing, whatever
-    the bytes are): for peers whose data no honest node would hold."""
-
-    def __init__(self, checkpoints: list[bytes], logs: dict[str, list[bytes]], documents: list[bytes],
-                 federation_version: int) -> None:
-        self.checkpoints, self.logs, self.documents = checkpoints, logs, documents
-        self.federation_version = federation_version
-
-    def GetCheckpoints(self, request: Any, context: Any) -> rs.GetCheckpointsResponse:
-        return rs.GetCheckpointsResponse(signed_checkpoints=self.checkpoints, federation_version=self.federation_version)
-
-    def GetEntries(self, request: Any, context: Any) -> Iterator[rs.GetEntriesResponse]:
-        log = self.logs.get(request.member, [])
-        yield rs.GetEntriesResponse(start_seq=request.start_seq, signed_entries=log[request.start_seq - 1 : request.end_seq])
-
-    def GetConsistencyProof(self, request: Any, context: Any) -> rs.GetConsistencyProofResponse:
-        hashes = [merkle.leaf_hash(e) for e in self.logs.get(request.member, [])[: request.second_size]]
-        return rs.GetConsistencyProofResponse(hashes=merkle.consistency_proof(hashes, request.first_size))
-
-    def GetFederation(self, request: Any, context: Any) -> rs.GetFederationResponse:
-        return rs.GetFederationResponse(signed_documents=self.documents)
-
-    def serve(self) -> tuple[grpc.Server, str]:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        rs_grpc.add_ReplicationServiceServicer_to_server(self, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        return server, f"127.0.0.1:{port}"

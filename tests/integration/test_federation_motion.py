@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSPHRASE, Federation  # type: ignore[import-not-found, unused-ignore]
-from tests_support_cluster import Cluster, StaticPeer, line, mesh, stored_state, wait_for
+from hostile_peer import HostilePeer
+from tests_support_cluster import Cluster, line, mesh, stored_state, wait_for
 
 from counterpart.v1 import federation_pb2
 from directory_server.domain import federation as fed
@@ -76,7 +77,10 @@ def test_an_invalid_new_version_is_refused_everywhere(
         bad = next_document(cluster.document, federation.root_keys, lambda d: None, version=3)
     else:
         bad = next_document(cluster.document, federation.root_keys[:1], lambda d: None)
-    server, address = StaticPeer([], {}, [bad], federation_version=3 if case == "skips a version" else 2).serve()
+    peer = HostilePeer(cluster.nodes["GE"], "GE").start()
+    peer.checkpoints, peer.documents = [], [bad]
+    peer.federation_version = 3 if case == "skips a version" else 2
+    address = peer.address
     try:
         for m in cluster.members:
             node = cluster.nodes[m]
@@ -87,7 +91,7 @@ def test_an_invalid_new_version_is_refused_everywhere(
             assert node.federation().version == 1
             assert [(r.peer, r.reason, r.count) for r in node.store.rejections()] == [(address, reason, 1)]
     finally:
-        server.stop(grace=0)
+        peer.stop()
 
 
 def test_key_rotation_and_withdrawal_end_to_end(cluster: Cluster, federation: Federation, tmp_path: Path) -> None:
@@ -139,7 +143,10 @@ def test_key_rotation_and_withdrawal_end_to_end(cluster: Cluster, federation: Fe
     forged = log.build_entry("GE", len(honest) + 1, "members/GE/authorities/forged", None, datetime.now(UTC), old_key)
     leaves = [merkle.leaf_hash(e) for e in honest] + [forged.leaf_hash]
     cp = log.build_checkpoint("GE", len(leaves), merkle.root_hash(leaves), datetime.now(UTC), old_key)
-    server, address = StaticPeer([cp.envelope], {"GE": [*honest, forged.envelope]}, [], 3).serve()
+    peer = HostilePeer(ge, "GE").start()
+    peer.checkpoints = [cp.envelope]
+    peer.serve_log([*honest, forged.envelope])
+    address = peer.address
     try:
         for m in ("AZ", "KZ"):
             node = cluster.nodes[m]
@@ -149,14 +156,11 @@ def test_key_rotation_and_withdrawal_end_to_end(cluster: Cluster, federation: Fe
             assert stored_state(node) == before
         # and an entry signed after the withdrawal under a checkpoint by the new key is refused too
         cp_new = log.build_checkpoint("GE", len(leaves), merkle.root_hash(leaves), datetime.now(UTC), new_key)
-        server2, address2 = StaticPeer([cp_new.envelope], {"GE": [*honest, forged.envelope]}, [], 3).serve()
-        try:
-            node = cluster.nodes["KZ"]
-            before = stored_state(node)
-            report = Syncer(node).sync_peer(address2)
-            assert [(r[0], r[1]) for r in report.rejected] == [("GE", "KEY_NOT_VALID")], report
-            assert stored_state(node) == before
-        finally:
-            server2.stop(grace=0)
+        peer.checkpoints = [cp_new.envelope]
+        node = cluster.nodes["KZ"]
+        before = stored_state(node)
+        report = Syncer(node).sync_peer(address)
+        assert [(r[0], r[1]) for r in report.rejected] == [("GE", "KEY_NOT_VALID")], report
+        assert stored_state(node) == before
     finally:
-        server.stop(grace=0)
+        peer.stop()
