@@ -765,6 +765,7 @@ class MemberInfo(_message.Message):
     RULE_COUNT_FIELD_NUMBER: _builtins.int
     TREATY_COUNT_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    WITHHELD_CONTACT_COUNT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """members/{member}"""
     code: _builtins.str
@@ -776,11 +777,13 @@ class MemberInfo(_message.Message):
     authority_count: _builtins.int
     """Number of current records per kind."""
     contact_count: _builtins.int
-    """Number of contact points (all visibilities)."""
+    """Number of contact points the caller may see."""
     rule_count: _builtins.int
     """Number of rules."""
     treaty_count: _builtins.int
     """Number of treaty participations."""
+    withheld_contact_count: _builtins.int
+    """Number of members-only contact points withheld from this caller."""
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Endpoints from the federation document."""
@@ -802,10 +805,11 @@ class MemberInfo(_message.Message):
         rule_count: _builtins.int = ...,
         treaty_count: _builtins.int = ...,
         provenance: Global___Provenance | None = ...,
+        withheld_contact_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority_count", b"authority_count", "code", b"code", "contact_count", b"contact_count", "display_name", b"display_name", "endpoints", b"endpoints", "log_size", b"log_size", "name", b"name", "provenance", b"provenance", "rule_count", b"rule_count", "treaty_count", b"treaty_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority_count", b"authority_count", "code", b"code", "contact_count", b"contact_count", "display_name", b"display_name", "endpoints", b"endpoints", "log_size", b"log_size", "name", b"name", "provenance", b"provenance", "rule_count", b"rule_count", "treaty_count", b"treaty_count", "withheld_contact_count", b"withheld_contact_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1130,8 +1134,13 @@ class FindCounterpartResponse(_message.Message):
     WARNINGS_FIELD_NUMBER: _builtins.int
     PROOFS_FIELD_NUMBER: _builtins.int
     PROVENANCES_FIELD_NUMBER: _builtins.int
+    WITHHELD_CONTACTS_FIELD_NUMBER: _builtins.int
     route: _records_pb2.TransmissionRoute.ValueType
     """The route the request should take."""
+    withheld_contacts: _builtins.int
+    """Members-only contact points of the candidates withheld from this caller
+    (not signed in as a user of a member, nor a member node).
+    """
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]:
         """Ranked candidates, best first."""
@@ -1186,10 +1195,11 @@ class FindCounterpartResponse(_message.Message):
         warnings: _abc.Iterable[_builtins.str] | None = ...,
         proofs: _abc.Iterable[Global___RecordProof] | None = ...,
         provenances: _abc.Iterable[Global___Provenance] | None = ...,
+        withheld_contacts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["place", b"place", "rule", b"rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "contacts", b"contacts", "languages", b"languages", "legal_bases", b"legal_bases", "place", b"place", "proofs", b"proofs", "provenances", b"provenances", "route", b"route", "rule", b"rule", "urgent_contacts", b"urgent_contacts", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "contacts", b"contacts", "languages", b"languages", "legal_bases", b"legal_bases", "place", b"place", "proofs", b"proofs", "provenances", b"provenances", "route", b"route", "rule", b"rule", "urgent_contacts", b"urgent_contacts", "warnings", b"warnings", "withheld_contacts", b"withheld_contacts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

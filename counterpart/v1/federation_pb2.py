@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63ounterpart/v1/federation.proto\x12\x0e\x63ounterpart.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe8\x02\n\x12\x46\x65\x64\x65rationDocument\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12.\n\nissue_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\troot_keys\x18\x05 \x03(\x0b\x32\x19.counterpart.v1.PublicKey\x12\x16\n\x0eroot_threshold\x18\x06 \x01(\r\x12\'\n\x07members\x18\x07 \x03(\x0b\x32\x16.counterpart.v1.Member\x12\x32\n\x0cvocabularies\x18\x08 \x01(\x0b\x32\x1c.counterpart.v1.Vocabularies\x12&\n\x06limits\x18\t \x01(\x0b\x32\x16.counterpart.v1.Limits\"\xa0\x01\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x1a\n\x12\x65\x64\x32\x35\x35\x31\x39_public_key\x18\x02 \x01(\x0c\x12\x33\n\x0fnot_before_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0enot_after_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x06Member\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x11\n\tendpoints\x18\x03 \x03(\t\x12\'\n\x04keys\x18\x04 \x03(\x0b\x32\x19.counterpart.v1.PublicKey\"\xd4\x02\n\x0cVocabularies\x12\x35\n\rrequest_types\x18\x01 \x03(\x0b\x32\x1e.counterpart.v1.VocabularyTerm\x12:\n\x12offence_categories\x18\x02 \x03(\x0b\x32\x1e.counterpart.v1.VocabularyTerm\x12/\n\x0binstruments\x18\x03 \x03(\x0b\x32\x1a.counterpart.v1.Instrument\x12\x37\n\x0f\x61uthority_kinds\x18\x04 \x03(\x0b\x32\x1e.counterpart.v1.VocabularyTerm\x12\x30\n\x08\x63hannels\x18\x05 \x03(\x0b\x32\x1e.counterpart.v1.VocabularyTerm\x12\x35\n\rcontact_roles\x18\x06 \x03(\x0b\x32\x1e.counterpart.v1.VocabularyTerm\">\n\x0eVocabularyTerm\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07maps_to\x18\x03 \x03(\t\"\xba\x01\n\nInstrument\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12.\n\x05scope\x18\x03 \x01(\x0e\x32\x1f.counterpart.v1.InstrumentScope\x12\x15\n\rrequest_types\x18\x04 \x03(\t\x12\x1b\n\x13\x64irect_transmission\x18\x05 \x01(\x08\x12\x0f\n\x07parties\x18\x06 \x03(\t\x12\x1a\n\x12offence_categories\x18\x07 \x03(\t\"w\n\x06Limits\x12\x17\n\x0fmax_entry_bytes\x18\x01 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\r\x12\x19\n\x11max_batch_entries\x18\x03 \x01(\r\x12\x1e\n\x16max_entries_per_member\x18\x04 \x01(\x04*\x92\x01\n\x0fInstrumentScope\x12 \n\x1cINSTRUMENT_SCOPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aINSTRUMENT_SCOPE_BILATERAL\x10\x01\x12\x1d\n\x19INSTRUMENT_SCOPE_REGIONAL\x10\x02\x12\x1e\n\x1aINSTRUMENT_SCOPE_UNIVERSAL\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63ounterpart/v1/federation.proto\x12\x0e\x63ounterpart.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe8\x02\n\x12\x46\x65\x64\x65rationDocument\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12.\n\nissue_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\troot_keys\x18\x05 \x03(\x0b\x32\x19.counterpart.v1.PublicKey\x12\x16\n\x0eroot_threshold\x18\x06 \x01(\r\x12\'\n\x07members\x18\x07 \x03(\x0b\x32\x16.counterpart.v1.Member\x12\x32\n\x0cvocabularies\x18\x08 \x01(\x0b\x32\x1c.counterpart.v1.Vocabularies\x12&\n\x06limits\x18\t \x01(\x0b\x32\x16.counterpart.v1.Limits\"\xa0\x01\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x1a\n\x12\x65\x64\x32\x35\x35\x31\x39_public_key\x18\x02 \x01(\x0c\x12\x33\n\x0fnot_before_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0enot_after_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x06Member\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x11\n\tendpoints\x18\x03 \x03(\t\x12\'\n\x04keys\x18\x04 \x03(\x0b\x32\x19.counterpart.v1.PublicKey\x12\x18\n\x10tls_certificates\x18\x05 \x03(\x0c\x12\x16\n\x0epeer_endpoints\x18\x06 \x03(\t\"\xd4\x02\n\x0cVocabularies\x12\x35\n\rrequest_types\x18\x01 \x03(\x0b\x32\x1e.counterpart.v1.VocabularyTerm\x12:\n\x12offence_categories\x18\x02 \x03(\x0b\x32\x1e.counterpart.v1.VocabularyTerm\x12/\n\x0binstruments\x18\x03 \x03(\x0b\x32\x1a.counterpart.v1.Instrument\x12\x37\n\x0f\x61uthority_kinds\x18\x04 \x03(\x0b\x32\x1e.counterpart.v1.VocabularyTerm\x12\x30\n\x08\x63hannels\x18\x05 \x03(\x0b\x32\x1e.counterpart.v1.VocabularyTerm\x12\x35\n\rcontact_roles\x18\x06 \x03(\x0b\x32\x1e.counterpart.v1.VocabularyTerm\">\n\x0eVocabularyTerm\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07maps_to\x18\x03 \x03(\t\"\xba\x01\n\nInstrument\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12.\n\x05scope\x18\x03 \x01(\x0e\x32\x1f.counterpart.v1.InstrumentScope\x12\x15\n\rrequest_types\x18\x04 \x03(\t\x12\x1b\n\x13\x64irect_transmission\x18\x05 \x01(\x08\x12\x0f\n\x07parties\x18\x06 \x03(\t\x12\x1a\n\x12offence_categories\x18\x07 \x03(\t\"w\n\x06Limits\x12\x17\n\x0fmax_entry_bytes\x18\x01 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\r\x12\x19\n\x11max_batch_entries\x18\x03 \x01(\r\x12\x1e\n\x16max_entries_per_member\x18\x04 \x01(\x04*\x92\x01\n\x0fInstrumentScope\x12 \n\x1cINSTRUMENT_SCOPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aINSTRUMENT_SCOPE_BILATERAL\x10\x01\x12\x1d\n\x19INSTRUMENT_SCOPE_REGIONAL\x10\x02\x12\x1e\n\x1aINSTRUMENT_SCOPE_UNIVERSAL\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'counterpart.v1.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INSTRUMENTSCOPE']._serialized_start=1434
-  _globals['_INSTRUMENTSCOPE']._serialized_end=1580
+  _globals['_INSTRUMENTSCOPE']._serialized_start=1485
+  _globals['_INSTRUMENTSCOPE']._serialized_end=1631
   _globals['_FEDERATIONDOCUMENT']._serialized_start=85
   _globals['_FEDERATIONDOCUMENT']._serialized_end=445
   _globals['_PUBLICKEY']._serialized_start=448
   _globals['_PUBLICKEY']._serialized_end=608
-  _globals['_MEMBER']._serialized_start=610
-  _globals['_MEMBER']._serialized_end=714
-  _globals['_VOCABULARIES']._serialized_start=717
-  _globals['_VOCABULARIES']._serialized_end=1057
-  _globals['_VOCABULARYTERM']._serialized_start=1059
-  _globals['_VOCABULARYTERM']._serialized_end=1121
-  _globals['_INSTRUMENT']._serialized_start=1124
-  _globals['_INSTRUMENT']._serialized_end=1310
-  _globals['_LIMITS']._serialized_start=1312
-  _globals['_LIMITS']._serialized_end=1431
+  _globals['_MEMBER']._serialized_start=611
+  _globals['_MEMBER']._serialized_end=765
+  _globals['_VOCABULARIES']._serialized_start=768
+  _globals['_VOCABULARIES']._serialized_end=1108
+  _globals['_VOCABULARYTERM']._serialized_start=1110
+  _globals['_VOCABULARYTERM']._serialized_end=1172
+  _globals['_INSTRUMENT']._serialized_start=1175
+  _globals['_INSTRUMENT']._serialized_end=1361
+  _globals['_LIMITS']._serialized_start=1363
+  _globals['_LIMITS']._serialized_end=1482
 # @@protoc_insertion_point(module_scope)

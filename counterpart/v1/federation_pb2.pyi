@@ -162,6 +162,8 @@ class Member(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
+    TLS_CERTIFICATES_FIELD_NUMBER: _builtins.int
+    PEER_ENDPOINTS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """ISO 3166-1 alpha-2 code, or an upper-case code of an international body."""
     display_name: _builtins.str
@@ -172,7 +174,23 @@ class Member(_message.Message):
 
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublicKey]:
-        """Keys that may sign the member's entries and checkpoints."""
+        """Keys that may sign the member's entries and checkpoints, and the access
+        tokens its node issues to the member's users.
+        """
+
+    @_builtins.property
+    def tls_certificates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """DER X.509 certificates of the member's node (self-signed, one TLS key
+        each; two while a key is rotated). A TLS peer is this member's node only if
+        it holds the key of one of these: no outside certificate authority.
+        """
+
+    @_builtins.property
+    def peer_endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """gRPC endpoints ("host:port") where the member's node accepts mutually
+        authenticated TLS from other member nodes (replication of members-only
+        entries). Empty: the node has no peer listener.
+        """
 
     def __init__(
         self,
@@ -181,10 +199,12 @@ class Member(_message.Message):
         display_name: _builtins.str = ...,
         endpoints: _abc.Iterable[_builtins.str] | None = ...,
         keys: _abc.Iterable[Global___PublicKey] | None = ...,
+        tls_certificates: _abc.Iterable[_builtins.bytes] | None = ...,
+        peer_endpoints: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "display_name", b"display_name", "endpoints", b"endpoints", "keys", b"keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "display_name", b"display_name", "endpoints", b"endpoints", "keys", b"keys", "peer_endpoints", b"peer_endpoints", "tls_certificates", b"tls_certificates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,33 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(counterpart/v1/replication_service.proto\x12\x0e\x63ounterpart.v1\"\x17\n\x15GetCheckpointsRequest\"P\n\x16GetCheckpointsResponse\x12\x1a\n\x12signed_checkpoints\x18\x01 \x03(\x0c\x12\x1a\n\x12\x66\x65\x64\x65ration_version\x18\x02 \x01(\x04\"G\n\x11GetEntriesRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tstart_seq\x18\x02 \x01(\x04\x12\x0f\n\x07\x65nd_seq\x18\x03 \x01(\x04\"?\n\x12GetEntriesResponse\x12\x11\n\tstart_seq\x18\x01 \x01(\x04\x12\x16\n\x0esigned_entries\x18\x02 \x03(\x0c\"U\n\x1aGetConsistencyProofRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x12\n\nfirst_size\x18\x02 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x03 \x01(\x04\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"\x19\n\x17WatchCheckpointsRequest\"Q\n\x18WatchCheckpointsResponse\x12\x19\n\x11signed_checkpoint\x18\x01 \x01(\x0c\x12\x1a\n\x12\x66\x65\x64\x65ration_version\x18\x02 \x01(\x04\",\n\x14GetFederationRequest\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x04\"1\n\x15GetFederationResponse\x12\x18\n\x10signed_documents\x18\x01 \x03(\x0c\x32\x83\x04\n\x12ReplicationService\x12_\n\x0eGetCheckpoints\x12%.counterpart.v1.GetCheckpointsRequest\x1a&.counterpart.v1.GetCheckpointsResponse\x12U\n\nGetEntries\x12!.counterpart.v1.GetEntriesRequest\x1a\".counterpart.v1.GetEntriesResponse0\x01\x12n\n\x13GetConsistencyProof\x12*.counterpart.v1.GetConsistencyProofRequest\x1a+.counterpart.v1.GetConsistencyProofResponse\x12g\n\x10WatchCheckpoints\x12\'.counterpart.v1.WatchCheckpointsRequest\x1a(.counterpart.v1.WatchCheckpointsResponse0\x01\x12\\\n\rGetFederation\x12$.counterpart.v1.GetFederationRequest\x1a%.counterpart.v1.GetFederationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(counterpart/v1/replication_service.proto\x12\x0e\x63ounterpart.v1\"\x17\n\x15GetCheckpointsRequest\"P\n\x16GetCheckpointsResponse\x12\x1a\n\x12signed_checkpoints\x18\x01 \x03(\x0c\x12\x1a\n\x12\x66\x65\x64\x65ration_version\x18\x02 \x01(\x04\"G\n\x11GetEntriesRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tstart_seq\x18\x02 \x01(\x04\x12\x0f\n\x07\x65nd_seq\x18\x03 \x01(\x04\"\xd4\x01\n\x12GetEntriesResponse\x12\x11\n\tstart_seq\x18\x01 \x01(\x04\x12\x16\n\x0esigned_entries\x18\x02 \x03(\x0c\x12X\n\x14withheld_leaf_hashes\x18\x03 \x03(\x0b\x32:.counterpart.v1.GetEntriesResponse.WithheldLeafHashesEntry\x1a\x39\n\x17WithheldLeafHashesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"U\n\x1aGetConsistencyProofRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x12\n\nfirst_size\x18\x02 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x03 \x01(\x04\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"\x19\n\x17WatchCheckpointsRequest\"Q\n\x18WatchCheckpointsResponse\x12\x19\n\x11signed_checkpoint\x18\x01 \x01(\x0c\x12\x1a\n\x12\x66\x65\x64\x65ration_version\x18\x02 \x01(\x04\",\n\x14GetFederationRequest\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x04\"1\n\x15GetFederationResponse\x12\x18\n\x10signed_documents\x18\x01 \x03(\x0c\x32\x83\x04\n\x12ReplicationService\x12_\n\x0eGetCheckpoints\x12%.counterpart.v1.GetCheckpointsRequest\x1a&.counterpart.v1.GetCheckpointsResponse\x12U\n\nGetEntries\x12!.counterpart.v1.GetEntriesRequest\x1a\".counterpart.v1.GetEntriesResponse0\x01\x12n\n\x13GetConsistencyProof\x12*.counterpart.v1.GetConsistencyProofRequest\x1a+.counterpart.v1.GetConsistencyProofResponse\x12g\n\x10WatchCheckpoints\x12\'.counterpart.v1.WatchCheckpointsRequest\x1a(.counterpart.v1.WatchCheckpointsResponse0\x01\x12\\\n\rGetFederation\x12$.counterpart.v1.GetFederationRequest\x1a%.counterpart.v1.GetFederationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'counterpart.v1.replication_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GETENTRIESRESPONSE_WITHHELDLEAFHASHESENTRY']._loaded_options = None
+  _globals['_GETENTRIESRESPONSE_WITHHELDLEAFHASHESENTRY']._serialized_options = b'8\001'
   _globals['_GETCHECKPOINTSREQUEST']._serialized_start=60
   _globals['_GETCHECKPOINTSREQUEST']._serialized_end=83
   _globals['_GETCHECKPOINTSRESPONSE']._serialized_start=85
   _globals['_GETCHECKPOINTSRESPONSE']._serialized_end=165
   _globals['_GETENTRIESREQUEST']._serialized_start=167
   _globals['_GETENTRIESREQUEST']._serialized_end=238
-  _globals['_GETENTRIESRESPONSE']._serialized_start=240
-  _globals['_GETENTRIESRESPONSE']._serialized_end=303
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=305
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=390
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=392
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=437
-  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_start=439
-  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_end=464
-  _globals['_WATCHCHECKPOINTSRESPONSE']._serialized_start=466
-  _globals['_WATCHCHECKPOINTSRESPONSE']._serialized_end=547
-  _globals['_GETFEDERATIONREQUEST']._serialized_start=549
-  _globals['_GETFEDERATIONREQUEST']._serialized_end=593
-  _globals['_GETFEDERATIONRESPONSE']._serialized_start=595
-  _globals['_GETFEDERATIONRESPONSE']._serialized_end=644
-  _globals['_REPLICATIONSERVICE']._serialized_start=647
-  _globals['_REPLICATIONSERVICE']._serialized_end=1162
+  _globals['_GETENTRIESRESPONSE']._serialized_start=241
+  _globals['_GETENTRIESRESPONSE']._serialized_end=453
+  _globals['_GETENTRIESRESPONSE_WITHHELDLEAFHASHESENTRY']._serialized_start=396
+  _globals['_GETENTRIESRESPONSE_WITHHELDLEAFHASHESENTRY']._serialized_end=453
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=455
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=540
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=542
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=587
+  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_start=589
+  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_end=614
+  _globals['_WATCHCHECKPOINTSRESPONSE']._serialized_start=616
+  _globals['_WATCHCHECKPOINTSRESPONSE']._serialized_end=697
+  _globals['_GETFEDERATIONREQUEST']._serialized_start=699
+  _globals['_GETFEDERATIONREQUEST']._serialized_end=743
+  _globals['_GETFEDERATIONRESPONSE']._serialized_start=745
+  _globals['_GETFEDERATIONRESPONSE']._serialized_end=794
+  _globals['_REPLICATIONSERVICE']._serialized_start=797
+  _globals['_REPLICATIONSERVICE']._serialized_end=1312
 # @@protoc_insertion_point(module_scope)

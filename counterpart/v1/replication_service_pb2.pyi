@@ -99,23 +99,52 @@ class GetEntriesResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class WithheldLeafHashesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     START_SEQ_FIELD_NUMBER: _builtins.int
     SIGNED_ENTRIES_FIELD_NUMBER: _builtins.int
+    WITHHELD_LEAF_HASHES_FIELD_NUMBER: _builtins.int
     start_seq: _builtins.int
     """Sequence number of the first entry in this batch."""
     @_builtins.property
     def signed_entries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """Envelope bytes of each entry, exactly as the origin signed them."""
+        """Envelope bytes of each entry, exactly as the origin signed them. An empty
+        item is an entry withheld from this caller (members-only, DESIGN §8): its
+        leaf hash is in withheld_leaf_hashes, so the Merkle tree still verifies.
+        """
+
+    @_builtins.property
+    def withheld_leaf_hashes(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """Sequence number -> RFC 6962 leaf hash of each withheld entry of the batch."""
 
     def __init__(
         self,
         *,
         start_seq: _builtins.int = ...,
         signed_entries: _abc.Iterable[_builtins.bytes] | None = ...,
+        withheld_leaf_hashes: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["signed_entries", b"signed_entries", "start_seq", b"start_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signed_entries", b"signed_entries", "start_seq", b"start_seq", "withheld_leaf_hashes", b"withheld_leaf_hashes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

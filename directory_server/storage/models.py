@@ -34,9 +34,12 @@ class EntryRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
-    publish_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # None for a withheld entry (kind "withheld"): only its leaf hash is known here
+    publish_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # members-only (DESIGN §8): served whole only to member nodes
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False)
 
-    __table_args__ = (Index("ix_entries_name", "name"),)
+    __table_args__ = (Index("ix_entries_name", "name"), Index("ix_entries_withheld", "member", "kind"))
 
 
 class CheckpointRow(Base):
@@ -181,3 +184,29 @@ class EquivocationRow(Base):
 
 
 SYNC_TABLES = (PeerMemberRow, RejectionRow, EquivocationRow)
+
+
+class AccessGrantRow(Base):
+    """An access token this node issued to a user of its member (the token itself is not
+    kept: only what identifies and revokes it)."""
+
+    __tablename__ = "access_grants"
+    token_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(32))
+    issue_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expire_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoke_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditRow(Base):
+    """One members-only record served: who, which record, when, through which method."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    caller: Mapped[str] = mapped_column(String(300))
+    method: Mapped[str] = mapped_column(String(64))
+    record: Mapped[str] = mapped_column(String(200))
+
+    __table_args__ = (Index("ix_audit_log_time", "time"),)
