@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from directory_server.domain.errors import InvalidArgumentError
+from directory_server.domain.bounds import MAX_NAME_CHARS, check_no_control, check_text
+from directory_server.domain.errors import InvalidArgumentError, quote
 
 # ISO 3166-1 alpha-2 for countries, or an upper-case code of an international body.
 MEMBER_RE = re.compile(r"^[A-Z][A-Z0-9]{1,15}$")
@@ -33,13 +34,19 @@ class RecordName:
 
 
 def check_member_code(code: str, what: str = "member code") -> str:
+    check_no_control(code, what)  # MEMBER_RE's `$` would let a trailing line feed through
     if not MEMBER_RE.match(code):
         raise InvalidArgumentError(
-            f"{what} {code!r} is malformed: expected an ISO 3166-1 alpha-2 code such as 'GE' "
+            f"{what} {quote(code)} is malformed: expected an ISO 3166-1 alpha-2 code such as 'GE' "
             "or an upper-case code of an international body",
             reason="INVALID_MEMBER_CODE",
         )
     return code
+
+
+def _check_name(name: str, field: str = "name") -> None:
+    """Any resource name: at most MAX_NAME_CHARS characters, no control characters."""
+    check_text(name, field, MAX_NAME_CHARS, reason="NAME_TOO_LONG")
 
 
 def member_name(code: str) -> str:
@@ -48,10 +55,11 @@ def member_name(code: str) -> str:
 
 def parse_member_name(name: str) -> str:
     """members/{member} -> member code."""
+    _check_name(name)
     parts = name.split("/")
     if len(parts) != 2 or parts[0] != "members":
         raise InvalidArgumentError(
-            f"{name!r} is not a member name (expected members/{{member}}, e.g. members/GE)",
+            f"{quote(name)} is not a member name (expected members/{{member}}, e.g. members/GE)",
             reason="INVALID_NAME",
         )
     return check_member_code(parts[1])
@@ -59,6 +67,7 @@ def parse_member_name(name: str) -> str:
 
 def parse_parent(parent: str) -> str | None:
     """members/{member} -> code; members/- -> None (every member)."""
+    _check_name(parent, "parent")
     if parent == "members/-":
         return None
     return parse_member_name(parent)
@@ -66,21 +75,22 @@ def parse_parent(parent: str) -> str | None:
 
 def parse_record_name(name: str, collection: str | None = None) -> RecordName:
     """Parse and validate a record name, optionally of one collection."""
+    _check_name(name)
     parts = name.split("/")
     expected = f"members/{{member}}/{collection or '{collection}'}/{{id}}"
     if len(parts) != 4 or parts[0] != "members" or parts[2] not in COLLECTIONS:
         raise InvalidArgumentError(
-            f"{name!r} is not a record name (expected {expected})", reason="INVALID_NAME"
+            f"{quote(name)} is not a record name (expected {expected})", reason="INVALID_NAME"
         )
     if collection is not None and parts[2] != collection:
         raise InvalidArgumentError(
-            f"{name!r} is not in {collection} (expected {expected})", reason="INVALID_NAME"
+            f"{quote(name)} is not in {collection} (expected {expected})", reason="INVALID_NAME"
         )
     check_member_code(parts[1])
     if not ID_RE.match(parts[3]):
         raise InvalidArgumentError(
-            f"record id {parts[3]!r} in {name!r} is malformed: lower-case letters, digits, "
-            "'-' and '.', at most 63 characters",
+            f"record id {quote(parts[3])} in {quote(name)} is malformed: lower-case letters, "
+            "digits, '-' and '.', at most 63 characters",
             reason="INVALID_NAME",
         )
     return RecordName(parts[1], parts[2], parts[3])
