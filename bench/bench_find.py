@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -59,6 +60,7 @@ from grpc_health.v1 import health_pb2
 
 from counterpart.v1 import directory_service_pb2 as ds
 from directory_server.config import NodeConfig
+from directory_server.domain import signing, tls
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -149,6 +151,14 @@ class Server:
     proc: subprocess.Popen[bytes]
     target: str
     log_path: Path
+    tls_roots: bytes | None = None  # the node's certificate: TLS, trusting exactly it
+
+    def channel(self, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        if self.tls_roots is None:
+            return grpc.insecure_channel(self.target, options=list(options))
+        creds = grpc.ssl_channel_credentials(self.tls_roots)
+        name = [("grpc.ssl_target_name_override", tls.ANY_NODE_NAME)]
+        return grpc.secure_channel(self.target, creds, options=[*options, *name])
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -170,7 +180,10 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def server_process(name: str, argv: Sequence[str], target: str, log_dir: Path) -> Iterator[Server]:
+def server_process(
+    name: str, argv: Sequence[str], target: str, log_dir: Path, env: dict[str, str] | None = None,
+    tls_roots: bytes | None = None,
+) -> Iterator[Server]:
     """Start a server process, wait for health SERVING, stop it on exit."""
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log_file:
@@ -179,10 +192,10 @@ def server_process(name: str, argv: Sequence[str], target: str, log_dir: Path) -
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=_clean_env(),
+            env=_clean_env() | (env or {}),
             start_new_session=True,  # our Ctrl-C handling stops it, in order
         )
-    server = Server(name, proc, target, log_path)
+    server = Server(name, proc, target, log_path, tls_roots)
     try:
         wait_serving(server)
         yield server
@@ -192,7 +205,7 @@ def server_process(name: str, argv: Sequence[str], target: str, log_dir: Path) -
 
 def wait_serving(server: Server) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    with grpc.insecure_channel(server.target) as channel:
+    with server.channel() as channel:
         check: grpc.UnaryUnaryMultiCallable[
             health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
         ] = channel.unary_unary(
@@ -286,7 +299,7 @@ def run_load(
 ) -> RunResult:
     """``concurrency`` threads calling the server for ``duration`` s (after ``warmup`` s)."""
     options = [("grpc.max_receive_message_length", MAX_MESSAGE)]
-    with grpc.insecure_channel(server.target, options=options) as channel:
+    with server.channel(options) as channel:
         # no (de)serializers: bytes in, bytes out
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
         stride = max(1, len(payloads) // concurrency)
@@ -362,14 +375,12 @@ def run_load(
     )
 
 
-def sanity_check(target: str, requests: Sequence[ds.FindCounterpartRequest]) -> dict[str, Any]:
+def sanity_check(server: Server, requests: Sequence[ds.FindCounterpartRequest]) -> dict[str, Any]:
     """Parse a few real answers (outside any timing) to show the queries find something."""
     levels: Counter[str] = Counter()
     candidates = proofs = 0
     errors: Counter[str] = Counter()
-    with grpc.insecure_channel(
-        target, options=[("grpc.max_receive_message_length", MAX_MESSAGE)]
-    ) as ch:
+    with server.channel([("grpc.max_receive_message_length", MAX_MESSAGE)]) as ch:
         call: grpc.UnaryUnaryMultiCallable[
             ds.FindCounterpartRequest, ds.FindCounterpartResponse
         ] = ch.unary_unary(
@@ -399,6 +410,42 @@ def sanity_check(target: str, requests: Sequence[ds.FindCounterpartRequest]) -> 
 
 
 # --- reporting -----------------------------------------------------------------------------
+
+
+def tls_material(directory: Path) -> dict[str, str]:
+    """A TLS key (encrypted, mode 600) and self-signed certificate for the benchmark's node,
+    and the environment that makes `counterpart-node serve` use them."""
+    passphrase = secrets.token_urlsafe(16).encode()
+    key = tls.generate_key()
+    signing.write_private_key(directory / "tls-key.pem", key, passphrase)
+    cert = tls.self_signed_certificate(key, "AA", ["127.0.0.1"], datetime.now(UTC))
+    (directory / "tls-cert.pem").write_bytes(tls.pem(cert))
+    return {
+        "COUNTERPART_TLS": "on", "COUNTERPART_TLS_KEY_FILE": str(directory / "tls-key.pem"),
+        "COUNTERPART_TLS_CERT_FILE": str(directory / "tls-cert.pem"),
+        "COUNTERPART_KEY_PASSPHRASE": passphrase.decode(),
+    }
+
+
+def tls_ratios(runs: list[RunResult]) -> list[dict[str, Any]]:
+    """TLS against plaintext, same node, same run."""
+    by = {(r.server, r.concurrency): r for r in runs}
+    out = []
+    for c in sorted({r.concurrency for r in runs}):
+        plain, over_tls = by.get(("node", c)), by.get(("node-tls", c))
+        if plain is None or over_tls is None or not plain.throughput:
+            continue
+        row = {
+            "concurrency": c,
+            "throughput_ratio_tls_over_plain": round(over_tls.throughput / plain.throughput, 3),
+            "p50_ms_plain": round(plain.p50_ms, 2), "p50_ms_tls": round(over_tls.p50_ms, 2),
+            "p99_ms_plain": round(plain.p99_ms, 2), "p99_ms_tls": round(over_tls.p99_ms, 2),
+            "server_cpu_ms_per_call_plain": round(1000 * plain.server_cpu_s / max(plain.calls, 1), 3),
+            "server_cpu_ms_per_call_tls": round(1000 * over_tls.server_cpu_s / max(over_tls.calls, 1), 3),
+        }
+        print(f"TLS vs plaintext, c={c}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "concurrency"))
+        out.append(row)
+    return out
 
 
 def print_table(runs: list[RunResult]) -> list[dict[str, Any]]:
@@ -530,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--skip-baseline", action="store_true", help="measure the node only")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    p.add_argument("--tls", action="store_true", help="also serve the node over TLS and compare")
     a = p.parse_args(argv)
     concurrencies = [int(x) for x in a.concurrency.split(",") if x.strip()]
     if not concurrencies or min(concurrencies) < 1 or max(concurrencies) > 256:
@@ -561,12 +609,24 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         target = f"127.0.0.1:{port}"
         with server_process("node", node_argv(data_dir, target), target, tmp_root) as node:
-            sanity = sanity_check(node.target, requests[:100])
+            sanity = sanity_check(node, requests[:100])
             print(f"sanity (100 parsed answers): {sanity}")
             for c in concurrencies:
                 r = run_load(node, payloads, c, a.duration, a.warmup, stop)
                 runs.append(r)
                 print(describe_run(r), flush=True)
+        if a.tls:
+            # the same node and data over TLS 1.3 (a certificate made for this run; the node's
+            # key file is encrypted like a real one)
+            env = tls_material(tmp_root)
+            port = free_port()
+            target = f"127.0.0.1:{port}"
+            roots = (tmp_root / "tls-cert.pem").read_bytes()
+            with server_process("node-tls", node_argv(data_dir, target), target, tmp_root, env, roots) as node:
+                for c in concurrencies:
+                    r = run_load(node, payloads, c, a.duration, a.warmup, stop)
+                    runs.append(r)
+                    print(describe_run(r), flush=True)
         if not a.skip_baseline:
             port = free_port()
             target = f"127.0.0.1:{port}"
@@ -585,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(describe_run(r), flush=True)
         print()
         ratios = print_table(runs)
+        tls_cost = tls_ratios(runs)
         if a.json is not None:
             report = {
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -603,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sanity": sanity,
                 "runs": [asdict(r) for r in runs],
                 "ratios_node_over_baseline": ratios,
+                "tls_over_plaintext": tls_cost,
             }
             a.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             print(f"wrote {a.json}")

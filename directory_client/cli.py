@@ -25,10 +25,22 @@ from rich.table import Table
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, records_pb2
-from directory_client.client import DEFAULT_TARGET, DirectoryClient, load_pinned, pin, update_trust
-from directory_client.errors import ClientError, InvalidName, ServerError
+from directory_client.client import (
+    DEFAULT_TARGET,
+    NOT_TRUSTED_HINT,
+    DirectoryClient,
+    load_pinned,
+    load_token,
+    pin,
+    save_token,
+    token_path,
+    update_trust,
+)
+from directory_client.errors import ClientError, InvalidName, NotTrusted, ServerError
 from directory_client.verify import Record, Verification
+from directory_server.domain import access
 from directory_server.domain import federation as fed
+from directory_server.domain.errors import CounterpartError
 from directory_server.domain.timeutil import from_timestamp, utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,12 +79,27 @@ class Settings:
     fmt: str
     verify: bool
     timeout: float
+    tls: bool | None = None
+    server_member: str | None = None
+    token_file: Path | None = None
+
+    def token(self) -> str | None:
+        if self.token_file is not None:
+            try:
+                return self.token_file.read_text(encoding="utf-8").strip() or None
+            except OSError as e:
+                raise ClientError(f"cannot read token file {self.token_file}: {e.strerror}") from e
+        return load_token()
 
     def client(self) -> DirectoryClient:
-        """A client for --server; loads the pinned trust root unless --no-verify."""
-        federation = load_pinned() if self.verify else None
+        """A client for --server; loads the pinned trust root (needed for TLS, and to verify
+        unless --no-verify) and the access token, if any."""
+        federation = load_pinned()
+        if federation is None and self.verify:
+            raise NotTrusted(NOT_TRUSTED_HINT)
         return DirectoryClient(
-            self.server, federation=federation, verify=self.verify, timeout=self.timeout
+            self.server, federation=federation, verify=self.verify, timeout=self.timeout,
+            token=self.token(), tls=self.tls, server_member=self.server_member,
         )
 
 
@@ -142,9 +169,28 @@ Exit codes:
     "--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
     help="Seconds to wait for the node.",
 )
+@click.option(
+    "--tls/--plaintext", "tls", default=None,
+    help="Force TLS, or plaintext (loopback only). Default: TLS unless the server is on loopback "
+         "and not a member endpoint of the pinned document.",
+)
+@click.option(
+    "--server-member", default=None, metavar="MEMBER",
+    help="The member whose node --server is, when the pinned document does not list that address.",
+)
+@click.option(
+    "--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Access token file (default: $COUNTERPART_TOKEN, else the one `counterpart login` saved).",
+)
 @click.pass_context
-def main(ctx: click.Context, server: str, fmt: str, no_verify: bool, timeout: float) -> None:
-    ctx.obj = Settings(server=server, fmt=fmt, verify=not no_verify, timeout=timeout)
+def main(
+    ctx: click.Context, server: str, fmt: str, no_verify: bool, timeout: float, tls: bool | None,
+    server_member: str | None, token_file: Path | None,
+) -> None:
+    ctx.obj = Settings(
+        server=server, fmt=fmt, verify=not no_verify, timeout=timeout, tls=tls,
+        server_member=server_member.upper() if server_member else None, token_file=token_file,
+    )
 
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -211,6 +257,53 @@ def trust(settings: Settings, file: Path | None, replace: bool, update: bool) ->
     )
 
 
+# --- signing in --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--token-file", "source", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Read the token from this file (default: ask for it on the terminal).",
+)
+@pass_settings
+@handle_errors
+def login(settings: Settings, source: Path | None) -> None:
+    """Keep the access token your national node's administrator issued you (checked against
+    the pinned federation document first), so later commands sign in with it. The token is a
+    secret: it is stored readable by you only."""
+    federation = load_pinned()
+    if federation is None:
+        raise NotTrusted(NOT_TRUSTED_HINT)
+    if source is not None:
+        try:
+            token = source.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ClientError(f"cannot read {source}: {e.strerror}") from e
+    else:
+        token = click.prompt("access token", hide_input=True).strip()
+    try:
+        caller = access.verify_token(token, federation, utcnow())
+    except CounterpartError as e:
+        raise ClientError(f"this token cannot be used: {e.message} [{e.reason}]") from e
+    path = save_token(token)
+    if settings.fmt == "json":
+        _print_json({"subject": caller.subject, "role": caller.role, "member": caller.member, "token_file": str(path)})
+        return
+    click.echo(f"signed in as {caller.describe()}; token kept in {path} (mode 600)")
+
+
+@main.command()
+@handle_errors
+def logout() -> None:
+    """Forget the token `counterpart login` kept."""
+    path = token_path()
+    if path.exists():
+        path.unlink()
+        click.echo(f"signed out: removed {path}")
+    else:
+        click.echo("not signed in")
+
+
 # --- find --------------------------------------------------------------------------------
 
 
@@ -245,9 +338,9 @@ def find(
         response, verification = client.find_counterpart(request)
         titles = _request_type_titles(client.federation)
     if settings.fmt == "json":
-        _print_json(_document(response, verification))
+        _print_json(_document(response, verification, client))
         return
-    _render_find(_console(), request, response, verification, titles)
+    _render_find(_console(), request, response, verification, titles, client)
 
 
 def _request_type_titles(federation: fed.Federation | None) -> dict[str, str]:
@@ -258,7 +351,7 @@ def _request_type_titles(federation: fed.Federation | None) -> dict[str, str]:
 
 def _render_find(
     out: Console, request: ds.FindCounterpartRequest, response: ds.FindCounterpartResponse,
-    verification: Verification | None, titles: dict[str, str],
+    verification: Verification | None, titles: dict[str, str], client: DirectoryClient,
 ) -> None:
     """The answer laid out for a prosecutor: who, how, in which language, on what basis."""
     title = titles.get(request.request_type, request.request_type)
@@ -332,7 +425,7 @@ def _render_find(
             out.print(f"[yellow]  ! {escape(w)}[/]")
 
     out.print()
-    _print_verification(out, verification)
+    _print_verification(out, verification, client)
 
 
 def _render_rule(
@@ -432,7 +525,7 @@ def show(settings: Settings, name: str) -> None:
         else:
             response, verification = client.get(name)
     if settings.fmt == "json":
-        _print_json(_document(response, verification))
+        _print_json(_document(response, verification, client))
         return
     out = _console()
     if isinstance(response, ds.GetMemberResponse):
@@ -455,7 +548,7 @@ def show(settings: Settings, name: str) -> None:
     if isinstance(proof, ds.RecordProof) and proof.name:
         out.print(f"signed entry: seq {proof.leaf_index + 1} of {proof.tree_size}")
     out.print()
-    _print_verification(out, verification)
+    _print_verification(out, verification, client)
 
 
 def _describe(message: Message, prefix: str = "") -> list[tuple[str, str]]:
@@ -508,7 +601,7 @@ def search(settings: Settings, query: str, member: str, page_size: int, page_tok
     with settings.client() as client:
         response, verification = client.search(query, member.upper(), page_size, page_token)
     if settings.fmt == "json":
-        _print_json(_document(response, verification))
+        _print_json(_document(response, verification, client))
         return
     out = _console()
     if response.authorities:
@@ -525,7 +618,7 @@ def search(settings: Settings, query: str, member: str, page_size: int, page_tok
     if response.next_page_token:
         out.print(f"more: --page-token {escape(response.next_page_token)}")
     out.print()
-    _print_verification(out, verification)
+    _print_verification(out, verification, client)
 
 
 # --- members -----------------------------------------------------------------------------
@@ -539,7 +632,7 @@ def members(settings: Settings) -> None:
     with settings.client() as client:
         response, verification = client.members()
     if settings.fmt == "json":
-        _print_json(_document(response, verification))
+        _print_json(_document(response, verification, client))
         return
     out = _console()
     verified = {m.member: m for m in verification.members} if verification else {}
@@ -571,7 +664,7 @@ def members(settings: Settings) -> None:
     if response.next_page_token:
         out.print("(more members on the node than shown)")
     out.print()
-    _print_verification(out, verification)
+    _print_verification(out, verification, client)
 
 
 # --- shared output -----------------------------------------------------------------------
@@ -581,15 +674,22 @@ def _print_json(document: object) -> None:
     click.echo(json.dumps(document, ensure_ascii=False, indent=2, sort_keys=False))
 
 
-def _document(response: Message, verification: Verification | None) -> dict[str, Any]:
-    """The stable JSON form: the answer without signed bytes, and what was verified."""
+def _document(response: Message, verification: Verification | None, client: DirectoryClient) -> dict[str, Any]:
+    """The stable JSON form: the answer without signed bytes, what was verified, and who the
+    node took the caller for."""
     answer = json_format.MessageToDict(
         response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     answer.pop("proofs", None)
     answer.pop("proof", None)
     _drop_key(answer, "signed_checkpoint")
-    return {"answer": answer, "verification": _verification_json(verification)}
+    return {
+        "answer": answer, "verification": _verification_json(verification),
+        "session": {
+            "server": client.target, "tls": client.tls, "server_member": client.server_member,
+            "signed_in": client.signed_in, "caller": client.caller or None,
+        },
+    }
 
 
 def _drop_key(value: Any, key: str) -> None:
@@ -622,8 +722,16 @@ def _verification_json(verification: Verification | None) -> dict[str, Any] | No
     }
 
 
-def _print_verification(out: Console, verification: Verification | None) -> None:
-    """The last line of every answer: what was checked, against whose signatures."""
+def _print_verification(out: Console, verification: Verification | None, client: DirectoryClient) -> None:
+    """The last lines of every answer: who the node took the caller for, over which
+    transport, and what was checked against whose signatures."""
+    node = f"{client.server_member}'s node" if client.server_member else "a member node" if client.tls else "node"
+    transport = f"TLS, {node} authenticated" if client.tls else "plaintext (loopback)"
+    if client.caller and client.caller != "anonymous":
+        out.print(f"signed in as {escape(client.caller)}; {transport}")
+    else:
+        hint = "" if client.signed_in else " (counterpart login to see members-only contact points)"
+        out.print(f"not signed in{hint}; {transport}")
     if verification is None:
         out.print("[bold red]NOT VERIFIED (--no-verify):[/] [red]signatures and proofs were "
                   "not checked; do not rely on this answer[/]")

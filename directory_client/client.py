@@ -26,10 +26,11 @@ from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
-from directory_client.errors import InvalidName, NotTrusted, ServerError, TrustRefused
+from directory_client.errors import ClientError, InvalidName, NotTrusted, ServerError, TrustRefused
 from directory_client.verify import Verification, verify_response
 from directory_server.domain import federation as fed
 from directory_server.domain import names
+from directory_server.domain import tls as tls_names
 from directory_server.domain.errors import CounterpartError
 from directory_server.domain.timeutil import utcnow
 
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 DEFAULT_TARGET = "127.0.0.1:7700"
+CALLER_HEADER = "counterpart-caller"  # who the node took the caller for (initial metadata)
+TOKEN_FILE = "token"
 FEDERATION_FILE = "federation.json"
 ERROR_DOMAIN = "counterpart.v1"
 NOT_TRUSTED_HINT = "no pinned federation document; run `counterpart trust FILE` or pass --no-verify"
@@ -100,6 +103,35 @@ def load_pinned(now: datetime | None = None, home: Path | None = None) -> fed.Fe
             f"the pinned federation document {path} cannot be used: {e.message}; "
             "run `counterpart trust FILE` with a current document"
         ) from e
+
+
+def token_path(home: Path | None = None) -> Path:
+    """Where `counterpart login` keeps the access token (mode 600)."""
+    return (home or client_home()) / TOKEN_FILE
+
+
+def load_token(home: Path | None = None) -> str | None:
+    """The access token: $COUNTERPART_TOKEN, else the one saved by `counterpart login`."""
+    env = os.environ.get("COUNTERPART_TOKEN", "").strip()
+    if env:
+        return env
+    path = token_path(home)
+    if not path.exists():
+        return None
+    if path.stat().st_mode & 0o077:
+        raise ClientError(f"{path} can be read by others; chmod 600 {path} (it is a secret)")
+    return path.read_text(encoding="utf-8").strip() or None
+
+
+def save_token(token: str, home: Path | None = None) -> Path:
+    """Keep the token for later commands, readable by its owner only (mode 600)."""
+    path = token_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".token-", dir=path.parent)  # created with mode 600
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token.strip() + "\n")
+    os.replace(tmp_name, path)
+    return path
 
 
 @dataclass(frozen=True)
@@ -180,8 +212,9 @@ def update_trust(
     if pinned is None:
         raise NotTrusted(NOT_TRUSTED_HINT)
     current = pinned[1]
+    channel, _, _ = connect(server, current)
     try:
-        with grpc.insecure_channel(server) as channel:
+        with channel:
             chain = rs_grpc.ReplicationServiceStub(channel).GetFederation(
                 rs.GetFederationRequest(from_version=current.version + 1), timeout=timeout
             )
@@ -251,12 +284,48 @@ def _write_atomically(target: Path, envelope: bytes) -> None:
 # --- the client ---------------------------------------------------------------------------
 
 
+def connect(
+    target: str, federation: fed.Federation | None, *, tls: bool | None = None, server_member: str | None = None,
+    credentials: Any = None, options: list[tuple[str, Any]] | None = None,
+) -> tuple[grpc.Channel, bool, str | None]:
+    """(channel, over TLS, member whose certificate the node must present) for a node.
+
+    TLS when asked, or (``tls`` None) when the pinned document lists ``target`` as a
+    member's endpoint or ``target`` is not on loopback; plaintext only to loopback."""
+    options = list(options or [])
+    listed = federation is not None and tls_names.member_at(federation.members(), target) is not None
+    use_tls = tls if tls is not None else (credentials is not None or listed or not tls_names.is_loopback(target))
+    member: str | None = None
+    if not use_tls:
+        if not tls_names.is_loopback(target):
+            raise ClientError(f"refusing plaintext to {target}: only loopback addresses may be called without TLS")
+        return grpc.insecure_channel(target, options=options), False, None
+    if credentials is None:
+        if federation is None:
+            raise NotTrusted(
+                "TLS needs the pinned federation document to know the node's certificate; run `counterpart trust FILE`"
+            )
+        try:
+            roots, name, member = tls_names.trust_for(federation.members(), target, server_member)
+        except CounterpartError as e:
+            raise NotTrusted(f"cannot authenticate {target}: {e.message}") from e
+        credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+        options += [("grpc.ssl_target_name_override", name), ("grpc.default_authority", name)]
+    return grpc.secure_channel(target, credentials, options=options), True, member
+
+
+
 class DirectoryClient:
     """Calls one node's DirectoryService and verifies what it answers.
 
     ``federation`` is the pinned trust root (see :func:`load_pinned`); it is required
-    unless ``verify`` is False. The channel is insecure (loopback and development);
-    pass ``credentials`` (``grpc.ssl_channel_credentials(...)``) for TLS.
+    unless ``verify`` is False. Transport: TLS when ``tls`` is True, or (``tls`` None) when
+    the pinned document lists ``target`` as a member's endpoint or ``target`` is not on
+    loopback; the node must then present a certificate the pinned document lists for the
+    member at that endpoint (``server_member`` names it for an address the document does
+    not list; otherwise any member's node is accepted). Plaintext only to loopback.
+    ``token`` is an access token (``counterpart login``): sent over TLS only, or in
+    plaintext to loopback.
     """
 
     def __init__(
@@ -268,6 +337,9 @@ class DirectoryClient:
         timeout: float = 10.0,
         clock: Callable[[], datetime] = utcnow,
         credentials: Any = None,
+        token: str | None = None,
+        tls: bool | None = None,
+        server_member: str | None = None,
     ) -> None:
         if verify and federation is None:
             raise NotTrusted(NOT_TRUSTED_HINT)
@@ -276,12 +348,18 @@ class DirectoryClient:
         self.verify = verify
         self.timeout = timeout
         self.clock = clock
+        self.caller = ""  # who the node took us for, from its last answer
         limit = int(federation.limits.max_message_bytes) if federation else 4 * 1024 * 1024
-        options = [("grpc.max_receive_message_length", limit)]
-        if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.secure_channel(target, credentials, options=options)
+        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", limit)]
+        self._channel, self.tls, self.server_member = connect(
+            target, federation, tls=tls, server_member=server_member, credentials=credentials, options=options
+        )
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if token:
+            if not self.tls and not tls_names.is_loopback(target):  # connect() refuses it already
+                raise ClientError(f"refusing to send the access token in plaintext to {target}")
+            self._metadata = (("authorization", f"Bearer {token}"),)
+        self.signed_in = bool(token)
         self._stub = ds_grpc.DirectoryServiceStub(self._channel)
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -304,9 +382,12 @@ class DirectoryClient:
     def _call(self, method: str, request: Message, response_type: type[R]) -> R:
         """Call one RPC; turn a gRPC failure into a ServerError that names the reason."""
         try:
-            response = getattr(self._stub, method)(request, timeout=self.timeout)
+            response, call = getattr(self._stub, method).with_call(
+                request, timeout=self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as e:
             raise self._server_error(e) from None
+        self.caller = next((str(v) for k, v in call.initial_metadata() if k == CALLER_HEADER), "")
         if not isinstance(response, response_type):
             raise TypeError(f"{method} answered {type(response).__name__}, not {response_type.__name__}")
         return response

@@ -35,6 +35,19 @@ class NodeConfig:
     sync_interval: str = "30s"
     # Deadline of one call to a peer (a range pull gets 2 ms more per entry).
     sync_deadline: str = "10s"
+    # TLS 1.3 on every listener ("on" or "off"). Off is allowed on loopback only, for
+    # development and tests; `counterpart-node init` creates the key and turns it on.
+    tls: str = "off"
+    tls_key_file: str = "keys/tls-key.pem"  # encrypted like key_file, mode 600
+    tls_cert_file: str = "keys/tls-cert.pem"  # public; the secretariat lists it for the member
+    # Where other member nodes connect with mutual TLS (replication of members-only
+    # entries); must match the member's peer_endpoints in the federation document.
+    # Empty: no peer listener.
+    peer_listen: str = ""
+    # "true": accept this node's own member's log from peers (to rebuild it after losing
+    # the database). Otherwise a peer offering it is refused with an alarm: only this node
+    # signs for its member, so someone else holds the key or another process publishes.
+    restore_from_peers: str = "false"
 
     @property
     def db_url(self) -> str:
@@ -42,8 +55,7 @@ class NodeConfig:
 
     @property
     def key_path(self) -> Path:
-        p = Path(self.key_file)
-        return p if p.is_absolute() else self.data_dir / p
+        return self._path(self.key_file)
 
     @property
     def checkpoint_validity_td(self) -> timedelta:
@@ -63,6 +75,32 @@ class NodeConfig:
             if not sep or not host or not port.isdigit():
                 raise ConfigurationError(f"peers: {p!r} is not host:port", reason="INVALID_CONFIG")
         return peers
+
+    @property
+    def restore_from_peers_enabled(self) -> bool:
+        if self.restore_from_peers not in ("true", "false"):
+            raise ConfigurationError(
+                f"restore_from_peers: {self.restore_from_peers!r} is not 'true' or 'false'", reason="INVALID_CONFIG"
+            )
+        return self.restore_from_peers == "true"
+
+    @property
+    def tls_enabled(self) -> bool:
+        if self.tls not in ("on", "off"):
+            raise ConfigurationError(f"tls: {self.tls!r} is not 'on' or 'off'", reason="INVALID_CONFIG")
+        return self.tls == "on"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self._path(self.tls_key_file)
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return self._path(self.tls_cert_file)
+
+    def _path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.data_dir / p
 
     @property
     def sync_interval_seconds(self) -> float:

@@ -6,6 +6,7 @@ what matches and how it ranks is made here or in the pure helpers of the domain.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, MutableSequence, Sequence
@@ -14,8 +15,9 @@ from datetime import datetime, timedelta
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, log_pb2, records_pb2
-from directory_server.domain import index, names, signing
-from directory_server.domain.errors import ConflictError, InvalidArgumentError, NotFoundError
+from directory_server.domain import bounds, index, names, signing
+from directory_server.domain.access import ANONYMOUS, Caller
+from directory_server.domain.errors import ConflictError, InvalidArgumentError, NotFoundError, quote
 from directory_server.domain.federation import Federation
 from directory_server.domain.index import fold
 from directory_server.domain.query import (
@@ -30,6 +32,7 @@ from directory_server.domain.timeutil import from_timestamp, to_duration, utcnow
 from directory_server.storage.models import RecordRow
 from directory_server.storage.store import Store
 
+log = logging.getLogger("counterpart.access")
 _SUBDIVISION_RE = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
 _POSTAL_RE = re.compile(r"^[0-9][0-9A-Z\- ]{1,9}$")
 _LANG_RE = re.compile(r"^[a-zA-Z]{2,3}(?:-[a-zA-Z0-9]{1,8})*$")
@@ -163,17 +166,18 @@ class Directory:
 
     # --- Get / List / Search -----------------------------------------------------------
 
-    def get(self, name: str, collection: str) -> tuple[Loaded, ds.Provenance]:
+    def get(self, name: str, collection: str, caller: Caller = ANONYMOUS) -> tuple[Loaded, ds.Provenance]:
         parsed = names.parse_record_name(name, collection)
         snap = _Snapshot(self)
         row = self.store.record_row(str(parsed))
-        if row is None or not row.public:
+        if row is None or not self._visible(row, caller):  # members-only: absent to the public
             raise NotFoundError(f"{name} does not exist", reason="RECORD_NOT_FOUND")
         loaded = self._load_rows([row], snap)[0]
+        self._audit(caller, f"Get {collection}", [row])
         return loaded, self._provenance(row.member, snap)
 
     def list_records(
-        self, kind: str, parent: str, size: int, token: str, filter_text: str
+        self, kind: str, parent: str, size: int, token: str, filter_text: str, caller: Caller = ANONYMOUS,
     ) -> tuple[list[Loaded], str, list[ds.Provenance]]:
         member = names.parse_parent(parent)
         conditions = parse_filter(filter_text, kind)
@@ -184,21 +188,24 @@ class Directory:
             raise NotFoundError(f"members/{member} is not a member of the federation", reason="MEMBER_NOT_FOUND")
         snap = _Snapshot(self)
         rows = self.store.list_rows(
-            kind, member, after, limit + 1, public_only=True,
+            kind, member, after, limit + 1, public_only=not caller.sees_members_only,
             attrs=[(c.field, c.op, c.value) for c in conditions],
         )
         more = len(rows) > limit
         rows = rows[:limit]
         loaded = self._load_rows(rows, snap)
+        self._audit(caller, f"List {kind}", rows)
         next_token = encode_page_token(scope, rows[-1].name) if more and rows else ""
         return loaded, next_token, [self._provenance(m, snap) for m in sorted({r.member for r in rows})]
 
     def search(self, query: str, member: str, size: int, token: str) -> tuple[list[Loaded], str, list[ds.Provenance]]:
+        bounds.check_text(query, "query", bounds.MAX_QUERY_CHARS, reason="QUERY_TOO_LONG", text=True)
         folded = fold(query)
         if len(folded) < 2:
             raise InvalidArgumentError(
-                f"query {query!r} is too short: give at least two letters or digits", reason="QUERY_TOO_SHORT"
+                f"query {quote(query)} is too short: give at least two letters or digits", reason="QUERY_TOO_SHORT"
             )
+        bounds.check_length(folded, "query (folded)", bounds.MAX_FOLDED_QUERY_CHARS, reason="QUERY_TOO_LONG")
         if member:
             names.check_member_code(member)
         limit = page_size(size, 20, 100)
@@ -216,7 +223,7 @@ class Directory:
 
     # --- members -----------------------------------------------------------------------
 
-    def member_info(self, code: str) -> ds.MemberInfo:
+    def member_info(self, code: str, caller: Caller = ANONYMOUS) -> ds.MemberInfo:
         names.check_member_code(code)
         m = self._federation().member(code)
         has_data = self.store.checkpoint(code) is not None
@@ -228,26 +235,44 @@ class Directory:
             info.endpoints.extend(m.endpoints)
         if has_data:
             counts = self.store.count_records(code)
+            public = self.store.count_records(code, public_only=True)
             info.log_size = self.store.log_size(code)
             info.authority_count = counts.get("authority", 0)
-            info.contact_count = counts.get("contact", 0)
+            if caller.sees_members_only:
+                info.contact_count = counts.get("contact", 0)
+            else:  # "N withheld", nothing more (DESIGN §8)
+                info.contact_count = public.get("contact", 0)
+                info.withheld_contact_count = counts.get("contact", 0) - info.contact_count
             info.rule_count = counts.get("rule", 0)
             info.treaty_count = counts.get("treaty", 0)
             info.provenance.CopyFrom(self._provenance(code, _Snapshot(self)))
         return info
 
-    def members(self, size: int, token: str) -> tuple[list[ds.MemberInfo], str]:
+    def members(self, size: int, token: str, caller: Caller = ANONYMOUS) -> tuple[list[ds.MemberInfo], str]:
         limit = page_size(size, 50, 500)
         after = decode_page_token(token, "members")
         codes = sorted({m.code for m in self._federation().members()} | set(self.store.checkpoints()))
         codes = [c for c in codes if c > after]
         page = codes[:limit]
         next_token = encode_page_token("members", page[-1]) if len(codes) > limit else ""
-        return [self.member_info(c) for c in page], next_token
+        return [self.member_info(c, caller) for c in page], next_token
 
     # --- FindCounterpart ---------------------------------------------------------------
 
-    def find_counterpart(self, req: ds.FindCounterpartRequest) -> ds.FindCounterpartResponse:
+    def find_counterpart(
+        self, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS
+    ) -> ds.FindCounterpartResponse:
+        for field_name, value, maximum in (
+            ("requested_member", req.requested_member, bounds.MAX_CODE_CHARS),
+            ("requesting_member", req.requesting_member, bounds.MAX_CODE_CHARS),
+            ("request_type", req.request_type, bounds.MAX_CODE_CHARS),
+            ("offence_category", req.offence_category, bounds.MAX_CODE_CHARS),
+        ):
+            bounds.check_text(value, field_name, maximum)
+        bounds.check_text(req.place, "place", bounds.MAX_PLACE_CHARS, text=True)
+        bounds.check_count(len(req.preferred_languages), "preferred_languages", bounds.MAX_LANGUAGES, "TOO_MANY_LANGUAGES")
+        for tag in req.preferred_languages:
+            bounds.check_text(tag, "preferred_languages", bounds.MAX_LANGUAGE_TAG_CHARS)
         federation = self._federation()
         vocab = federation.vocabulary
         member = req.requested_member
@@ -260,18 +285,18 @@ class Directory:
             raise InvalidArgumentError("request_type is required (e.g. mla.hearing.witness)", reason="MISSING_ARGUMENT")
         if req.request_type not in vocab.request_types:
             raise InvalidArgumentError(
-                f"unknown request type {req.request_type!r}{vocab.hint('request_types', req.request_type)}",
+                f"unknown request type {quote(req.request_type)}{vocab.hint('request_types', req.request_type)}",
                 reason="UNKNOWN_REQUEST_TYPE",
             )
         if req.offence_category and req.offence_category not in vocab.offence_categories:
             raise InvalidArgumentError(
-                f"unknown offence category {req.offence_category!r}"
+                f"unknown offence category {quote(req.offence_category)}"
                 f"{vocab.hint('offence_categories', req.offence_category)}",
                 reason="UNKNOWN_OFFENCE_CATEGORY",
             )
         for tag in req.preferred_languages:
             if not _LANG_RE.match(tag):
-                raise InvalidArgumentError(f"{tag!r} is not a BCP 47 language tag", reason="INVALID_LANGUAGE")
+                raise InvalidArgumentError(f"{quote(tag)} is not a BCP 47 language tag", reason="INVALID_LANGUAGE")
         snap = _Snapshot(self)
         snap.tree(member)  # NOT_FOUND when the node holds nothing of the member
 
@@ -308,7 +333,15 @@ class Directory:
         resp.route = self._route(rule_record, bases, req.urgent, resp.warnings)
         resp.languages.extend(self._languages(rule_record, bases, candidates))
 
-        contact_rows = self.store.contacts_of([c.authority.name for c, _ in candidates])
+        all_contacts = self.store.contacts_of([c.authority.name for c, _ in candidates], public_only=False)
+        contact_rows = [r for r in all_contacts if self._visible(r, caller)]
+        resp.withheld_contacts = len(all_contacts) - len(contact_rows)
+        if resp.withheld_contacts:
+            resp.warnings.append(
+                f"{resp.withheld_contacts} members-only contact point(s) withheld: sign in with an access token "
+                "issued by your national node (counterpart login) to see them"
+            )
+        self._audit(caller, "FindCounterpart", contact_rows)
         for contact in self._load_rows(contact_rows, snap):
             evidence.add(contact)
             assert isinstance(contact.record, records_pb2.Contact)
@@ -322,6 +355,19 @@ class Directory:
             resp.provenances.append(prov)
         resp.proofs.extend(evidence.proofs[n] for n in sorted(evidence.proofs))
         return resp
+
+    @staticmethod
+    def _visible(row: RecordRow, caller: Caller) -> bool:
+        """Members-only records exist only for signed-in users of a member and member nodes."""
+        return row.public or caller.sees_members_only
+
+    def _audit(self, caller: Caller, method: str, rows: Sequence[RecordRow]) -> None:
+        """Write every members-only record served to the audit log: who, which, when."""
+        restricted = [r.name for r in rows if not r.public]
+        if restricted:
+            self.store.audit(caller.describe(), method, restricted, self.clock())
+            log.info("members-only records served", extra={"caller": caller.describe(), "method": method,
+                                                           "records": restricted})
 
     def _load_name(self, name: str, snap: _Snapshot) -> Loaded | None:
         row = self.store.record_row(name)

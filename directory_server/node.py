@@ -15,7 +15,7 @@ from pathlib import Path
 from counterpart.v1 import log_pb2
 from directory_server.config import NodeConfig
 from directory_server.domain import federation as fed
-from directory_server.domain import log, merkle, signing
+from directory_server.domain import log, merkle, redaction, signing
 from directory_server.domain.errors import (
     ConfigurationError,
     CounterpartError,
@@ -36,6 +36,10 @@ class PublishPlan:
     changed: list[SourcedRecord] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     unchanged: int = 0
+    # changed records whose current version is public and whose new one is members-only: a
+    # tombstone of the public version goes first, so nodes that may not see the new version
+    # drop the old one instead of serving it on
+    withdrawn: list[str] = field(default_factory=list)
     appended: int = 0  # entries actually appended (0 on a dry run)
     checkpoint_size: int = 0
 
@@ -75,6 +79,18 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class Alarm:
+    """Something an operator must look at now (``counterpart-node status``)."""
+
+    member: str
+    reason: str
+    peer: str
+    count: int
+    last_time: str
+    message: str
+
+
+@dataclass(frozen=True)
 class MemberStatus:
     """What the node holds of one member, and how syncing it went."""
 
@@ -86,6 +102,19 @@ class MemberStatus:
     peers: list[PeerSync] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     equivocations: list[Evidence] = field(default_factory=list)
+    withheld: int = 0  # entries held as their leaf hash only (members-only, not given to this node)
+
+
+ALARM_REASONS = ("OWN_LOG_FROM_PEER",)
+"""Rejections that are alarms, not just a peer to distrust: a log of this node's own member,
+signed with its key, that this node did not sign."""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checked: int  # entries checked, withheld ones included
+    problems: list[Problem]
+    withheld: dict[str, int]  # per member: entries held withheld (their leaf hash checked against the root)
 
 
 @dataclass(frozen=True)
@@ -178,14 +207,22 @@ class Node:
         return log.verify_checkpoint(envelope, member, self.federation(), check_window=False)
 
     def verified_entries(self, member: str) -> list[log.LogEntry]:
-        """Every entry of a member's log, each signature re-checked (verify before trusting disk)."""
+        """Every entry of a member's log, each signature re-checked (verify before trusting
+        disk); a withheld one as its leaf hash alone (``log.withheld_entry``)."""
         federation = self.federation()
-        return [log.verify_entry(env, member, seq, federation) for seq, env in self.store.envelopes(member)]
+        return [
+            log.withheld_entry(member, row.seq, row.leaf_hash) if row.withheld
+            else log.verify_entry(row.envelope, member, row.seq, federation)
+            for row in self.store.log_rows(member)
+        ]
 
     def current_state(self, member: str) -> dict[str, log.LogEntry]:
+        """Each name's latest entry, unless a deletion, of the entries this node holds whole
+        (a withheld entry has no name: what it may change is not known here)."""
         latest: dict[str, log.LogEntry] = {}
         for e in self.verified_entries(member):
-            latest[e.name] = e
+            if not e.withheld:
+                latest[e.name] = e
         return {n: e for n, e in latest.items() if e.kind != "deletion"}
 
     # --- publishing ----------------------------------------------------------------------
@@ -194,6 +231,14 @@ class Node:
         """Validate the files and compute the difference against the current state."""
         federation = self.federation()
         records = load_records(path, self.member, federation.vocabulary)
+        withheld = self.store.withheld_counts().get(self.member, 0)
+        if withheld:
+            raise ConfigurationError(
+                f"this node holds {withheld} entries of {self.member}'s own log withheld (restored from peers that "
+                "were not member nodes): the current state is not known, so nothing can be published until they "
+                "are filled in from a member node",
+                reason="OWN_LOG_INCOMPLETE",
+            )
         current = self.current_state(self.member)
         plan = PublishPlan()
         wanted = {r.name for r in records}
@@ -203,6 +248,8 @@ class Node:
                 plan.added.append(r)
             elif old.record is None or old.record.SerializeToString(deterministic=True) != r.record.SerializeToString(deterministic=True):
                 plan.changed.append(r)
+                if not redaction.record_members_only(old.record) and redaction.record_members_only(r.record):
+                    plan.withdrawn.append(r.name)
             else:
                 plan.unchanged += 1
         plan.deleted = sorted(n for n in current if n not in wanted)
@@ -224,7 +271,13 @@ class Node:
         limits = self.federation().limits
         now = self.clock()
         entries: list[log.LogEntry] = []
+        withdrawn = set(plan.withdrawn)
         for r in [*plan.added, *plan.changed]:
+            if r.name in withdrawn:
+                entries.append(log.build_entry(
+                    self.member, size + len(entries) + 1, r.name, None, now, key,
+                    "the public version is withdrawn: the record is now members-only",
+                ))
             e = log.build_entry(self.member, size + len(entries) + 1, r.name, r.record, now, key)
             if len(e.envelope) > limits.max_entry_bytes:
                 raise ValidationError(
@@ -285,6 +338,7 @@ class Node:
                 )
             )
         codes = {m.code for m in self.federation().members()} | set(self.store.checkpoints()) | set(rejections)
+        withheld = self.store.withheld_counts()
         out = []
         for code in sorted(codes):
             cp = self.store.checkpoint_row(code) if code else None
@@ -298,34 +352,72 @@ class Node:
                     peers=peers.get(code, []),
                     rejections=rejections.get(code, []),
                     equivocations=evidence.get(code, []),
+                    withheld=withheld.get(code, 0),
                 )
             )
         return out
+
+    def alarms(self) -> list[Alarm]:
+        """Rejections an operator must act on (``ALARM_REASONS``), most recent first."""
+        rows = [r for r in self.store.rejections() if r.reason in ALARM_REASONS]
+        return [
+            Alarm(r.member, r.reason, r.peer, r.count, r.last_time.isoformat(), r.last_message)
+            for r in sorted(rows, key=lambda r: r.last_time, reverse=True)
+        ]
 
     # --- integrity -----------------------------------------------------------------------
 
     def verify(self) -> tuple[int, list[Problem]]:
         """Re-check every signature and root on disk; return (entries checked, problems)."""
+        report = self.verify_report()
+        return report.checked, report.problems
+
+    def verify_report(self) -> VerifyReport:
+        """``verify``, also saying how many entries of each member are held withheld: only
+        their leaf hash is here, checked as part of the signed root like every other leaf
+        (not a problem). Each entry's ``restricted`` flag is checked too: a members-only
+        entry flagged public would be served to anyone."""
         problems: list[Problem] = []
         checked = 0
+        withheld: dict[str, int] = {}
         try:
             federation = self.federation()
         except CounterpartError as e:
-            return 0, [Problem("", 0, e.reason, f"federation document: {e.message}")]
+            return VerifyReport(0, [Problem("", 0, e.reason, f"federation document: {e.message}")], {})
         members = sorted(set(self.store.members_with_logs()) | set(self.store.checkpoints()))
         for member in members:
             hashes: list[bytes] = []
-            for seq, envelope in self.store.envelopes(member):
+            entries: list[log.LogEntry] = []
+            stored_flags: dict[int, bool] = {}
+            for row in self.store.log_rows(member):
                 checked += 1
-                hashes.append(merkle.leaf_hash(envelope))
+                stored_flags[row.seq] = row.restricted
+                if row.withheld:
+                    withheld[member] = withheld.get(member, 0) + 1
+                    hashes.append(row.leaf_hash)
+                    try:
+                        if row.envelope:
+                            raise VerificationError("a withheld entry holds an envelope", reason="MALFORMED_WITHHELD")
+                        entries.append(log.withheld_entry(member, row.seq, row.leaf_hash))
+                    except VerificationError as e:
+                        problems.append(Problem(member, row.seq, e.reason, e.message))
+                    continue
+                leaf = merkle.leaf_hash(row.envelope)
+                hashes.append(leaf)
+                if leaf != row.leaf_hash:
+                    problems.append(Problem(member, row.seq, "LEAF_HASH_MISMATCH", "stored leaf hash differs from the envelope's hash"))
                 try:
-                    log.verify_entry(envelope, member, seq, federation)
+                    entries.append(log.verify_entry(row.envelope, member, row.seq, federation))
                 except CounterpartError as e:
-                    problems.append(Problem(member, seq, e.reason, e.message))
-            stored = self.store.leaf_hashes(member)
-            for i, (a, b) in enumerate(zip(hashes, stored, strict=True)):
-                if a != b:
-                    problems.append(Problem(member, i + 1, "LEAF_HASH_MISMATCH", "stored leaf hash differs from the envelope's hash"))
+                    problems.append(Problem(member, row.seq, e.reason, e.message))
+            if len(entries) == len(stored_flags):  # flags follow from entries: only once they all verify
+                for seq, flag in redaction.mark_log(entries, stored_flags).items():
+                    if flag != stored_flags[seq]:
+                        problems.append(Problem(
+                            member, seq, "RESTRICTED_FLAG_MISMATCH",
+                            "stored as public but members-only: it would be served to anyone"
+                            if flag else "stored as members-only but public",
+                        ))
             cp_env = self.store.checkpoint(member)
             if cp_env is None:
                 problems.append(Problem(member, 0, "NO_CHECKPOINT", "the log has no checkpoint"))
@@ -335,12 +427,18 @@ class Node:
                 log.check_root(member, cp, hashes)
             except (VerificationError, SignatureError) as e:
                 problems.append(Problem(member, 0, e.reason, f"checkpoint: {e.message}"))
-        return checked, problems
+        return VerifyReport(checked, problems, withheld)
 
     def rebuild(self) -> int:
-        """Re-derive every lookup index from the verified envelopes."""
+        """Re-derive every lookup index, and every entry's ``restricted`` flag, from the
+        verified envelopes (an ambiguous deletion keeps the flag it was given at ingest).
+        The upgrade of a database to revision 0003 flags the entries it holds by itself
+        (``Store.migrate``); ``rebuild`` repairs flags that ``verify`` finds wrong."""
         members = self.store.members_with_logs()
-        return self.store.rebuild_derived({m: self.verified_entries(m) for m in members})
+        verified: dict[str, Sequence[log.LogEntry]] = {m: self.verified_entries(m) for m in members}
+        for member, entries in verified.items():
+            self.store.set_restricted(member, redaction.mark_log(entries, self.store.restricted_flags(member)))
+        return self.store.rebuild_derived(verified)
 
 
 def _checkpoint_size(envelope: bytes) -> int:
@@ -354,4 +452,4 @@ def open_node(config: NodeConfig, clock: Callable[[], datetime] = utcnow) -> Nod
     return Node(config, clock=clock)
 
 
-__all__: Sequence[str] = ["Node", "Problem", "PublishPlan", "open_node"]
+__all__: Sequence[str] = ["Alarm", "Node", "Problem", "PublishPlan", "VerifyReport", "open_node"]

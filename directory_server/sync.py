@@ -7,6 +7,24 @@ and committed with ``Store.append`` (entries, derived rows and checkpoint in one
 transaction; the cursor is the verified tree size). Every failure is counted per peer,
 member and reason, and changes nothing stored.
 
+Members-only entries (DESIGN §8): a peer that does not take this node for a member node
+sends each of them withheld, as its leaf hash; the range still verifies against the signed
+root and is stored with those positions withheld. Each pass then tries to fill the withheld
+positions of every member it synced from the peer (``_fill``): each entry the peer sends
+whole must pass what ingest checks and have exactly the withheld leaf hash, and all of a
+member's are stored in one transaction (``Store.fill``); a peer that withholds them again
+is not asked again this pass.
+
+What a hostile peer can make the node do is bounded: an envelope with more signatures
+than a member could have made is refused before any is verified; a (peer, member) whose
+range failed verification is not pulled again before a retry time that doubles with each
+failure (``_Penalty``); the fork check, which downloads a peer's whole log of a member to
+tell a false consistency proof from an equivocation, runs at most once per (peer, member,
+offered tree); and a peer whose passes keep failing verification is backed off by the
+engine like an unreachable one, its pushes ignored meanwhile. A log of this node's own
+member offered by a peer is refused (``OWN_LOG_FROM_PEER``) and raises an alarm, unless
+the operator restores the log from peers (``restore_from_peers``).
+
 ``SyncEngine`` runs one thread per peer (a slow or hostile peer only ever holds up its own
 thread) that pulls on start, on every push the peer sends through ``WatchCheckpoints``,
 and on an anti-entropy timer with jitter, backing off exponentially while the peer fails.
@@ -26,10 +44,12 @@ import grpc
 
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from directory_server import security
 from directory_server.domain import log, merkle
 from directory_server.domain import replication as rep
 from directory_server.domain.errors import ConflictError, CounterpartError, VerificationError
 from directory_server.node import Node
+from directory_server.security import TlsIdentity
 
 logger = logging.getLogger("counterpart.sync")
 
@@ -44,6 +64,9 @@ class PeerReport:
     rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (member, reason, message)
     equivocations: list[str] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)  # members another peer's pull was fetching
+    held_off: list[str] = field(default_factory=list)  # members not pulled: the peer failed them lately
+    withheld: dict[str, int] = field(default_factory=dict)  # member -> entries the peer sent withheld
+    filled: dict[str, int] = field(default_factory=dict)  # member -> withheld entries filled in
     federation_versions: list[int] = field(default_factory=list)
     error: str = ""  # the peer could not be reached or answered with an error
 
@@ -53,6 +76,18 @@ class PeerReport:
 
 
 STALL = 2.0  # seconds without a batch after which a peer's claim on a range lapses
+FILL_MAX_ENTRIES = 1000  # withheld positions one pass asks one peer for, in all
+FILL_MAX_RUNS = 16  # GetEntries calls one pass makes to one peer to fill withheld positions
+
+
+@dataclass
+class _Penalty:
+    """A (peer, member) whose range failed verification: not pulled again before ``until``
+    (time.monotonic()); each failure in a row doubles the wait."""
+
+    strikes: int
+    until: float
+    reason: str
 
 
 class _Claim:
@@ -73,11 +108,21 @@ class _Claim:
 class Syncer:
     """One sync pass at a time per peer; safe to use from several peer threads at once."""
 
-    def __init__(self, node: Node, *, deadline: float = 10.0, per_entry_deadline: float = 0.002) -> None:
+    def __init__(
+        self, node: Node, *, deadline: float = 10.0, per_entry_deadline: float = 0.002,
+        retry_base: float = 30.0, retry_max: float = 3600.0,
+    ) -> None:
         self.node = node
         self.deadline = deadline
         self.per_entry_deadline = per_entry_deadline
-        self._channels: dict[str, tuple[int, grpc.Channel]] = {}
+        self.retry_base = retry_base  # first wait before a (peer, member) that failed verification is pulled again
+        self.retry_max = retry_max
+        self._penalties: dict[tuple[str, str], _Penalty] = {}  # (peer, member) -> its last failures
+        # (peer, member) -> (offered size, root) of the one tree its whole log was fetched for,
+        # and whether that showed an equivocation: the fork check runs once per tree
+        self._fork_checks: dict[tuple[str, str], tuple[tuple[int, bytes], bool]] = {}
+        self._fill_after: dict[tuple[str, str], int] = {}  # (peer, member) -> where the last fill stopped
+        self._channels: dict[str, tuple[tuple[int, int], grpc.Channel]] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
 
@@ -87,24 +132,38 @@ class Syncer:
                 channel.close()
             self._channels.clear()
 
+    # This node's TLS key and certificate, presented to peers over mutual TLS (set by the
+    # server that runs the engine); None: no client certificate, so members-only entries
+    # come withheld.
+    tls_identity: TlsIdentity | None = None
+
     def channel(self, peer: str) -> grpc.Channel:
-        """A channel whose message limit is the federation's, enforced by gRPC before parsing."""
-        limit = int(self.node.federation().limits.max_message_bytes)
+        """A channel whose message limit is the federation's, enforced by gRPC before parsing.
+
+        ``tls://host:port`` peers (and any peer not on loopback) are called over TLS,
+        trusting only the certificates the current federation document lists for the member
+        at that endpoint; a new document version builds new channels."""
+        federation = self.node.federation()
+        limit = int(federation.limits.max_message_bytes)
+        key = (limit, federation.version)
         with self._lock:
             cached = self._channels.get(peer)
-            if cached is not None and cached[0] == limit:
+            if cached is not None and cached[0] == key:
                 return cached[1]
             if cached is not None:
                 cached[1].close()
-            channel = grpc.insecure_channel(
-                peer,
-                options=[
-                    ("grpc.max_receive_message_length", limit),
-                    ("grpc.max_send_message_length", limit),
-                    ("grpc.enable_retries", 0),
-                ],
-            )
-            self._channels[peer] = (limit, channel)
+            options: list[tuple[str, Any]] = [
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.enable_retries", 0),
+            ]
+            address = peer.removeprefix(security.TLS_SCHEME)
+            if peer.startswith(security.TLS_SCHEME) or not security.is_loopback(peer):
+                creds, names = security.channel_credentials(federation, peer, self.tls_identity)
+                channel = grpc.secure_channel(address, creds, options=options + names)
+            else:
+                channel = grpc.insecure_channel(address, options=options)
+            self._channels[peer] = (key, channel)
             return channel
 
     # --- one pass ------------------------------------------------------------------------
@@ -130,6 +189,7 @@ class Syncer:
             return report
         peer_sizes = self.node.store.peer_sizes(peer)
         synced: dict[str, int] = {}
+        fillable: dict[str, int] = {}  # member -> the size of the peer's verified checkpoint
         for envelope in vector.signed_checkpoints:
             try:
                 offered = rep.verify_offered_checkpoint(envelope, self.node.federation())
@@ -139,14 +199,27 @@ class Syncer:
             try:
                 if self._sync_member(stub, report, offered, peer_sizes.get(offered.member)):
                     synced[offered.member] = offered.size
+                    fillable[offered.member] = offered.size
             except VerificationError as e:
                 self._reject(report, offered.member, e)
             except ConflictError:
-                pass  # another peer's pull changed the member's log meanwhile; the next pass looks again
+                # another peer's pull changed the member's log meanwhile; the next pass looks again
+                fillable[offered.member] = offered.size
             except grpc.RpcError as e:
                 self._rpc_failed(report, offered.member, e)
         self.node.store.note_peer_checkpoints(peer, synced, self.node.clock())
+        if not report.withheld and not report.error:  # a peer that withheld entries this pass would again
+            self._fill(stub, report, fillable)
         return report
+
+    @property
+    def _ambiguous_restricted(self) -> bool:
+        """What a deletion gets when a withheld entry may hide its previous one: while this
+        node calls peers without a member identity (no client certificate), every entry a
+        peer sends it whole is one the peer judged public, deletions included; once it
+        presents one, a peer may send it members-only entries whole, so such a deletion
+        stays members-only until fill-in settles it (fail closed)."""
+        return self.tls_identity is not None
 
     def _sync_federation(self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport) -> None:
         current = self.node.federation().version
@@ -175,6 +248,8 @@ class Syncer:
         held = self.node.held_checkpoint(member)
         now = self.node.clock()
         decision = rep.decide(held, offered, lambda n: merkle.root_hash(store.leaf_hashes(member, upto=n)), peer_last_size, now)
+        if member == self.node.member:
+            self._own_log(report, decision, offered)
         if decision.action is rep.Action.EQUIVOCATION:
             assert held is not None
             self._equivocation(report, held, offered)
@@ -183,15 +258,50 @@ class Syncer:
             store.put_checkpoint(offered)
             report.refreshed.append(member)
         elif decision.action is rep.Action.PULL:
+            key = (report.peer, member)
+            penalty = self._penalties.get(key)
+            if penalty is not None and time.monotonic() < penalty.until:
+                report.held_off.append(member)  # it failed verification lately: not at full cost again yet
+                return False
             claim = self._claim(member, offered.size)
             if claim is None:
                 report.deferred.append(member)  # another peer's pull is under way and moving
                 return False
             try:
-                return self._pull(stub, report, held, offered, decision, claim)
+                pulled = self._pull(stub, report, held, offered, decision, claim)
+            except VerificationError as e:
+                self._penalize(key, e.reason)
+                raise
             finally:
                 self._release(member, claim)
+            self._penalties.pop(key, None)
+            return pulled
         return True
+
+    def _own_log(self, report: PeerReport, decision: rep.Decision, offered: log.LogCheckpoint) -> None:
+        """A peer offers this node's own log, validly signed, and not as this node holds it:
+        refused with an alarm unless the operator restores the log from peers."""
+        restore = self.node.config.restore_from_peers_enabled
+        try:
+            rep.own_log_offered(decision, offered, self.node.member, restore)
+        except rep.Rejected as e:
+            logger.error(
+                "ALARM: a peer offers this node's own log, signed with its key, that this node did not sign",
+                extra={"peer": report.peer, "member": offered.member, "reason": e.reason, "size": offered.size,
+                       "error": e.message},
+            )
+            raise
+        if decision.action is not rep.Action.IGNORE:
+            logger.warning(
+                "restoring this node's own log from a peer (restore_from_peers)",
+                extra={"peer": report.peer, "member": offered.member, "size": offered.size},
+            )
+
+    def _penalize(self, key: tuple[str, str], reason: str) -> None:
+        previous = self._penalties.get(key)
+        strikes = previous.strikes + 1 if previous else 1
+        wait = rep.backoff(strikes, self.retry_base, self.retry_max)
+        self._penalties[key] = _Penalty(strikes, time.monotonic() + wait, reason)
 
     def _pull(
         self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, held: log.LogCheckpoint | None,
@@ -220,9 +330,16 @@ class Syncer:
         )
         self._stream(stub, verifier, claim)
         entries = verifier.finish(offered)
+        if verifier.withheld_count:
+            report.withheld[member] = verifier.withheld_count
         claim.committing = True  # a long commit is not a stall
         try:
-            self.node.store.append(member, held_size, entries, offered)
+            self.node.store.append(
+                member, held_size, entries, offered,
+                # a peer that withheld anything of the range took this node for no member node:
+                # what it sent whole, it judged public
+                ambiguous_restricted=self._ambiguous_restricted and not verifier.withheld_count,
+            )
         except ConflictError:
             return False  # another peer's thread committed first; the next pass sees it
         report.pulled[member] = len(entries)
@@ -231,7 +348,10 @@ class Syncer:
         )
         return True
 
-    def _stream(self, stub: rs_grpc.ReplicationServiceStub, verifier: rep.RangeVerifier, claim: _Claim) -> None:
+    def _stream(
+        self, stub: rs_grpc.ReplicationServiceStub, verifier: rep.RangeVerifier | rep.FillVerifier,
+        claim: _Claim | None = None,
+    ) -> None:
         count = verifier.end - verifier.start + 1
         call = stub.GetEntries(
             rs.GetEntriesRequest(member=verifier.member, start_seq=verifier.start, end_seq=verifier.end),
@@ -241,8 +361,10 @@ class Syncer:
             for batch in call:
                 if not batch.signed_entries:
                     raise rep.Rejected(f"{verifier.member}: the peer sent an empty batch", reason="EMPTY_BATCH")
-                verifier.add_batch(batch.start_seq, batch.signed_entries)
-                claim.progress()
+                withheld = dict(batch.withheld_leaf_hashes) if batch.withheld_leaf_hashes else None
+                verifier.add_batch(batch.start_seq, batch.signed_entries, withheld)
+                if claim is not None:
+                    claim.progress()
                 if verifier.complete:
                     break  # anything more the peer would send is not read
         finally:
@@ -255,19 +377,101 @@ class Syncer:
         """The offered checkpoint is not consistent with the held one, by the peer's proof.
         If the peer can show a whole log, signed by the member, that ends in the offered
         root and differs from ours at the held size, the member equivocated; otherwise the
-        peer's proof was false."""
+        peer's proof was false.
+
+        That costs a download and a verification of the peer's whole log of the member, and
+        a peer can send a garbage proof for the price of a few bytes. So the check runs at
+        most once per (peer, member, offered tree): asked again about the same tree, the
+        node repeats the verdict it reached (an equivocation stays one; otherwise the proof
+        is refused at once). A new tree needs a new checkpoint signed by the member, so a
+        lying peer gets at most one download per tree the member signs; heartbeats, which
+        re-sign the same tree, do not count. The peer is then also held off the member
+        (``_Penalty``) and, if nothing else it offers succeeds, backed off by the engine.
+        """
+        key = (report.peer, offered.member)
+        tree = (offered.size, offered.root_hash)
+        done = self._fork_checks.get(key)
+        if done is not None and done[0] == tree:
+            if done[1]:
+                self._equivocation(report, held, offered)
+                return
+            raise rep.Rejected(
+                f"{offered.member}: the peer's consistency proof from {held.size} to {offered.size} does not verify "
+                "(its whole log of this tree was fetched once already, and agreed with this node's)",
+                reason="CONSISTENCY_PROOF_INVALID",
+            )
+        self._fork_checks[key] = (tree, False)  # whatever happens below: once
         verifier = rep.RangeVerifier(
             offered.member, 1, offered.size, self.node.federation(), merkle.CompactRange(), mark_size=held.size
         )
         self._stream(stub, verifier, claim)
         verifier.finish(offered)
         if verifier.marked_root != held.root_hash:
+            self._fork_checks[key] = (tree, True)
             self._equivocation(report, held, offered)
             return
         raise rep.Rejected(
             f"{offered.member}: the peer's consistency proof from {held.size} to {offered.size} does not verify",
             reason="CONSISTENCY_PROOF_INVALID",
         )
+
+    def _fill(self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, sizes: dict[str, int]) -> None:
+        """Ask the peer for entries this node holds withheld, among those its verified
+        checkpoint covers: contiguous runs, at most FILL_MAX_RUNS calls and FILL_MAX_ENTRIES
+        positions a pass, starting where the last fill from the peer stopped. A member's
+        entries are all verified, then stored in one transaction; a failure is refused
+        whole and counted, changes nothing, and ends filling from the peer for this pass, as
+        does a peer that withholds them again."""
+        budget, calls = FILL_MAX_ENTRIES, FILL_MAX_RUNS
+        restore = self.node.config.restore_from_peers_enabled
+        federation = self.node.federation()
+        for member in sorted(sizes):
+            if budget <= 0 or calls <= 0:
+                return
+            if member == self.node.member and not restore:
+                continue
+            held = self.node.store.withheld_hashes(member, upto=sizes[member])
+            if not held:
+                continue
+            key = (report.peer, member)
+            penalty = self._penalties.get(key)
+            if penalty is not None and time.monotonic() < penalty.until:
+                continue  # it failed verification lately
+            runs = rep.withheld_runs(held, self._fill_after.get(key, 0), budget, federation.limits.max_batch_entries)
+            entries: list[log.LogEntry] = []
+            withheld_again = False
+            try:
+                for first, last in runs[:calls]:
+                    calls -= 1
+                    budget -= last - first + 1
+                    verifier = rep.FillVerifier(member, first, last, held, federation)
+                    self._stream(stub, verifier)
+                    verifier.finish()
+                    entries += verifier.entries
+                    self._fill_after[key] = last
+                    if verifier.withheld_again:
+                        withheld_again = True
+                        break
+            except VerificationError as e:
+                self._reject(report, member, e)
+                self._penalize(key, e.reason)
+                return
+            except grpc.RpcError as e:
+                self._rpc_failed(report, member, e)
+                return
+            if entries:
+                try:
+                    report.filled[member] = self.node.store.fill(
+                        member, entries, ambiguous_restricted=self._ambiguous_restricted
+                    )
+                except ConflictError:
+                    pass  # another peer's fill came first; the next pass looks again
+                else:
+                    logger.info(
+                        "filled in withheld entries", extra={"peer": report.peer, "member": member, "entries": len(entries)}
+                    )
+            if withheld_again:
+                return  # the peer withholds them from this node too: not asked again this pass
 
     def _equivocation(self, report: PeerReport, held: log.LogCheckpoint, offered: log.LogCheckpoint) -> None:
         report.equivocations.append(offered.member)
@@ -320,9 +524,11 @@ class SyncEngine:
     def __init__(
         self, node: Node, peers: Callable[[], Iterable[str]], *, interval: float = 30.0,
         deadline: float = 10.0, backoff_max: float = 60.0, rng: random.Random | None = None,
+        reject_backoff_max: float = 600.0,
     ) -> None:
         self.node = node
-        self.syncer = Syncer(node, deadline=deadline)
+        self.reject_backoff_max = max(reject_backoff_max, interval)
+        self.syncer = Syncer(node, deadline=deadline, retry_base=2 * interval, retry_max=self.reject_backoff_max)
         self._peers_fn = peers
         self.interval = interval
         self.backoff_max = backoff_max
@@ -384,7 +590,8 @@ class SyncEngine:
         return seconds * self._rng.uniform(0.8, 1.2)
 
     def _pull_loop(self, peer: str) -> None:
-        failures = 0
+        failures = 0  # passes in a row the peer could not be reached
+        refused = 0  # passes in a row where what the peer offered failed verification and nothing succeeded
         while self._active(peer):
             with self._lock:
                 wake = self._wake.get(peer)
@@ -397,15 +604,41 @@ class SyncEngine:
                 logger.exception("sync pass failed", extra={"peer": peer})
                 report = PeerReport(peer, error="internal error")
             self.last_reports[peer] = report
+            strict = False
             if report.error:
                 failures += 1
                 wait = min(self.backoff_max, 0.5 * 2 ** min(failures, 16))
                 logger.info("peer unavailable; backing off", extra={"peer": peer, "error": report.error, "seconds": round(wait, 2)})
+            elif (report.rejected or report.held_off) and not (report.pulled or report.refreshed or report.filled):
+                # A peer that keeps failing verification is not pulled at full cost every
+                # pass: 2, 4, 8... intervals, up to reject_backoff_max, and its pushes do not
+                # cut the wait short (a hostile peer could push as often as it likes).
+                failures, refused = 0, refused + 1
+                wait = rep.backoff(refused, 2 * self.interval, self.reject_backoff_max)
+                strict = True
+                logger.info(
+                    "peer failed verification; backing off",
+                    extra={"peer": peer, "rejected": [r for _, r, _ in report.rejected], "seconds": round(wait, 2)},
+                )
             else:
-                failures = 0
+                failures = refused = 0
                 # a member left to another peer's pull: look again once that pull could have stalled
                 wait = min(self.interval, 1.5 * STALL) if report.deferred else self.interval
-            wake.wait(self._jitter(wait))
+            self._sleep(peer, wake, self._jitter(wait), ignore_pushes=strict)
+
+    def _sleep(self, peer: str, wake: threading.Event, seconds: float, *, ignore_pushes: bool) -> None:
+        """Wait ``seconds`` or until woken (a push, a trigger); with ``ignore_pushes``, only
+        the node stopping or the peer going away end the wait early."""
+        if not ignore_pushes:
+            wake.wait(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while self._active(peer):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            wake.wait(remaining)
+            wake.clear()
 
     def _watch_loop(self, peer: str) -> None:
         """Follow the peer's pushes; each one wakes the peer's pull thread."""
@@ -431,11 +664,19 @@ class SyncEngine:
 
 
 def peers_of(node: Node, configured: Iterable[str], own_address: str) -> list[str]:
-    """Configured peers plus the endpoints the federation document lists for the other
-    members; never the node itself."""
+    """Configured peers plus the other members' endpoints from the federation document; never
+    the node itself. A member's peer endpoints (mutual TLS, so its members-only entries come
+    whole) are preferred to its public ones; both are called over TLS (``tls://``) when the
+    document lists the member's certificate."""
     federation = node.federation()
     me = federation.member(node.member)
-    own = set(me.endpoints) if me is not None else set()
-    found = list(dict.fromkeys([*configured, *(e for m in federation.members() if m.code != node.member for e in m.endpoints)]))
-    return [p for p in found if p and p not in own and p != own_address]
-
+    own = {*me.endpoints, *me.peer_endpoints} if me is not None else set()
+    # a member whose entry lists no certificate cannot be authenticated: its endpoints are
+    # called in plaintext, which Syncer.channel allows on loopback only (development)
+    listed = [
+        (security.TLS_SCHEME if m.tls_certificates else "") + e
+        for m in federation.members() if m.code != node.member
+        for e in (m.peer_endpoints or m.endpoints)
+    ]
+    found = list(dict.fromkeys([*configured, *listed]))
+    return [p for p in found if p and p.removeprefix(security.TLS_SCHEME) not in own and p != own_address]

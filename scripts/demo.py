@@ -2,9 +2,13 @@
 signed records and answered the questions prosecutors ask.
 
 Creates everything under .demo/ (removed and recreated on every run): two root keys and
-a federation document signed by both that lists each member's key and endpoint, one node
-per member (GE, AZ, KZ, PE, AM), each publishing only its own sample records. The nodes
-serve on free loopback ports and sync from the endpoints the document lists. The demo
+a federation document signed by both that lists each member's signing key, node TLS
+certificate and endpoints, one node per member (GE, AZ, KZ, PE, AM), each publishing only
+its own sample records. The nodes serve TLS 1.3 on free loopback ports (a public listener,
+and a peer listener that requires the certificate of a member node) and sync from each
+other's peer endpoints over mutual TLS, so members-only entries travel whole between them
+and to nobody else. A prosecutor asks anonymously (members-only contacts withheld), is
+issued a token by her national node, signs in and asks again. The demo
 shows them converge, asks one member's node about other members, publishes a change at
 one node and measures how long it takes to reach all the others, then stops one node and
 asks the others about it. A client pins the federation document and verifies every
@@ -33,7 +37,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from counterpart.v1 import log_pb2
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from directory_server.domain.federation import read_file, verify_initial
 from directory_server.domain.signing import parse_envelope
+from directory_server.security import channel_credentials
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / ".demo"
@@ -61,10 +67,17 @@ def run(args: list[str], env: dict[str, str], show: bool = True, quiet: bool = F
         raise SystemExit(f"demo step failed (exit {result.returncode}): {printable}")
 
 
+def channel(address: str) -> grpc.Channel:
+    """A TLS channel to a demo node, trusting the certificates the federation document lists."""
+    federation = verify_initial(read_file(DEMO / "federation.json"), datetime.now(UTC))
+    creds, options = channel_credentials(federation, address, None)
+    return grpc.secure_channel(address, creds, options=options)
+
+
 def wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    with channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise SystemExit(f"node at {address} exited with {proc.returncode}; see .demo/*.log")
@@ -78,8 +91,8 @@ def wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 3
 
 def vector(address: str) -> dict[str, bytes]:
     """The signed checkpoints a node holds, by member (its ReplicationService vector)."""
-    with grpc.insecure_channel(address) as channel:
-        resp = rs_grpc.ReplicationServiceStub(channel).GetCheckpoints(rs.GetCheckpointsRequest(), timeout=5)
+    with channel(address) as ch:
+        resp = rs_grpc.ReplicationServiceStub(ch).GetCheckpoints(rs.GetCheckpointsRequest(), timeout=5)
     out: dict[str, bytes] = {}
     for envelope in resp.signed_checkpoints:
         cp = log_pb2.Checkpoint()
@@ -109,6 +122,7 @@ def main() -> int:
     env.pop("COUNTERPART_SERVER", None)
     procs: list[subprocess.Popen[bytes]] = []
     ports = {m: free_port() for m in MEMBERS}
+    peer_ports = {m: free_port() for m in MEMBERS}
     try:
         print("== 1. The federation secretariat creates the trust root (2 root keys, threshold 2)")
         for i in (1, 2):
@@ -116,11 +130,15 @@ def main() -> int:
         run([NODE, "federation", "init", "--id", "casc-demo", "--root-key", "root-1.pub", "--root-key", "root-2.pub",
              "--threshold", "2", "--out", "federation.json"], env)
 
-        print("\n== 2. Each member creates its node; the secretariat admits it with its public key")
+        print("\n== 2. Each member creates its node (signing key, TLS key and certificate); the secretariat")
+        print("   admits it with its public key, its node certificate and its endpoints")
         for code, name in MEMBERS.items():
-            run([NODE, "init", "--member", code, "--data-dir", code, "--listen", f"127.0.0.1:{ports[code]}"], env, show=False, quiet=True)
+            run([NODE, "init", "--member", code, "--data-dir", code, "--listen", f"127.0.0.1:{ports[code]}",
+                 "--peer-listen", f"127.0.0.1:{peer_ports[code]}"], env, show=code == "GE", quiet=code != "GE")
             run([NODE, "federation", "add-member", "federation.json", "--code", code, "--display-name", name,
-                 "--key", f"{code}/keys/node-key.pub", "--endpoint", f"127.0.0.1:{ports[code]}"], env, show=code == "GE")
+                 "--key", f"{code}/keys/node-key.pub", "--tls-cert", f"{code}/keys/tls-cert.pem",
+                 "--endpoint", f"127.0.0.1:{ports[code]}", "--peer-endpoint", f"127.0.0.1:{peer_ports[code]}"],
+                env, show=code == "GE", quiet=code != "GE")
         for i in (1, 2):
             run([NODE, "federation", "sign", "federation.json", "--key", f"root-{i}.key"], env)
         run([NODE, "federation", "verify", "federation.json"], env)
@@ -134,7 +152,7 @@ def main() -> int:
         run([NODE, "publish", str(REPO / "sample_data" / "GE"), "--data-dir", "GE"], env)
         run([NODE, "verify", "--data-dir", "GE"], env)
 
-        print("\n== 4. The nodes serve on loopback and sync from the endpoints in the federation document")
+        print("\n== 4. The nodes serve TLS on loopback and sync from each other's peer endpoints (mutual TLS)")
         addresses = {code: f"127.0.0.1:{ports[code]}" for code in MEMBERS}
         for code in MEMBERS:
             log = open(DEMO / f"{code}.log", "wb")  # noqa: SIM115 - kept open for the child's lifetime
@@ -153,16 +171,28 @@ def main() -> int:
         run([NODE, "status", "--data-dir", "GE"], env)
 
         print("\n== 5. A prosecutor in Baku pins the federation document once, then asks her own node about others")
+        print("   (TLS: the client accepts only the certificate the document lists for the node it asks)")
         run([CLIENT, "trust", "federation.json"], env)
         ge, az, kz, pe = (addresses[c] for c in ("GE", "AZ", "KZ", "PE"))
-        run([CLIENT, "--server", az, "find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Batumi",
-             "--from", "AZ", "--lang", "en"], env)
+        witness = ["find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Batumi", "--from", "AZ",
+                   "--lang", "en", "--urgent"]
+        run([CLIENT, "--server", az, *witness], env)
+
+        print("\n== 6. Not signed in, she sees no members-only contact point. Her national node's administrator")
+        print("   issues her an access token; she signs in, and the same question shows Georgia's 24/7 point,")
+        print("   which reached the Azerbaijani node whole, over mutual TLS between member nodes")
+        run([NODE, "access", "grant", "--subject", "prosecutor.baku.1", "--role", "prosecutor", "--valid-for", "8h",
+             "--data-dir", "AZ", "--out", "prosecutor.token"], env)
+        run([CLIENT, "login", "--token-file", "prosecutor.token"], env)
+        run([CLIENT, "--server", az, *witness], env)
+        run([NODE, "access", "audit", "--data-dir", "AZ"], env)
+        run([CLIENT, "logout"], env, show=False, quiet=True)
         run([CLIENT, "--server", az, "find", "--in", "PE", "--type", "asset-recovery.freezing", "--from", "AZ",
              "--offence", "money-laundering"], env)
         run([CLIENT, "--server", az, "search", "Astana"], env)
         run([CLIENT, "--server", ge, "members"], env)
 
-        print("\n== 6. Armenia publishes a change; how long until every other node holds it?")
+        print("\n== 7. Armenia publishes a change; how long until every other node holds it?")
         records = DEMO / "records-AM"
         shutil.copytree(REPO / "sample_data" / "AM", records)
         (records / "new-desk.yaml").write_text(
@@ -186,7 +216,7 @@ def main() -> int:
               "(the publish command itself was still exiting)")
         run([CLIENT, "--server", pe, "show", "members/AM/authorities/demo-cybercrime-unit"], env)
 
-        print("\n== 7. Kazakhstan's node goes down; the others still answer about Kazakhstan from verified copies")
+        print("\n== 8. Kazakhstan's node goes down; the others still answer about Kazakhstan from verified copies")
         running["KZ"].send_signal(signal.SIGTERM)
         running["KZ"].wait(timeout=15)
         print(f"   KZ node stopped (exit {running['KZ'].returncode}); {kz} no longer answers")

@@ -2,13 +2,16 @@
 serves whatever a test tells it to, built from a real node's signed data.
 
 By default it is honest: it serves the source node's checkpoints, entries, consistency
-proofs and federation chain. A test replaces one of ``checkpoints``, ``entries``, ``proof``
-or ``documents`` (or a whole log, ``serve_log``) to tamper with what it sends, and reads ``calls`` to see what the node under test asked for.
+proofs and federation chain, members-only entries withheld (as a node serves a caller that is
+not a member node) unless ``member_node`` is set. A test replaces one of ``checkpoints``,
+``entries``, ``proof`` or ``documents`` (or a whole log, ``serve_log``) to tamper with what it
+sends, and reads ``calls`` (and ``times``) to see what the node under test asked for and when.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 
@@ -17,7 +20,7 @@ import grpc
 from counterpart.v1 import log_pb2
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
-from directory_server.domain import merkle
+from directory_server.domain import merkle, redaction, replication
 from directory_server.node import Node
 
 Batches = Callable[[rs.GetEntriesRequest, grpc.ServicerContext], Iterable[rs.GetEntriesResponse]]
@@ -35,7 +38,9 @@ class HostilePeer(rs_grpc.ReplicationServiceServicer):
         self.proof: Callable[[rs.GetConsistencyProofRequest], list[bytes]] | None = None  # None: honest
         self.federation_version: int | None = None  # None: the source's
         self.documents: list[bytes] | None = None  # None: the source's federation chain
+        self.member_node = False  # True: serve members-only entries whole, as to a member node
         self.calls: list[tuple[str, int, int]] = []  # (method, first, second) as asked
+        self.times: list[tuple[str, float]] = []  # (method, time.monotonic()) of each call
         self._lock = threading.Lock()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8),
@@ -58,8 +63,20 @@ class HostilePeer(rs_grpc.ReplicationServiceServicer):
     # --- what to serve ------------------------------------------------------------------
 
     def envelopes(self) -> list[bytes]:
-        """The source's entries of the member, exactly as signed, seq 1 first."""
+        """The source's entries of the member, exactly as signed, seq 1 first (all whole)."""
         return [env for _, env in self.source.store.envelopes(self.member)]
+
+    def withheld_view(self, start: int = 1, end: int | None = None) -> rs.GetEntriesResponse:
+        """The source's entries of ``start..end`` as one batch the way a node serves them to a
+        caller that is not a member node: members-only ones withheld, as their leaf hash."""
+        batch = rs.GetEntriesResponse(start_seq=start)
+        for row in self.source.store.log_rows(self.member, start, end):
+            if redaction.serve_whole(row.restricted, row.withheld, False):
+                batch.signed_entries.append(row.envelope)
+            else:
+                batch.signed_entries.append(b"")
+                batch.withheld_leaf_hashes[row.seq] = row.leaf_hash
+        return batch
 
     def serve_batches(self, batches: Sequence[tuple[int, Sequence[bytes]]]) -> None:
         """Answer every GetEntries with these (start_seq, envelopes) batches, whatever was asked."""
@@ -84,6 +101,7 @@ class HostilePeer(rs_grpc.ReplicationServiceServicer):
     def _note(self, method: str, first: int = 0, second: int = 0) -> None:
         with self._lock:
             self.calls.append((method, first, second))
+            self.times.append((method, time.monotonic()))
 
     # --- ReplicationService -------------------------------------------------------------
 
@@ -101,9 +119,13 @@ class HostilePeer(rs_grpc.ReplicationServiceServicer):
         if self.entries is not None:
             yield from self.entries(request, context)
             return
-        envelopes = [env for _, env in self.source.store.envelopes(request.member, request.start_seq, request.end_seq)]
-        if envelopes:
-            yield rs.GetEntriesResponse(start_seq=request.start_seq, signed_entries=envelopes)
+        rows = [
+            (row.seq, row.envelope, b"") if redaction.serve_whole(row.restricted, row.withheld, self.member_node)
+            else (row.seq, b"", row.leaf_hash)
+            for row in self.source.store.log_rows(request.member, request.start_seq, request.end_seq)
+        ]
+        for batch in replication.batches(rows, SEND_LIMIT, 1000):
+            yield rs.GetEntriesResponse(start_seq=batch.start, signed_entries=batch.envelopes, withheld_leaf_hashes=batch.withheld)
 
     def GetConsistencyProof(
         self, request: rs.GetConsistencyProofRequest, context: grpc.ServicerContext

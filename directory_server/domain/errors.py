@@ -10,6 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+QUOTE_CHARS = 60  # what an error message quotes of a rejected value, at most
+
+
+def quote(value: str, limit: int = QUOTE_CHARS) -> str:
+    """``repr`` of a value for an error message, cut to its first ``limit`` characters.
+
+    Messages must not repeat what a caller sent in full: a megabyte in a name would come
+    back as a megabyte of message, more than gRPC lets trailers carry. Every domain helper
+    that quotes input goes through here.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
 
 class CounterpartError(Exception):
     """Root of every error the node raises on purpose."""
@@ -120,3 +134,22 @@ class KeyFileError(CounterpartError):
     """A private key file cannot be read, decrypted or written safely."""
 
     default_reason = "KEY_FILE"
+
+
+class AuthenticationError(CounterpartError):
+    """The caller's credentials (access token, certificate) are missing, malformed, expired,
+    revoked or not the federation's: gRPC UNAUTHENTICATED."""
+
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(CounterpartError):
+    """The caller is known but may not do this: gRPC PERMISSION_DENIED."""
+
+    default_reason = "PERMISSION_DENIED"
+
+
+class ResourceExhaustedError(CounterpartError):
+    """A bounded resource of the node is in full use (watchers, …): gRPC RESOURCE_EXHAUSTED."""
+
+    default_reason = "RESOURCE_EXHAUSTED"

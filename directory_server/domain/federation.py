@@ -16,7 +16,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from counterpart.v1 import federation_pb2, log_pb2
-from directory_server.domain import signing
+from directory_server.domain import signing, tls
 from directory_server.domain.errors import FederationError, InvalidArgumentError, SignatureError
 from directory_server.domain.names import check_member_code
 from directory_server.domain.timeutil import from_timestamp, to_timestamp
@@ -133,6 +133,8 @@ def add_member(
     display_name: str,
     keys: Iterable[bytes],
     endpoints: Iterable[str],
+    tls_certificates: Iterable[bytes] = (),
+    peer_endpoints: Iterable[str] = (),
 ) -> None:
     check_member_code(code)
     if any(m.code == code for m in doc.members):
@@ -149,7 +151,49 @@ def add_member(
             )
     member = doc.members.add(code=code, display_name=display_name)
     member.endpoints.extend(endpoints)
+    member.peer_endpoints.extend(peer_endpoints)
     member.keys.extend(new_keys)
+    for certificate in tls_certificates:
+        add_tls_certificate(doc, code, certificate)
+
+
+def _member(doc: federation_pb2.FederationDocument, code: str) -> federation_pb2.Member:
+    for m in doc.members:
+        if m.code == code:
+            return m
+    raise InvalidArgumentError(f"{code} is not a member of {doc.federation_id}", reason="NOT_A_MEMBER")
+
+
+def add_tls_certificate(doc: federation_pb2.FederationDocument, code: str, certificate: bytes) -> str:
+    """Admit a node TLS certificate (DER or PEM) for a member; return its fingerprint. While
+    a key is rotated the member has two; remove the old one once the node uses the new."""
+    certificate = tls.der(certificate)
+    for m in doc.members:
+        if any(bytes(c) == certificate for c in m.tls_certificates):
+            raise InvalidArgumentError(
+                f"certificate {tls.fingerprint(certificate)[:16]}… is already listed for {m.code}",
+                reason="DUPLICATE_CERTIFICATE",
+            )
+    _member(doc, code).tls_certificates.append(certificate)
+    return tls.fingerprint(certificate)
+
+
+def remove_tls_certificate(doc: federation_pb2.FederationDocument, code: str, fingerprint: str) -> str:
+    """Withdraw a member's node certificate by (a prefix of at least 8 hex digits of) its
+    SHA-256 fingerprint; return the full fingerprint."""
+    m = _member(doc, code)
+    wanted = fingerprint.lower().replace(":", "")
+    matches = [bytes(c) for c in m.tls_certificates if len(wanted) >= 8 and tls.fingerprint(bytes(c)).startswith(wanted)]
+    if len(matches) != 1:
+        listed = ", ".join(tls.fingerprint(bytes(c))[:16] for c in m.tls_certificates) or "none"
+        raise InvalidArgumentError(
+            f"{len(matches)} of {code}'s certificates match {fingerprint[:64]!r} (listed: {listed})",
+            reason="CERTIFICATE_NOT_FOUND",
+        )
+    kept = [bytes(c) for c in m.tls_certificates if bytes(c) != matches[0]]
+    del m.tls_certificates[:]
+    m.tls_certificates.extend(kept)
+    return tls.fingerprint(matches[0])
 
 
 def open_for_edit(
@@ -212,6 +256,16 @@ def check_keys(doc: federation_pb2.FederationDocument) -> None:
     codes = [m.code for m in doc.members]
     if len(codes) != len(set(codes)):
         raise FederationError("a member is listed twice", reason="DUPLICATE_MEMBER")
+    certificates: set[bytes] = set()
+    for m in doc.members:
+        for c in m.tls_certificates:
+            try:
+                tls.parse_certificate(bytes(c))
+            except InvalidArgumentError as e:
+                raise FederationError(f"{m.code}'s TLS certificate is malformed", reason="MALFORMED_CERTIFICATE") from e
+            if bytes(c) in certificates:  # one certificate must identify one member
+                raise FederationError(f"a TLS certificate of {m.code} is listed twice", reason="DUPLICATE_CERTIFICATE")
+            certificates.add(bytes(c))
 
 
 def _signers(env: log_pb2.Envelope, keys: Iterable[federation_pb2.PublicKey]) -> set[str]:

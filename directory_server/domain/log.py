@@ -17,6 +17,10 @@ from directory_server.domain.records import Record, record_kind
 from directory_server.domain.timeutil import from_timestamp, to_timestamp
 
 DEFAULT_CHECKPOINT_VALIDITY = timedelta(days=7)
+WITHHELD = "withheld"
+"""The kind of an entry this node holds only the leaf hash of: a members-only entry a peer
+did not give it (DESIGN §8). It has no envelope, name or publish time; the checkpoint's
+root covers its hash, so the log still verifies."""
 
 
 @dataclass(frozen=True)
@@ -26,10 +30,15 @@ class LogEntry:
     member: str
     seq: int
     name: str
-    kind: str  # authority | contact | rule | treaty | deletion
-    envelope: bytes  # exactly as signed: the Merkle leaf data
+    kind: str  # authority | contact | rule | treaty | deletion | withheld
+    envelope: bytes  # exactly as signed: the Merkle leaf data (b"" when withheld)
     leaf_hash: bytes
     entry: log_pb2.Entry
+
+    @property
+    def withheld(self) -> bool:
+        """Only the leaf hash is known (see ``WITHHELD``)."""
+        return self.kind == WITHHELD
 
     @property
     def record(self) -> Record | None:
@@ -74,6 +83,18 @@ def build_entry(
         getattr(entry, kind).CopyFrom(record)
     envelope = signing.sign_envelope(entry.SerializeToString(deterministic=True), signing.ENTRY_TYPE, [key])
     return LogEntry(member, seq, name, kind, envelope, merkle.leaf_hash(envelope), entry)
+
+
+def withheld_entry(member: str, seq: int, leaf_hash: bytes) -> LogEntry:
+    """The position ``seq`` of a member's log, known by its leaf hash alone. The caller has
+    checked the hash is 32 bytes; only a root check against a signed checkpoint makes it
+    trustworthy."""
+    if len(leaf_hash) != merkle.HASH_SIZE:
+        raise VerificationError(
+            f"{member} seq {seq}: a withheld entry's leaf hash has {len(leaf_hash)} bytes, not {merkle.HASH_SIZE}",
+            reason="MALFORMED_WITHHELD",
+        )
+    return LogEntry(member, seq, "", WITHHELD, b"", bytes(leaf_hash), log_pb2.Entry(member=member, seq=seq))
 
 
 def build_checkpoint(

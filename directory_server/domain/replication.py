@@ -8,12 +8,18 @@ Ingest order, as DESIGN §5 gives it: the checkpoint's signature by a key valid 
 member; consistency with the checkpoint already held (or with the tree recomputed from the
 leaves held); each entry's limit, signature, member and seq; the recomputed root equals
 the checkpoint's root. Only then does the caller commit, in one transaction.
+
+A members-only entry may come withheld (DESIGN §8): an empty item whose leaf hash the batch
+carries. It enters the tree by that hash, which the root check authenticates; the
+``FillVerifier`` later takes the entry whole from a peer that gives it, only with exactly
+that hash. Before any signature is verified, the framing of every batch is checked, and an
+envelope's signatures are bounded (``signing.MAX_SIGNATURES``).
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -135,55 +141,83 @@ def _decide(
     return Decision(Action.PULL, held.size + 1, offered.size)
 
 
-def batches(
-    entries: Iterable[tuple[int, bytes]], max_bytes: int, max_entries: int
-) -> Iterator[tuple[int, list[bytes]]]:
-    """Cut consecutive (seq, envelope) into (start_seq, envelopes) batches that stay within
-    a message's byte budget (8 bytes of framing counted per entry) and the batch limit."""
-    batch: list[bytes] = []
+def own_log_offered(
+    decision: Decision, offered: log.LogCheckpoint, own_member: str, restore_from_peers: bool
+) -> None:
+    """A peer offers this node's own member's log, validly signed with the member's key, and
+    it is not what this node holds (more entries, a newer signature, or another history).
+    Only this node signs for its member: someone else holds the key, or a second process
+    publishes. Refused (``OWN_LOG_FROM_PEER``) unless the operator chose to restore the log
+    from peers (after losing the database, say)."""
+    if offered.member != own_member or decision.action is Action.IGNORE or restore_from_peers:
+        return
+    raise Rejected(
+        f"{own_member}: a peer offers a log of this node's own member signed with its key "
+        f"(size {offered.size}, root {offered.root_hash.hex()[:16]}…, issued {offered.issue_time.isoformat()}) "
+        "that this node did not sign: someone else holds the key or another process publishes. "
+        "Refused; serve with --restore-from-peers only to rebuild a lost log from peers",
+        reason="OWN_LOG_FROM_PEER",
+    )
+
+
+def backoff(failures: int, base: float, cap: float) -> float:
+    """Seconds to wait after ``failures`` failures in a row (1 or more): base, 2 base,
+    4 base, ... up to cap."""
+    return min(cap, base * (1 << min(max(failures, 1) - 1, 30)))
+
+
+WITHHELD_ITEM_BYTES = merkle.HASH_SIZE + 24
+"""What a withheld item costs a message besides its empty slot: the leaf hash and the map
+entry that carries it (tags, lengths, a varint seq of up to 10 bytes)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One ``GetEntriesResponse``: envelopes from ``start``, and the leaf hash of each
+    withheld one (whose envelope is b"")."""
+
+    start: int
+    envelopes: list[bytes]
+    withheld: dict[int, bytes] = field(default_factory=dict)
+
+
+def batches(entries: Iterable[tuple[int, bytes, bytes]], max_bytes: int, max_entries: int) -> Iterator[Batch]:
+    """Cut consecutive (seq, envelope, withheld leaf hash) into batches that stay within a
+    message's byte budget (8 bytes of framing counted per entry, and ``WITHHELD_ITEM_BYTES``
+    more for a withheld one) and the batch limit. An entry is withheld when its leaf hash
+    is given; its envelope is then not sent."""
+    batch = Batch(0, [])
     size = 0
-    start = 0
-    for seq, envelope in entries:
-        if batch and (size + len(envelope) + 8 > max_bytes or len(batch) >= max_entries):
-            yield start, batch
-            batch, size = [], 0
-        if not batch:
-            start = seq
-        batch.append(envelope)
-        size += len(envelope) + 8
-    if batch:
-        yield start, batch
+    for seq, envelope, withheld_hash in entries:
+        cost = (WITHHELD_ITEM_BYTES + 8) if withheld_hash else len(envelope) + 8
+        if batch.envelopes and (size + cost > max_bytes or len(batch.envelopes) >= max_entries):
+            yield batch
+            batch, size = Batch(0, []), 0
+        if not batch.envelopes:
+            batch = Batch(seq, [])
+        if withheld_hash:
+            batch.envelopes.append(b"")
+            batch.withheld[seq] = withheld_hash
+        else:
+            batch.envelopes.append(envelope)
+        size += cost
+    if batch.envelopes:
+        yield batch
 
 
-@dataclass
-class RangeVerifier:
-    """Verifies the entries of ``start..end`` of one member's log as they stream in.
-
-    Holds the verified entries until ``finish``, which checks the recomputed root against
-    the offered checkpoint: nothing of a range is usable before all of it is verified.
-    """
+class _Stream:
+    """What both verifiers check of the framing of a streamed range, before any signature:
+    batch size, withheld items well formed, positions in order, nothing past the end."""
 
     member: str
-    start: int
     end: int
-    federation: Federation
-    base: merkle.CompactRange  # the tree over the leaves held before ``start``
-    mark_size: int = 0  # record the root when the tree reaches this size (fork checks)
-    marked_root: bytes = b""
-    entries: list[log.LogEntry] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.limits: federation_pb2.Limits = self.federation.limits
+    limits: federation_pb2.Limits
 
     @property
     def next_seq(self) -> int:
-        return self.start + len(self.entries)
+        raise NotImplementedError
 
-    @property
-    def complete(self) -> bool:
-        return self.next_seq > self.end
-
-    def add_batch(self, start_seq: int, envelopes: Sequence[bytes]) -> None:
+    def _frame(self, start_seq: int, envelopes: Sequence[bytes], withheld: Mapping[int, bytes]) -> None:
         if len(envelopes) > self.limits.max_batch_entries:
             raise Rejected(
                 f"{self.member}: a batch of {len(envelopes)} entries; the federation allows "
@@ -196,28 +230,109 @@ class RangeVerifier:
             raise Rejected(
                 f"{self.member}: the peer sent entries past the requested end {self.end}", reason="STREAM_OVERRUN"
             )
-        for envelope in envelopes:
-            check_size(envelope, self.limits.max_entry_bytes, f"{self.member} seq {self.next_seq}")
-            seq = self.next_seq
-            try:
-                entry = log.verify_entry(envelope, self.member, seq, self.federation)
-            except VerificationError as e:
-                if e.reason == "ENTRY_POSITION_MISMATCH":
-                    self._position(_claimed_seq(envelope), "entry claims")
-                raise Rejected(e.message, reason=e.reason) from e
-            self.entries.append(entry)
-            self.base.append(entry.leaf_hash)
-            if self.base.size == self.mark_size:
-                self.marked_root = self.base.root()
+        if len(withheld) > len(envelopes):
+            raise Rejected(
+                f"{self.member}: a batch of {len(envelopes)} entries carries {len(withheld)} withheld leaf hashes",
+                reason="MALFORMED_WITHHELD",
+            )
+        for seq, leaf in withheld.items():
+            i = seq - start_seq
+            if not 0 <= i < len(envelopes) or envelopes[i]:
+                raise Rejected(
+                    f"{self.member}: a withheld leaf hash for seq {seq}, which is not a withheld entry of the batch "
+                    f"starting at {start_seq}",
+                    reason="MALFORMED_WITHHELD",
+                )
+            if len(leaf) != merkle.HASH_SIZE:
+                raise Rejected(
+                    f"{self.member}: the withheld leaf hash of seq {seq} has {len(leaf)} bytes, not {merkle.HASH_SIZE}",
+                    reason="MALFORMED_WITHHELD",
+                )
+        for i, envelope in enumerate(envelopes):
+            if not envelope and start_seq + i not in withheld:
+                raise Rejected(
+                    f"{self.member}: seq {start_seq + i} is empty and has no withheld leaf hash",
+                    reason="MALFORMED_WITHHELD",
+                )
 
-    def _position(self, claimed: int, what: str) -> None:
+    def _verify(self, envelope: bytes, seq: int, federation: Federation, rest: Sequence[bytes]) -> log.LogEntry:
+        """An entry's size, signature, member and seq; ``rest``, the envelopes after it in
+        its batch, tells a displaced entry from a missing one."""
+        check_size(envelope, self.limits.max_entry_bytes, f"{self.member} seq {seq}")
+        try:
+            return log.verify_entry(envelope, self.member, seq, federation)
+        except VerificationError as e:
+            if e.reason == "ENTRY_POSITION_MISMATCH":
+                self._position(_claimed_seq(envelope), "entry claims", rest)
+            raise Rejected(e.message, reason=e.reason) from e
+
+    def _position(self, claimed: int, what: str, rest: Sequence[bytes] = ()) -> None:
+        """Another seq than the next one. Earlier: a replay or a reordering; later: a gap,
+        unless the expected entry comes further on in the same batch (all of which has
+        arrived), which is a reordering too. A later batch is not waited for."""
         expected = self.next_seq
         if claimed > expected:
+            if any(_claimed_seq_or_zero(e) == expected for e in rest):
+                raise Rejected(
+                    f"{self.member}: {what} seq {claimed}, expected {expected}: delivered out of order "
+                    f"(seq {expected} comes after it)",
+                    reason="ENTRY_OUT_OF_ORDER",
+                )
             raise Rejected(f"{self.member}: {what} seq {claimed}, expected {expected}: a gap", reason="ENTRY_GAP")
         raise Rejected(
             f"{self.member}: {what} seq {claimed}, expected {expected}: reordered or replayed",
             reason="ENTRY_OUT_OF_ORDER",
         )
+
+
+@dataclass
+class RangeVerifier(_Stream):
+    """Verifies the entries of ``start..end`` of one member's log as they stream in.
+
+    Holds the verified entries until ``finish``, which checks the recomputed root against
+    the offered checkpoint: nothing of a range is usable before all of it is verified.
+
+    A withheld item (an empty envelope, its leaf hash in the batch's ``withheld``) is
+    appended to the tree by that hash as given: nothing about it can be checked but its
+    length, and the root check against the signed checkpoint authenticates it like every
+    other leaf. It comes out of ``finish`` as a ``log.withheld_entry``.
+    """
+
+    member: str
+    start: int
+    end: int
+    federation: Federation
+    base: merkle.CompactRange  # the tree over the leaves held before ``start``
+    mark_size: int = 0  # record the root when the tree reaches this size (fork checks)
+    marked_root: bytes = b""
+    entries: list[log.LogEntry] = field(default_factory=list)
+    withheld_count: int = 0
+
+    def __post_init__(self) -> None:
+        self.limits = self.federation.limits
+
+    @property
+    def next_seq(self) -> int:
+        return self.start + len(self.entries)
+
+    @property
+    def complete(self) -> bool:
+        return self.next_seq > self.end
+
+    def add_batch(self, start_seq: int, envelopes: Sequence[bytes], withheld: Mapping[int, bytes] | None = None) -> None:
+        withheld = withheld or {}
+        self._frame(start_seq, envelopes, withheld)
+        for i, envelope in enumerate(envelopes):
+            seq = self.next_seq
+            if envelope:
+                entry = self._verify(envelope, seq, self.federation, envelopes[i + 1 :])
+            else:
+                entry = log.withheld_entry(self.member, seq, withheld[seq])
+                self.withheld_count += 1
+            self.entries.append(entry)
+            self.base.append(entry.leaf_hash)
+            if self.base.size == self.mark_size:
+                self.marked_root = self.base.root()
 
     def finish(self, checkpoint: log.LogCheckpoint) -> list[log.LogEntry]:
         if not self.complete:
@@ -239,7 +354,97 @@ class RangeVerifier:
         return self.entries
 
 
+def withheld_runs(held: Mapping[int, bytes], after: int, max_entries: int, max_run: int) -> list[tuple[int, int]]:
+    """Contiguous runs (first, last) of the withheld positions ``held`` (seq -> leaf hash),
+    from the first one after ``after`` on and wrapping round to the start, at most
+    ``max_entries`` positions in all and ``max_run`` in one run: what one fill pass asks a
+    peer for. Starting after where the last pass stopped, successive passes come round to
+    every position, also when the first ones are withheld by every peer."""
+    seqs = sorted(held)
+    if not seqs:
+        return []
+    pivot = next((i for i, s in enumerate(seqs) if s > after), 0)
+    ordered = seqs[pivot:] + seqs[:pivot]
+    runs: list[tuple[int, int]] = []
+    for seq in ordered[: max(max_entries, 0)]:
+        if runs and seq == runs[-1][1] + 1 and runs[-1][1] - runs[-1][0] + 1 < max_run:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
+
+
+@dataclass
+class FillVerifier(_Stream):
+    """Verifies what a peer sends for ``start..end``, positions this node holds withheld
+    (``held``: seq -> the leaf hash the signed root covers). Each entry sent whole must pass
+    what ingest checks (size, signature, member, seq) and have exactly the withheld leaf
+    hash (``LEAF_HASH_MISMATCH`` otherwise); a position the peer withholds again must carry
+    that same hash, and is skipped: ``withheld_again`` says the peer would not help."""
+
+    member: str
+    start: int
+    end: int
+    held: Mapping[int, bytes]
+    federation: Federation
+    entries: list[log.LogEntry] = field(default_factory=list)
+    withheld_again: int = 0
+
+    def __post_init__(self) -> None:
+        self.limits = self.federation.limits
+        self._next = self.start
+
+    @property
+    def next_seq(self) -> int:
+        return self._next
+
+    @property
+    def complete(self) -> bool:
+        return self._next > self.end
+
+    def add_batch(self, start_seq: int, envelopes: Sequence[bytes], withheld: Mapping[int, bytes] | None = None) -> None:
+        withheld = withheld or {}
+        self._frame(start_seq, envelopes, withheld)
+        for i, envelope in enumerate(envelopes):
+            seq = self._next
+            expected = self.held[seq]
+            if envelope:
+                entry = self._verify(envelope, seq, self.federation, envelopes[i + 1 :])
+                leaf = entry.leaf_hash
+            else:
+                entry, leaf = None, withheld[seq]
+            if not hmac.compare_digest(leaf, expected):
+                raise Rejected(
+                    f"{self.member} seq {seq}: the entry's leaf hash {leaf.hex()[:16]}… is not the withheld "
+                    f"hash {expected.hex()[:16]}… the signed root covers",
+                    reason="LEAF_HASH_MISMATCH",
+                )
+            if entry is None:
+                self.withheld_again += 1
+            else:
+                self.entries.append(entry)
+            self._next += 1
+
+    def finish(self) -> None:
+        """The peer's checkpoint covers the run: an honest peer sends all of it."""
+        if not self.complete:
+            raise Rejected(
+                f"{self.member}: the peer's answer ended at seq {self._next - 1}, before {self.end}",
+                reason="TRUNCATED_RANGE",
+            )
+
+
 def _claimed_seq(envelope: bytes) -> int:
     entry = log_pb2.Entry()
     entry.ParseFromString(signing.parse_envelope(envelope).payload)  # verify_entry parsed it already
     return int(entry.seq)
+
+
+def _claimed_seq_or_zero(envelope: bytes) -> int:
+    """The seq an envelope claims, unverified, or 0 when it does not parse (or is withheld)."""
+    if not envelope:
+        return 0
+    try:
+        return _claimed_seq(envelope)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError or a SignatureError: no claim
+        return 0

@@ -13,6 +13,7 @@ from directory_server.domain.names import parse_member_name
 from directory_server.domain.records import Record
 from directory_server.lookup import Directory
 from directory_server.service.errors import handle_errors
+from directory_server.service.identity import current
 
 R = TypeVar("R", records_pb2.Authority, records_pb2.Contact, records_pb2.Rule, records_pb2.Treaty)
 
@@ -30,12 +31,12 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
 
     @handle_errors
     def GetAuthority(self, request: ds.GetAuthorityRequest, context: grpc.ServicerContext) -> ds.GetAuthorityResponse:
-        loaded, prov = self.d.get(request.name, "authorities")
+        loaded, prov = self.d.get(request.name, "authorities", current())
         return ds.GetAuthorityResponse(authority=_typed(records_pb2.Authority, loaded.record), proof=loaded.proof, provenance=prov)
 
     @handle_errors
     def ListAuthorities(self, request: ds.ListAuthoritiesRequest, context: grpc.ServicerContext) -> ds.ListAuthoritiesResponse:
-        items, token, provs = self.d.list_records("authority", request.parent, request.page_size, request.page_token, request.filter)
+        items, token, provs = self.d.list_records("authority", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListAuthoritiesResponse(
             authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )
@@ -49,47 +50,47 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
 
     @handle_errors
     def GetContact(self, request: ds.GetContactRequest, context: grpc.ServicerContext) -> ds.GetContactResponse:
-        loaded, prov = self.d.get(request.name, "contacts")
+        loaded, prov = self.d.get(request.name, "contacts", current())
         return ds.GetContactResponse(contact=_typed(records_pb2.Contact, loaded.record), proof=loaded.proof, provenance=prov)
 
     @handle_errors
     def ListContacts(self, request: ds.ListContactsRequest, context: grpc.ServicerContext) -> ds.ListContactsResponse:
-        items, token, provs = self.d.list_records("contact", request.parent, request.page_size, request.page_token, request.filter)
+        items, token, provs = self.d.list_records("contact", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListContactsResponse(
             contacts=[_typed(records_pb2.Contact, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )
 
     @handle_errors
     def GetRule(self, request: ds.GetRuleRequest, context: grpc.ServicerContext) -> ds.GetRuleResponse:
-        loaded, prov = self.d.get(request.name, "rules")
+        loaded, prov = self.d.get(request.name, "rules", current())
         return ds.GetRuleResponse(rule=_typed(records_pb2.Rule, loaded.record), proof=loaded.proof, provenance=prov)
 
     @handle_errors
     def ListRules(self, request: ds.ListRulesRequest, context: grpc.ServicerContext) -> ds.ListRulesResponse:
-        items, token, provs = self.d.list_records("rule", request.parent, request.page_size, request.page_token, request.filter)
+        items, token, provs = self.d.list_records("rule", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListRulesResponse(
             rules=[_typed(records_pb2.Rule, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )
 
     @handle_errors
     def GetTreaty(self, request: ds.GetTreatyRequest, context: grpc.ServicerContext) -> ds.GetTreatyResponse:
-        loaded, prov = self.d.get(request.name, "treaties")
+        loaded, prov = self.d.get(request.name, "treaties", current())
         return ds.GetTreatyResponse(treaty=_typed(records_pb2.Treaty, loaded.record), proof=loaded.proof, provenance=prov)
 
     @handle_errors
     def ListTreaties(self, request: ds.ListTreatiesRequest, context: grpc.ServicerContext) -> ds.ListTreatiesResponse:
-        items, token, provs = self.d.list_records("treaty", request.parent, request.page_size, request.page_token, request.filter)
+        items, token, provs = self.d.list_records("treaty", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListTreatiesResponse(
             treaties=[_typed(records_pb2.Treaty, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )
 
     @handle_errors
     def GetMember(self, request: ds.GetMemberRequest, context: grpc.ServicerContext) -> ds.GetMemberResponse:
-        return ds.GetMemberResponse(member=self.d.member_info(parse_member_name(request.name)))
+        return ds.GetMemberResponse(member=self.d.member_info(parse_member_name(request.name), current()))
 
     @handle_errors
     def ListMembers(self, request: ds.ListMembersRequest, context: grpc.ServicerContext) -> ds.ListMembersResponse:
-        members, token = self.d.members(request.page_size, request.page_token)
+        members, token = self.d.members(request.page_size, request.page_token, current())
         f = self.d.federation()
         return ds.ListMembersResponse(
             members=members, next_page_token=token, federation_version=f.version,
@@ -98,4 +99,4 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
 
     @handle_errors
     def FindCounterpart(self, request: ds.FindCounterpartRequest, context: grpc.ServicerContext) -> ds.FindCounterpartResponse:
-        return self.d.find_counterpart(request)
+        return self.d.find_counterpart(request, current())

@@ -18,11 +18,14 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from directory_server.domain.errors import (
+    AuthenticationError,
     ConfigurationError,
     ConflictError,
     CounterpartError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
     VerificationError,
 )
 
@@ -35,15 +38,46 @@ _CODES: list[tuple[type[CounterpartError], int]] = [
     (ConfigurationError, code_pb2.FAILED_PRECONDITION),
     (ConflictError, code_pb2.ABORTED),
     (VerificationError, code_pb2.DATA_LOSS),
+    (AuthenticationError, code_pb2.UNAUTHENTICATED),
+    (PermissionDeniedError, code_pb2.PERMISSION_DENIED),
+    (ResourceExhaustedError, code_pb2.RESOURCE_EXHAUSTED),
 ]
 
 
+# What one status may carry. gRPC sends the message twice in the trailers (grpc-message,
+# percent-encoded: up to 3 characters per byte; and inside grpc-status-details-bin, base64),
+# and a client refuses trailers beyond 8 KiB (soft) / 16 KiB (hard) with RESOURCE_EXHAUSTED
+# and no details at all. These caps keep the worst case near 7 KiB.
+MAX_MESSAGE_BYTES = 1000
+MAX_REASON_CHARS = 63  # AIP-193
+MAX_METADATA_ENTRIES = 8
+MAX_METADATA_KEY_BYTES = 64
+MAX_METADATA_VALUE_BYTES = 128
+
+
+def _cap(text: str, max_bytes: int) -> str:
+    """Valid UTF-8 of at most max_bytes bytes, ending in '…' when it had to be cut."""
+    raw = text.encode("utf-8", "backslashreplace")  # lone surrogates cannot go on the wire
+    if len(raw) <= max_bytes:
+        return raw.decode("utf-8")
+    ellipsis = "…".encode()
+    return raw[: max_bytes - len(ellipsis)].decode("utf-8", "ignore") + "…"
+
+
 def to_status(error: CounterpartError) -> grpc.Status:
+    """The status for an error: code from its class, one ErrorInfo, everything size-capped."""
     code = next((c for cls, c in _CODES if isinstance(error, cls)), code_pb2.INTERNAL)
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+    metadata = {
+        _cap(k, MAX_METADATA_KEY_BYTES): _cap(v, MAX_METADATA_VALUE_BYTES)
+        for k, v in sorted(error.metadata.items())[:MAX_METADATA_ENTRIES]
+    }
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason[:MAX_REASON_CHARS] or "INTERNAL", domain=ERROR_DOMAIN, metadata=metadata
+    )
     detail = any_pb2.Any()
     detail.Pack(info)
-    return rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=[detail]))
+    message = _cap(error.message, MAX_MESSAGE_BYTES)
+    return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=[detail]))
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,7 +1,8 @@
 """counterpart.v1.ReplicationService: serves every member's verified log to peers (relay).
 
 Thin: it reads the Store and encodes; the only logic is cutting ranges into batches that
-stay within the federation's message and batch limits.
+stay within the federation's message and batch limits, and withholding members-only entries
+from callers that are not member nodes (``domain.redaction.serve_whole``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import grpc
 
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
-from directory_server.domain import merkle, replication
-from directory_server.domain.errors import InvalidArgumentError
+from directory_server.domain import merkle, redaction, replication
+from directory_server.domain.bounds import INT64_MAX
+from directory_server.domain.errors import InvalidArgumentError, ResourceExhaustedError
 from directory_server.domain.names import check_member_code
 from directory_server.node import Node
+from directory_server.service import identity
 from directory_server.service.errors import handle_errors, handle_stream_errors
 
 BATCH_OVERHEAD = 1024  # bytes kept free in each message for its own framing
@@ -75,8 +78,25 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
             federation_version=self.node.federation().version,
         )
 
-    @handle_stream_errors
     def GetEntries(self, request: rs.GetEntriesRequest, context: grpc.ServicerContext) -> Iterator[rs.GetEntriesResponse]:
+        # Who the caller is, read as the call starts: the stream below runs lazily, as gRPC
+        # pulls each message, and must not depend on the caller still being set by then.
+        caller = identity.current()
+        member_node = caller.is_member_node
+
+        def entries(servicer: ReplicationServicer, request: rs.GetEntriesRequest, context: grpc.ServicerContext) -> Iterator[rs.GetEntriesResponse]:
+            return servicer._entries(request, context, member_node, caller.describe())
+
+        entries.__name__ = "GetEntries"
+        stream: Iterator[rs.GetEntriesResponse] = handle_stream_errors(entries)(self, request, context)
+        return stream
+
+    def _entries(
+        self, request: rs.GetEntriesRequest, context: grpc.ServicerContext, member_node: bool, caller: str
+    ) -> Iterator[rs.GetEntriesResponse]:
+        """The range, each members-only entry whole only to a member node and withheld (an
+        empty item, its leaf hash in ``withheld_leaf_hashes``) to anyone else; an entry this
+        node holds withheld is always served withheld."""
         check_member_code(request.member)
         if request.start_seq < 1 or request.end_seq < request.start_seq:
             raise InvalidArgumentError(
@@ -86,18 +106,32 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
         row = self.node.store.checkpoint_row(request.member)
         end = min(request.end_seq, row.size if row else 0)  # only what a verified checkpoint covers
         limits = self.node.federation().limits
-        for start, envelopes in replication.batches(
-            self._read(request.member, request.start_seq, end, context),
+        for batch in replication.batches(
+            self._read(request.member, request.start_seq, end, context, member_node, caller),
             limits.max_message_bytes - BATCH_OVERHEAD, limits.max_batch_entries,
         ):
-            yield rs.GetEntriesResponse(start_seq=start, signed_entries=envelopes)
+            yield rs.GetEntriesResponse(
+                start_seq=batch.start, signed_entries=batch.envelopes, withheld_leaf_hashes=batch.withheld
+            )
 
-    def _read(self, member: str, start: int, end: int, context: grpc.ServicerContext) -> Iterator[tuple[int, bytes]]:
-        """The range from the store, READ_CHUNK entries at a time, while the caller listens."""
+    def _read(
+        self, member: str, start: int, end: int, context: grpc.ServicerContext, member_node: bool, caller: str
+    ) -> Iterator[tuple[int, bytes, bytes]]:
+        """(seq, envelope, b"") or (seq, b"", leaf hash) for a withheld one, READ_CHUNK
+        entries at a time from the store, while the caller listens. Members-only entries
+        served whole (to member nodes) are written to the audit log, a chunk at a time."""
         for first in range(start, end + 1, READ_CHUNK):
             if not context.is_active():
                 return
-            yield from self.node.store.envelopes(member, first, min(end, first + READ_CHUNK - 1))
+            served: list[str] = []
+            for entry in self.node.store.log_rows(member, first, min(end, first + READ_CHUNK - 1)):
+                if redaction.serve_whole(entry.restricted, entry.withheld, member_node):
+                    if entry.restricted:
+                        served.append(f"{entry.name}@{entry.seq}")
+                    yield entry.seq, entry.envelope, b""
+                else:
+                    yield entry.seq, b"", entry.leaf_hash
+            self.node.store.audit(caller, "GetEntries", served, self.node.clock())
 
     @handle_errors
     def GetConsistencyProof(
@@ -121,7 +155,7 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
     ) -> Iterator[rs.WatchCheckpointsResponse]:
         # each watcher holds a server thread for as long as it follows
         if not self._watchers.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many peers are watching this node")
+            raise ResourceExhaustedError("too many peers are watching this node; try again later", reason="TOO_MANY_WATCHERS")
         try:
             yield from self.broadcaster.follow(context.is_active)
         finally:
@@ -129,4 +163,7 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
 
     @handle_errors
     def GetFederation(self, request: rs.GetFederationRequest, context: grpc.ServicerContext) -> rs.GetFederationResponse:
+        # uint64 on the wire, int64 in SQL: beyond it no version can be stored, so the chain is empty
+        if request.from_version > INT64_MAX:
+            return rs.GetFederationResponse()
         return rs.GetFederationResponse(signed_documents=self.node.store.federation_chain(max(1, request.from_version)))

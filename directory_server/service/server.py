@@ -22,11 +22,15 @@ from counterpart.v1 import (
     replication_service_pb2,
     replication_service_pb2_grpc,
 )
+from directory_server import security
 from directory_server.domain import signing
-from directory_server.domain.errors import CounterpartError
+from directory_server.domain.errors import ConfigurationError, CounterpartError
 from directory_server.lookup import Directory
 from directory_server.node import Node
+from directory_server.security import TlsIdentity
 from directory_server.service.directory import DirectoryServicer
+from directory_server.service.guard import RequestGuard
+from directory_server.service.identity import Authenticator
 from directory_server.service.replication import Broadcaster, ReplicationServicer
 from directory_server.sync import SyncEngine, peers_of
 
@@ -97,11 +101,12 @@ class NodeServer:
     def __init__(
         self, node: Node, address: str, *, max_workers: int = 4, access_log: bool = True,
         peers: list[str] | None = None, sync_interval: float = 30.0, sync_deadline: float = 10.0,
-        push_poll: float = 0.1,
+        push_poll: float = 0.1, tls_identity: TlsIdentity | None = None, peer_address: str = "",
     ) -> None:
         self.node = node
         self.directory = Directory(node.store, node.federation, node.clock)
-        interceptors: list[grpc.ServerInterceptor] = [_AccessLog()] if access_log else []
+        interceptors: list[grpc.ServerInterceptor] = [RequestGuard(), *([_AccessLog()] if access_log else [])]
+        interceptors.append(Authenticator(node.federation, node.store.revoked, node.member, node.clock))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers + WATCH_LIMIT), interceptors=interceptors,
             maximum_concurrent_rpcs=max_workers + WATCH_LIMIT,
@@ -120,10 +125,27 @@ class NodeServer:
             ),
             self.server,
         )
-        self.port = self.server.add_insecure_port(address)
+        self.tls_identity = tls_identity
+        if tls_identity is None:
+            security.check_plaintext_allowed(address, "listen")
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, security.public_server_credentials(tls_identity))
         if self.port == 0:
             raise CounterpartError(f"cannot listen on {address}", reason="LISTEN_FAILED")
         self.address = address.rsplit(":", 1)[0] + f":{self.port}"
+        self.peer_address = ""
+        if peer_address:
+            if tls_identity is None:
+                raise ConfigurationError(
+                    "peer_listen needs the node's TLS key and certificate (tls = \"on\")", reason="TLS_REQUIRED"
+                )
+            peer_port = self.server.add_secure_port(
+                peer_address, security.peer_server_credentials(tls_identity, node.federation)
+            )
+            if peer_port == 0:
+                raise CounterpartError(f"cannot listen on {peer_address}", reason="LISTEN_FAILED")
+            self.peer_address = peer_address.rsplit(":", 1)[0] + f":{peer_port}"
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._push_poll = push_poll
@@ -134,6 +156,7 @@ class NodeServer:
                 node, lambda: peers_of(node, self._configured_peers, self.address),
                 interval=sync_interval, deadline=sync_deadline,
             )
+            self.sync.syncer.tls_identity = tls_identity
 
     def start(self, key: signing.SigningKey | None = None) -> None:
         self.node.federation()  # refuse to serve without a trust root
@@ -146,7 +169,10 @@ class NodeServer:
         threading.Thread(target=self._push, name="push", daemon=True).start()
         if self.sync is not None:
             self.sync.start()
-        log.info("serving", extra={"address": self.address, "member": self.node.member})
+        log.info("serving", extra={
+            "address": self.address, "tls": self.tls_identity is not None, "peer_address": self.peer_address,
+            "member": self.node.member,
+        })
 
     def set_peers(self, peers: list[str]) -> None:
         """Replace the configured peers (the federation's endpoints still count); the sync

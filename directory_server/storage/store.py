@@ -10,17 +10,32 @@ Guarantees (checked by tests/contract/test_storage_contract.py on both backends)
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Table, and_, create_engine, delete, event, func, or_, select
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,9 +49,17 @@ from directory_server.domain.index import (
     Derived,
     derive,
 )
-from directory_server.domain.log import LogCheckpoint, LogEntry
+from directory_server.domain.log import WITHHELD, LogCheckpoint, LogEntry
+from directory_server.domain.redaction import (
+    Marker,
+    deletion_restricted,
+    envelope_members_only,
+    record_members_only,
+)
 from directory_server.storage.models import (
     DERIVED_TABLES,
+    AccessGrantRow,
+    AuditRow,
     Base,
     CheckpointRow,
     CompetenceIndexRow,
@@ -51,6 +74,8 @@ from directory_server.storage.models import (
     RejectionRow,
     SearchTermRow,
 )
+
+_T = TypeVar("_T")
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -87,8 +112,11 @@ class Store:
             "script_location", str(resources.files("directory_server.storage") / "migrations")
         )
         with self.engine.begin() as conn:
+            before = MigrationContext.configure(conn).get_current_revision()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+            if before is not None and before < "0003":
+                _flag_members_only(conn)  # in the migration's transaction: no window with wrong flags
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -145,8 +173,55 @@ class Store:
                 q = q.where(EntryRow.seq <= upto)
             return [bytes(h) for h in s.scalars(q.order_by(EntryRow.seq))]
 
+    def log_rows(self, member: str, start: int = 1, end: int | None = None) -> list[StoredEntry]:
+        """Every entry of a member's log in ``start..end`` as stored, withheld ones included."""
+        with self._session() as s:
+            q = select(
+                EntryRow.seq, EntryRow.kind, EntryRow.envelope, EntryRow.leaf_hash, EntryRow.restricted, EntryRow.name
+            ).where(EntryRow.member == member, EntryRow.seq >= start)
+            if end is not None:
+                q = q.where(EntryRow.seq <= end)
+            return [
+                StoredEntry(int(seq), kind, bytes(env), bytes(leaf), bool(restricted), name)
+                for seq, kind, env, leaf, restricted, name in s.execute(q.order_by(EntryRow.seq))
+            ]
+
+    def withheld_hashes(self, member: str, upto: int | None = None) -> dict[int, bytes]:
+        """seq -> leaf hash of each entry of the member this node holds withheld, in order."""
+        with self._session() as s:
+            q = select(EntryRow.seq, EntryRow.leaf_hash).where(EntryRow.member == member, EntryRow.kind == WITHHELD)
+            if upto is not None:
+                q = q.where(EntryRow.seq <= upto)
+            return {int(seq): bytes(h) for seq, h in s.execute(q.order_by(EntryRow.seq))}
+
+    def withheld_counts(self) -> dict[str, int]:
+        """Per member, how many of its entries this node holds withheld (members with none left out)."""
+        with self._session() as s:
+            rows = s.execute(
+                select(EntryRow.member, func.count()).where(EntryRow.kind == WITHHELD).group_by(EntryRow.member)
+            )
+            return {m: int(n) for m, n in rows}
+
+    def restricted_flags(self, member: str) -> dict[int, bool]:
+        with self._session() as s:
+            rows = s.execute(select(EntryRow.seq, EntryRow.restricted).where(EntryRow.member == member))
+            return {int(seq): bool(flag) for seq, flag in rows}
+
+    def set_restricted(self, member: str, flags: Mapping[int, bool]) -> int:
+        """Give entries the flags ``flags`` (seq -> restricted); returns how many changed."""
+        stored = self.restricted_flags(member)
+        changed = {seq: flag for seq, flag in flags.items() if seq in stored and stored[seq] != flag}
+        with self.transaction() as s:
+            for flag in (True, False):
+                seqs = [seq for seq, f in changed.items() if f is flag]
+                for chunk in _chunks(seqs):
+                    s.execute(
+                        update(EntryRow).where(EntryRow.member == member, EntryRow.seq.in_(chunk)).values(restricted=flag)
+                    )
+        return len(changed)
+
     def envelopes(self, member: str, start: int = 1, end: int | None = None) -> list[tuple[int, bytes]]:
-        """(seq, envelope) for start <= seq <= end, in order."""
+        """(seq, envelope) for start <= seq <= end, in order (b"" for a withheld entry)."""
         with self._session() as s:
             q = select(EntryRow.seq, EntryRow.envelope).where(EntryRow.member == member, EntryRow.seq >= start)
             if end is not None:
@@ -181,8 +256,15 @@ class Store:
         with self._session() as s:
             return {m: bytes(e) for m, e in s.execute(select(CheckpointRow.member, CheckpointRow.envelope))}
 
-    def append(self, member: str, expected_size: int, entries: Sequence[LogEntry], checkpoint: LogCheckpoint) -> None:
+    def append(
+        self, member: str, expected_size: int, entries: Sequence[LogEntry], checkpoint: LogCheckpoint,
+        *, ambiguous_restricted: bool = True,
+    ) -> None:
         """Append verified entries and their checkpoint atomically.
+
+        Each entry is stored with its ``restricted`` flag (``domain.redaction``), a withheld
+        one as its leaf hash alone (kind "withheld", no name, envelope or publish time). A
+        deletion whose previous entry a withheld entry may hide gets ``ambiguous_restricted``.
 
         Raises ConflictError, storing nothing, when the log is no longer ``expected_size``
         long, when the entries do not continue it without gaps, or when the checkpoint
@@ -205,21 +287,123 @@ class Store:
                         f"{member}: log has {size} entries, expected {expected_size}", reason="CONCURRENT_APPEND"
                     )
                 if entries:
+                    marker = self._marker(s, member, {e.name for e in entries if not e.withheld}, expected_size)
                     s.execute(
                         _table(EntryRow).insert(),
                         [
                             {
                                 "member": member, "seq": e.seq, "name": e.name, "kind": e.kind,
-                                "envelope": e.envelope, "leaf_hash": e.leaf_hash, "publish_time": e.publish_time,
+                                "envelope": e.envelope, "leaf_hash": e.leaf_hash,
+                                "publish_time": None if e.withheld else e.publish_time,
+                                "restricted": marker.mark_entry(e, ambiguous_restricted),
                             }
                             for e in entries
                         ],
                     )
-                latest = {e.name: e for e in entries}  # only a name's last entry shapes its state
+                # only a name's last entry shapes its state; a withheld one has no name or state
+                latest = {e.name: e for e in entries if not e.withheld}
                 self._replace_derived(s, list(latest), [derive(e) for e in latest.values()])
                 self._put_checkpoint(s, checkpoint)
         except IntegrityError as e:
             raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
+
+    @staticmethod
+    def _marker(s: Session, member: str, names: set[str], upto: int) -> Marker:
+        """A Marker that continues the member's log after ``upto``, knowing the names given."""
+        history: dict[str, tuple[int, bool]] = {}
+        if upto == 0:
+            return Marker(history)
+        for chunk in _chunks(sorted(names)):
+            rows = s.execute(
+                select(EntryRow.seq, EntryRow.name, EntryRow.restricted).where(
+                    EntryRow.member == member, EntryRow.name.in_(chunk), EntryRow.seq <= upto
+                )
+            )
+            for seq, name, flag in rows:
+                if name not in history or seq > history[name][0]:
+                    history[name] = (int(seq), bool(flag))
+        last_withheld = s.scalar(
+            select(func.max(EntryRow.seq)).where(EntryRow.member == member, EntryRow.kind == WITHHELD, EntryRow.seq <= upto)
+        )
+        return Marker(history, int(last_withheld or 0))
+
+    def fill(self, member: str, entries: Sequence[LogEntry], *, ambiguous_restricted: bool = True) -> int:
+        """Replace withheld entries by the same entries whole, in one transaction: each must
+        be verified by the caller (signature, member, seq) and have exactly the leaf hash
+        held, which is checked again here. Flags are recomputed for them and for every
+        later deletion whose previous entry they may have been (``ambiguous_restricted`` for
+        a filled deletion still ambiguous; any other keeps its flag when still ambiguous);
+        derived state follows for each name whose latest entry a filled one now is.
+
+        Raises ConflictError, changing nothing, when a position is no longer withheld here
+        (another peer's fill came first) or holds another leaf hash.
+        """
+        ordered = sorted(entries, key=lambda e: e.seq)
+        if not ordered:
+            return 0
+        with self.transaction() as s:
+            rows: dict[int, EntryRow] = {}
+            for seqs in _chunks([e.seq for e in ordered]):
+                rows.update(
+                    (int(r.seq), r)
+                    for r in s.scalars(select(EntryRow).where(EntryRow.member == member, EntryRow.seq.in_(seqs)))
+                )
+            for e in ordered:
+                row = rows.get(e.seq)
+                if e.member != member or e.withheld or row is None or row.kind != WITHHELD or bytes(row.leaf_hash) != e.leaf_hash:
+                    raise ConflictError(
+                        f"{member} seq {e.seq}: not withheld here with that leaf hash (any more)", reason="FILL_CONFLICT"
+                    )
+                row.kind, row.name, row.envelope, row.publish_time = e.kind, e.name, e.envelope, e.publish_time
+                row.restricted = record_members_only(e.record)
+            s.flush()
+            filled_deletions = {e.seq for e in ordered if e.kind == "deletion"}
+            self._remark_deletions(s, member, ordered[0].seq, filled_deletions, ambiguous_restricted)
+            latest: dict[str, int] = {}
+            for chunk in _chunks(sorted({e.name for e in ordered})):
+                for name, seq in s.execute(
+                    select(EntryRow.name, func.max(EntryRow.seq))
+                    .where(EntryRow.member == member, EntryRow.name.in_(chunk))
+                    .group_by(EntryRow.name)
+                ):
+                    latest[name] = int(seq)
+            current = {e.name: e for e in ordered if latest.get(e.name) == e.seq}
+            self._replace_derived(s, list(current), [derive(e) for e in current.values()])
+        return len(ordered)
+
+    @staticmethod
+    def _remark_deletions(s: Session, member: str, from_seq: int, filled: set[int], ambiguous: bool) -> None:
+        """Recompute the flag of each deletion from ``from_seq`` on, now that entries before
+        it may have become known (see ``fill``)."""
+        deletions = s.execute(
+            select(EntryRow.seq, EntryRow.name, EntryRow.restricted)
+            .where(EntryRow.member == member, EntryRow.kind == "deletion", EntryRow.seq >= from_seq)
+            .order_by(EntryRow.seq)
+        ).all()
+        if not deletions:
+            return
+        versions: dict[str, list[tuple[int, bool]]] = {}
+        for chunk in _chunks(sorted({name for _, name, _ in deletions})):
+            for seq, name, flag in s.execute(
+                select(EntryRow.seq, EntryRow.name, EntryRow.restricted)
+                .where(EntryRow.member == member, EntryRow.name.in_(chunk))
+                .order_by(EntryRow.seq)
+            ):
+                versions.setdefault(name, []).append((int(seq), bool(flag)))
+        withheld = [
+            int(seq) for seq in s.scalars(
+                select(EntryRow.seq).where(EntryRow.member == member, EntryRow.kind == WITHHELD).order_by(EntryRow.seq)
+            )
+        ]
+        flags: dict[int, bool] = {}
+        for seq, name, stored in deletions:
+            before = [v for v in versions[name] if v[0] < seq]
+            prev_seq, prev_flag = (before[-1][0], flags.get(before[-1][0], before[-1][1])) if before else (0, None)
+            hidden = bisect.bisect_left(withheld, seq) > bisect.bisect_right(withheld, prev_seq)
+            flag = deletion_restricted(prev_flag, hidden, ambiguous if seq in filled else bool(stored))
+            flags[seq] = flag
+            if flag != bool(stored) or seq in filled:
+                s.execute(update(EntryRow).where(EntryRow.member == member, EntryRow.seq == seq).values(restricted=flag))
 
     def put_checkpoint(self, checkpoint: LogCheckpoint) -> None:
         """Store a newer checkpoint of the same size (a heartbeat)."""
@@ -293,7 +477,7 @@ class Store:
             for table in DERIVED_TABLES:
                 s.execute(delete(table))
             for entries in entries_by_member.values():
-                latest = {e.name: e for e in entries}
+                latest = {e.name: e for e in entries if not e.withheld}
                 derived = [derive(e) for e in latest.values()]
                 self._replace_derived(s, [], derived)
                 count += sum(d is not None for d in derived)
@@ -331,12 +515,12 @@ class Store:
                 q = q.where(has if op == "=" else ~has)
             return list(s.scalars(q.order_by(RecordRow.name).limit(limit)))
 
-    def count_records(self, member: str) -> dict[str, int]:
+    def count_records(self, member: str, public_only: bool = False) -> dict[str, int]:
         with self._session() as s:
-            rows = s.execute(
-                select(RecordRow.kind, func.count()).where(RecordRow.member == member).group_by(RecordRow.kind)
-            )
-            return {k: int(n) for k, n in rows}
+            q = select(RecordRow.kind, func.count()).where(RecordRow.member == member)
+            if public_only:
+                q = q.where(RecordRow.public.is_(True))
+            return {k: int(n) for k, n in s.execute(q.group_by(RecordRow.kind))}
 
     def search(self, folded: str, member: str | None, limit: int, offset: int) -> list[tuple[str, int]]:
         """Authorities whose folded terms contain ``folded``: (name, rank), best first.
@@ -498,6 +682,100 @@ class Store:
                 row.expire_time = _aware(row.expire_time)
             return row
 
+    # --- access: tokens this node issued, and the audit of members-only records served ----
+
+    def add_grant(self, token_id: str, subject: str, role: str, issued: datetime, expires: datetime) -> None:
+        with self.transaction() as s:
+            s.add(AccessGrantRow(token_id=token_id, subject=subject, role=role, issue_time=issued, expire_time=expires))
+
+    def grants(self) -> list[AccessGrantRow]:
+        with self._session() as s:
+            rows = list(s.scalars(select(AccessGrantRow).order_by(AccessGrantRow.issue_time, AccessGrantRow.token_id)))
+        for r in rows:
+            r.issue_time = _aware(r.issue_time)
+            r.expire_time = _aware(r.expire_time)
+            r.revoke_time = _aware(r.revoke_time) if r.revoke_time else None
+        return rows
+
+    def revoke_grants(self, selector: str, now: datetime) -> list[str]:
+        """Revoke the unrevoked grants whose token id starts with ``selector`` (at least 8
+        characters) or whose subject equals it; return the token ids revoked."""
+        with self.transaction() as s:
+            q = select(AccessGrantRow).where(AccessGrantRow.revoke_time.is_(None))
+            rows = [
+                r for r in s.scalars(q)
+                if r.subject == selector or (len(selector) >= 8 and r.token_id.startswith(selector))
+            ]
+            for r in rows:
+                r.revoke_time = now
+            return [r.token_id for r in rows]
+
+    def revoked(self, token_id: str) -> bool:
+        with self._session() as s:
+            return s.scalar(
+                select(AccessGrantRow.token_id).where(
+                    AccessGrantRow.token_id == token_id, AccessGrantRow.revoke_time.is_not(None)
+                )
+            ) is not None
+
+    def audit(self, caller: str, method: str, records: Sequence[str], now: datetime) -> None:
+        if not records:
+            return
+        with self.transaction() as s:
+            s.execute(
+                _table(AuditRow).insert(),
+                [{"time": now, "caller": caller[:300], "method": method[:64], "record": r[:200]} for r in records],
+            )
+
+    def audit_rows(self, limit: int = 100) -> list[AuditRow]:
+        with self._session() as s:
+            rows = list(s.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)))
+        for r in rows:
+            r.time = _aware(r.time)
+        return rows
+
+    def audit_count(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.count()).select_from(AuditRow)) or 0)
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """One entry of a log as stored: a withheld one has kind "withheld" and no envelope."""
+
+    seq: int
+    kind: str
+    envelope: bytes
+    leaf_hash: bytes
+    restricted: bool
+    name: str = ""  # "" for a withheld entry
+
+    @property
+    def withheld(self) -> bool:
+        return self.kind == WITHHELD
+
+
+def _flag_members_only(conn: Connection) -> None:
+    """Data step of the upgrade to revision 0003: entries stored before it have no
+    ``restricted`` flag; give members-only contacts, and deletions of them, theirs. Such a
+    database holds no withheld entries, so nothing is ambiguous. Only contacts' envelopes
+    need parsing (they were verified when stored)."""
+    rows = conn.execute(
+        select(EntryRow.member, EntryRow.seq, EntryRow.name, EntryRow.kind, EntryRow.envelope)
+        .where(EntryRow.kind.in_(("contact", "deletion")))
+        .order_by(EntryRow.member, EntryRow.seq)
+    )
+    flagged: dict[str, list[int]] = {}
+    markers: dict[str, Marker] = {}
+    for member, seq, name, kind, envelope in rows:
+        marker = markers.setdefault(member, Marker())
+        members_only = kind == "contact" and envelope_members_only(bytes(envelope))
+        if marker.mark(int(seq), name, kind, members_only):
+            flagged.setdefault(member, []).append(int(seq))
+    for member, seqs in flagged.items():
+        for chunk in _chunks(seqs):
+            conn.execute(update(EntryRow).where(EntryRow.member == member, EntryRow.seq.in_(chunk)).values(restricted=True))
+
 
 def _table(model: type[Base]) -> Table:
     """A model's Core table: bulk inserts through it skip the ORM's bulk path, which costs a
@@ -505,7 +783,7 @@ def _table(model: type[Base]) -> Table:
     return Base.metadata.tables[model.__tablename__]
 
 
-def _chunks(items: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+def _chunks(items: Sequence[_T], size: int = 500) -> list[Sequence[_T]]:
     """Split a list of names so an IN (...) stays within every backend's parameter limit."""
     return [items[i : i + size] for i in range(0, len(items), size)]
 

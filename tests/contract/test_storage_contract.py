@@ -187,3 +187,61 @@ class TestStorageContract:
         assert store.record_row(AJARA.name) is None
         assert store.rebuild_derived({"GE": entries}) == 2
         assert store.record_row(AJARA.name) is not None
+
+    def test_withheld_entries_flags_and_fill(self, store: Store) -> None:
+        """Members-only flags as entries are appended; a withheld position (its leaf hash
+        only); a fill that replaces it in one transaction, or changes nothing."""
+        members_only = contact("person", records_pb2.VISIBILITY_MEMBERS)
+        hidden = log.build_entry("GE", 3, "members/GE/contacts/hidden", contact("hidden", records_pb2.VISIBILITY_MEMBERS), NOW, KEY)
+        entries = [
+            *entries_for([PGO, members_only]),  # 1 public, 2 members-only
+            log.withheld_entry("GE", 3, hidden.leaf_hash),  # a peer withheld it
+            *entries_for([None, None], start=4, names=[members_only.name, PGO.name]),  # 4 its deletion, 5 PGO's
+        ]
+        hashes = [e.leaf_hash for e in entries]
+        store.append("GE", 0, entries, log.build_checkpoint("GE", 5, merkle.root_hash(hashes), NOW, KEY),
+                     ambiguous_restricted=False)
+        rows = store.log_rows("GE")
+        assert [(r.kind, r.restricted) for r in rows] == [
+            ("authority", False), ("contact", True), ("withheld", True), ("deletion", True), ("deletion", False),
+        ]
+        assert rows[2].envelope == b"" and rows[2].leaf_hash == hidden.leaf_hash and store.leaf_hashes("GE") == hashes
+        assert store.withheld_hashes("GE") == {3: hidden.leaf_hash} and store.withheld_counts() == {"GE": 1}
+        assert store.record_row(hidden.name) is None
+
+        before = (store.log_rows("GE"), store.checkpoint("GE"))
+        other = log.build_entry("GE", 3, "members/GE/contacts/other", None, NOW, KEY)
+        for wrong in ([other], [hidden, log.build_entry("GE", 4, members_only.name, None, NOW, KEY)]):
+            with pytest.raises(ConflictError) as e:  # another hash; a position that is not withheld
+                store.fill("GE", wrong)
+            assert e.value.reason == "FILL_CONFLICT"
+            assert (store.log_rows("GE"), store.checkpoint("GE")) == before
+
+        assert store.fill("GE", [hidden]) == 1
+        rows = store.log_rows("GE")
+        assert (rows[2].kind, rows[2].envelope, rows[2].restricted) == ("contact", hidden.envelope, True)
+        assert [r.restricted for r in rows] == [False, True, True, True, False]
+        row = store.record_row(hidden.name)
+        assert row is not None and row.seq == 3 and not row.public
+        assert store.withheld_hashes("GE") == {} and store.leaf_hashes("GE") == hashes
+
+    def test_a_fill_settles_an_ambiguous_deletion(self, store: Store) -> None:
+        """A deletion behind a withheld entry took the flag it was given; once that entry is
+        filled, its flag follows from what it deletes."""
+        public_desk = contact("desk", records_pb2.VISIBILITY_PUBLIC)
+        hidden = log.build_entry("GE", 2, "members/GE/contacts/hidden", contact("hidden", records_pb2.VISIBILITY_MEMBERS), NOW, KEY)
+        entries = [
+            *entries_for([public_desk]), log.withheld_entry("GE", 2, hidden.leaf_hash),
+            *entries_for([None], start=3, names=[public_desk.name]),
+        ]
+        hashes = [e.leaf_hash for e in entries]
+        store.append("GE", 0, entries, log.build_checkpoint("GE", 3, merkle.root_hash(hashes), NOW, KEY))
+        assert [r.restricted for r in store.log_rows("GE")] == [False, True, True]  # ambiguous: fail closed
+        store.fill("GE", [hidden])
+        assert [r.restricted for r in store.log_rows("GE")] == [False, True, False]  # it deleted a public record
+
+
+def contact(ident: str, visibility: int) -> records_pb2.Contact:
+    c = records_pb2.Contact(name=f"members/GE/contacts/{ident}", authority=PGO.name, role="desk", visibility=visibility)
+    c.display_names.add(language="en", text=ident)
+    return c

@@ -191,7 +191,8 @@ def test_find_json_is_one_document_for_scripts(run: Run, trusted: Path) -> None:
     result = run("--format", "json", *FIND_BATUMI, "--urgent", "--lang", "en")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert set(doc) == {"answer", "verification"}
+    assert set(doc) == {"answer", "verification", "session"}
+    assert doc["session"]["signed_in"] is False and doc["session"]["caller"] == "anonymous"
     answer = doc["answer"]
     assert answer["candidates"][0]["authority"]["name"] == "members/GE/authorities/ajara-po"
     assert answer["route"] == "TRANSMISSION_ROUTE_CENTRAL_AUTHORITY"

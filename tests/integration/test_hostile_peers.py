@@ -21,17 +21,20 @@ and shows the node converging on the honest data.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from conftest import PASSPHRASE, SAMPLE_DATA, Clock, Federation  # type: ignore[import-not-found, unused-ignore]
 from hostile_peer import HostilePeer, flip_payload_byte, forge_signature
 from sqlalchemy import select
@@ -39,8 +42,10 @@ from tests_support_cluster import wait_for
 
 from counterpart.v1 import log_pb2
 from counterpart.v1 import replication_service_pb2 as rs
+from directory_server.cli import main as node_cli
+from directory_server.config import load_config
 from directory_server.domain import log, merkle, signing
-from directory_server.domain.errors import SignatureError
+from directory_server.domain.errors import ConfigurationError, SignatureError
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 from directory_server.storage import models
@@ -87,12 +92,20 @@ def stored(store: Store) -> dict[str, Any]:
     return state
 
 
-def records_of(store: Store, member: str) -> list[tuple[Any, ...]]:
+def records_of(store: Store, member: str, public_only: bool = False) -> list[tuple[Any, ...]]:
     with store.engine.connect() as c:
-        return [tuple(r) for r in c.execute(
-            select(models.RecordRow.name, models.RecordRow.kind, models.RecordRow.seq, models.RecordRow.label)
-            .where(models.RecordRow.member == member).order_by(models.RecordRow.name)
-        )]
+        q = select(models.RecordRow.name, models.RecordRow.kind, models.RecordRow.seq, models.RecordRow.label).where(
+            models.RecordRow.member == member
+        )
+        if public_only:
+            q = q.where(models.RecordRow.public.is_(True))
+        return [tuple(r) for r in c.execute(q.order_by(models.RecordRow.name))]
+
+
+def anonymous_view(node: Node, member: str) -> list[tuple[int, bytes]]:
+    """(seq, envelope) of a member's log as a node that is not a member node holds it when it
+    got it from this node: members-only entries withheld (b"")."""
+    return [(r.seq, b"" if r.restricted else r.envelope) for r in node.store.log_rows(member)]
 
 
 # --- the federation: origin, honest peer, hostile peer, node under test ------------------------
@@ -187,15 +200,16 @@ def assert_rejected(w: World, report: PeerReport, reason: str, member: str = ORI
 
 
 def assert_honest_gets_through(w: World) -> None:
-    """The honest peer's pass ingests the rest of GE's log; AZ then holds exactly what GE signed."""
+    """The honest peer's pass ingests the rest of GE's log; AZ then holds exactly what GE signed
+    and serves to a caller that is not a member node (every puller is one, until TLS)."""
     held = w.target.store.log_size(ORIGIN)
     own_before = records_of(w.target.store, TARGET)
     report = w.syncer.sync_peer(w.honest.address)
     assert report.ok, (report.error, report.rejected)
     assert report.pulled == {ORIGIN: w.current.size - held}
     assert w.target.store.checkpoint(ORIGIN) == w.origin.store.checkpoint(ORIGIN) == w.current.envelope
-    assert w.target.store.envelopes(ORIGIN) == w.origin.store.envelopes(ORIGIN)
-    assert records_of(w.target.store, ORIGIN) == records_of(w.origin.store, ORIGIN) != []
+    assert w.target.store.envelopes(ORIGIN) == anonymous_view(w.origin, ORIGIN)
+    assert records_of(w.target.store, ORIGIN) == records_of(w.origin.store, ORIGIN, public_only=True) != []
     assert records_of(w.target.store, TARGET) == own_before
     # the honest peer is not blamed for anything the hostile one did
     assert [r for r in w.target.store.rejections() if r.peer == w.honest.address] == []
@@ -243,11 +257,10 @@ def test_reordered_range_is_rejected(world: World) -> None:
 
     report, before, after = hostile_pass(world)
 
-    # Streaming, the verifier first meets seq 4 where it expects 3: the first displaced entry
-    # of any reordering claims a later seq, so it is counted as a gap (ENTRY_OUT_OF_ORDER is
-    # for a seq that went backwards: a replay, below).
-    message = assert_rejected(world, report, "ENTRY_GAP")
-    assert "claims seq 4, expected 3" in message
+    # Streaming, the verifier first meets seq 4 where it expects 3; seq 3 comes later in the
+    # same batch, so it is a reordering, not a gap (which test_gap_is_rejected shows)
+    message = assert_rejected(world, report, "ENTRY_OUT_OF_ORDER")
+    assert "claims seq 4, expected 3: delivered out of order" in message
     assert after == before
     assert_honest_gets_through(world)
 
@@ -489,9 +502,10 @@ def test_sync_engine_converges_with_a_hostile_peer_configured(world: World) -> N
     world.hostile.checkpoints = [forge_signature(world.current.envelope)]
     envelopes = world.hostile.envelopes()
     world.hostile.serve_batches([(1, [forge_signature(e) for e in envelopes])])
+    interval = 0.25
     node = NodeServer(
         world.target, "127.0.0.1:0", access_log=False,
-        peers=[world.hostile.address, world.honest.address], sync_interval=0.5, sync_deadline=5.0,
+        peers=[world.hostile.address, world.honest.address], sync_interval=interval, sync_deadline=5.0,
     )
     blamed = {(world.hostile.address, ORIGIN, "BAD_SIGNATURE")}  # counted under the member it claims
     node.start()
@@ -505,17 +519,21 @@ def test_sync_engine_converges_with_a_hostile_peer_configured(world: World) -> N
                 break
             time.sleep(0.05)
         assert world.target.store.checkpoint(ORIGIN) == world.current.envelope, "never converged"
-        assert world.target.store.envelopes(ORIGIN) == world.origin.store.envelopes(ORIGIN)
-        assert records_of(world.target.store, ORIGIN) == records_of(world.origin.store, ORIGIN)
+        assert world.target.store.envelopes(ORIGIN) == anonymous_view(world.origin, ORIGIN)
+        assert records_of(world.target.store, ORIGIN) == records_of(world.origin.store, ORIGIN, public_only=True)
         # the hostile peer was asked and refused every time; only it is blamed
         assert world.hostile.asked("GetCheckpoints") and not world.hostile.asked("GetEntries")
         assert {(r.peer, r.member, r.reason) for r in world.target.store.rejections()} == blamed
-        # it keeps being refused on every pass, and that changes nothing stored
+        # it keeps being refused, and that changes nothing stored; but it is backed off, not
+        # asked every interval: the gaps between its passes double (2, 4, 8 intervals, ±20 %)
         settled = stored(world.target.store)
-        count = sum(r.count for r in world.target.store.rejections())
-        time.sleep(1.5)
+        wait_for(lambda: len(world.hostile.asked("GetCheckpoints")) >= 4, 15, "four passes against the hostile peer")
         assert stored(world.target.store) == settled
-        assert sum(r.count for r in world.target.store.rejections()) > count
+        assert sum(r.count for r in world.target.store.rejections()) >= 4
+        times = [t for m, t in world.hostile.times if m == "GetCheckpoints"][:4]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert gaps[0] > 1.5 * interval, gaps  # not every interval
+        assert gaps[1] > 1.25 * gaps[0] and gaps[2] > 1.25 * gaps[1], gaps
         report = node.sync.last_reports[world.hostile.address]
         assert [(m, r) for m, r, _ in report.rejected] == [(ORIGIN, "BAD_SIGNATURE")] and report.pulled == {}
     finally:
@@ -596,3 +614,181 @@ def test_a_pull_overtaken_by_another_peer_is_not_blamed_on_its_peer(make_world: 
     assert reports and reports[0].rejected == [] and reports[0].pulled == {}
     assert w.target.store.rejections() == []
     assert w.target.store.checkpoint(ORIGIN) == w.current.envelope
+
+
+# --- bounds on what a hostile peer can make the node do ---------------------------------------------
+
+
+def pad_signatures(envelope: bytes, count: int, key_id: str) -> bytes:
+    """The envelope with ``count`` more signatures that claim ``key_id`` and are junk: each
+    would cost an Ed25519 verification."""
+    env = log_pb2.Envelope()
+    env.ParseFromString(envelope)
+    for i in range(count):
+        env.signatures.add(key_id=key_id, sig=hashlib.sha512(i.to_bytes(4, "big")).digest())
+    return env.SerializeToString(deterministic=True)
+
+
+def test_entries_padded_with_signatures_are_refused_before_any_is_verified(world: World) -> None:
+    """A relay pads every genuine entry with 400 signatures claiming GE's key (at ~150 µs a
+    verification, 35 entries would cost 2 s of CPU a pull; 300 entries 18 s)."""
+    kid = world.key(ORIGIN).key_id
+    padded = [pad_signatures(e, 400, kid) for e in world.hostile.envelopes()]
+    assert all(len(e) < world.target.federation().limits.max_entry_bytes for e in padded)
+    world.hostile.serve_batches([(1, padded)])
+
+    started = time.process_time()
+    report, before, after = hostile_pass(world)
+    cpu = time.process_time() - started
+
+    message = assert_rejected(world, report, "TOO_MANY_SIGNATURES")
+    assert f"carries {400 + 1} signatures; at most {signing.MAX_SIGNATURES}" in message
+    assert cpu < 0.5, f"{cpu:.2f} s of CPU: signatures were verified"
+    assert after == before
+    assert_honest_gets_through(world)
+
+
+def test_a_peer_whose_range_failed_is_held_off_the_member(world: World) -> None:
+    """After a range that fails verification, the same peer is not pulled again for that
+    member at once (the wait doubles with each failure): the next pass costs it no download."""
+    wrong = hashlib.sha256(b"not the root of GE's log").digest()
+    world.hostile.checkpoints = [log.build_checkpoint(ORIGIN, world.current.size, wrong, world.clock(), world.key(ORIGIN)).envelope]
+
+    report, before, after = hostile_pass(world)
+    assert_rejected(world, report, "ROOT_MISMATCH")
+    assert world.hostile.asked("GetEntries") == [(1, world.current.size)]
+
+    again, _, after_again = hostile_pass(world)
+    assert again.held_off == [ORIGIN] and again.rejected == [] and again.pulled == {}
+    assert world.hostile.asked("GetEntries") == [(1, world.current.size)]  # not downloaded again
+    assert [r.count for r in world.target.store.rejections()] == [1]  # held off, not counted again
+    assert after == before == after_again
+    assert_honest_gets_through(world)
+
+
+def test_a_false_consistency_proof_costs_one_whole_log_download_per_tree(make_world: Callable[[int], World]) -> None:
+    w = make_world(2)
+    assert w.syncer.sync_peer(w.honest.address).pulled == {ORIGIN: w.current.size}
+    held = w.current
+    w.publish_next_stage()
+    w.hostile.proof = lambda request: [hashlib.sha256(b"garbage").digest()]
+
+    report, before, after = hostile_pass(w)
+    assert_rejected(w, report, "CONSISTENCY_PROOF_INVALID")
+    assert w.hostile.asked("GetEntries") == [(1, w.current.size)]  # the fork check: once
+
+    # right after, the peer is held off the member: not even the proof is asked for
+    soon, _, _ = hostile_pass(w)
+    assert soon.held_off == [ORIGIN] and w.hostile.asked("GetConsistencyProof") == [(held.size, w.current.size)]
+
+    # once its wait is over it is asked again, lies again, and is refused without a download
+    w.syncer.retry_base = 0.0
+    w.syncer._penalties.clear()
+    later, _, after_later = hostile_pass(w)
+    assert [(m, r) for m, r, _ in later.rejected] == [(ORIGIN, "CONSISTENCY_PROOF_INVALID")]
+    assert "fetched once already" in later.rejected[0][2]
+    assert w.hostile.asked("GetConsistencyProof") == [(held.size, w.current.size)] * 2
+    assert w.hostile.asked("GetEntries") == [(1, w.current.size)]
+    assert [r.count for r in w.target.store.rejections()] == [2]
+    assert after == before == after_later and after["evidence"] == []
+
+    # a heartbeat re-signs the same tree: still no second download
+    w.clock.advance(timedelta(minutes=5))
+    beat = w.origin.heartbeat(w.key(ORIGIN), force=True)
+    assert beat is not None and (beat.size, beat.root_hash) == (w.current.size, w.current.root_hash)
+    w.checkpoints.append(beat)
+    w.hostile.checkpoints = [beat.envelope]
+    hostile_pass(w)
+    assert w.hostile.asked("GetEntries") == [(1, w.current.size)]
+    assert_honest_gets_through(w)
+
+
+# --- this node's own log from a peer ------------------------------------------------------------------
+
+
+def own_log_elsewhere(w: World, make_node: Callable[..., Node], tmp_path: Path) -> tuple[Node, HostilePeer]:
+    """A second node holding AZ's key (a stolen key, a second process) that published AZ's
+    records and one more; served by a peer."""
+    other = make_node(TARGET, MEMBERS)
+    held = w.target.held_checkpoint(TARGET)
+    assert held is not None
+    other.store.append(TARGET, 0, w.target.verified_entries(TARGET), held)  # the same history so far
+    records = tmp_path / "az-elsewhere"
+    shutil.copytree(SAMPLE_DATA / TARGET, records)
+    (records / "extra.yaml").write_text(
+        f"member: {TARGET}\nauthorities:\n  - id: shadow\n    display_names: [{{language: en, text: Shadow court}}]\n"
+        "    kind: court\n    coverage: {national: true}\n",
+        encoding="utf-8",
+    )
+    other.publish(records, PASSPHRASE)
+    return other, HostilePeer(other, TARGET).start()
+
+
+def test_the_own_log_from_a_peer_is_refused_with_an_alarm(
+    world: World, make_node: Callable[..., Node], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other, relay = own_log_elsewhere(world, make_node, tmp_path)
+    try:
+        before = stored(world.target.store)
+        with caplog.at_level("ERROR", logger="counterpart.sync"):
+            report = world.syncer.sync_peer(relay.address)
+        assert [(m, r) for m, r, _ in report.rejected] == [(TARGET, "OWN_LOG_FROM_PEER")]
+        assert report.pulled == {} and relay.asked("GetEntries") == []  # refused on its checkpoint
+        assert stored(world.target.store) == before
+        counted = [(r.member, r.reason, r.count) for r in world.target.store.rejections() if r.peer == relay.address]
+        assert counted == [(TARGET, "OWN_LOG_FROM_PEER", 1)]
+        alarms = [r for r in caplog.records if r.levelname == "ERROR" and r.getMessage().startswith("ALARM")]
+        assert len(alarms) == 1 and getattr(alarms[0], "reason", "") == "OWN_LOG_FROM_PEER"
+
+        data_dir = str(world.target.config.data_dir)
+        shown = CliRunner().invoke(node_cli, ["status", "--data-dir", data_dir])
+        assert shown.exit_code == 0 and "ALARM OWN_LOG_FROM_PEER" in shown.output, shown.output
+        as_json = json.loads(CliRunner().invoke(node_cli, ["status", "--data-dir", data_dir, "--format", "json"]).output)
+        assert [(a["member"], a["reason"], a["peer"], a["count"]) for a in as_json["alarms"]] == [
+            (TARGET, "OWN_LOG_FROM_PEER", relay.address, 1)
+        ]
+        assert f"size {other.store.log_size(TARGET)}" in as_json["alarms"][0]["message"]
+    finally:
+        relay.stop()
+
+
+def test_a_node_restores_its_own_log_from_peers_only_when_told(
+    world: World, make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """A node that lost its database starts afresh with its key: by default it refuses its
+    own log from peers; with restore_from_peers it takes it (members-only entries withheld,
+    as an anonymous puller gets them, then filled in from a peer that gives them whole), and
+    publishes on top only once nothing of it is withheld."""
+    source = NodeServer(world.target, "127.0.0.1:0", access_log=False)  # the log as peers hold it
+    source.start()
+    fresh = make_node(TARGET, MEMBERS)
+    try:
+        refused = Syncer(fresh, deadline=5.0).sync_peer(source.address)
+        assert (TARGET, "OWN_LOG_FROM_PEER") in [(m, r) for m, r, _ in refused.rejected]
+        assert fresh.store.log_size(TARGET) == 0
+
+        # the operator's choice: `serve --restore-from-peers`, or restore_from_peers = "true" in node.toml
+        assert "--restore-from-peers" in CliRunner().invoke(node_cli, ["serve", "--help"]).output
+        assert load_config(fresh.config.data_dir, {"restore_from_peers": "true"}).restore_from_peers_enabled
+        assert not load_config(fresh.config.data_dir).restore_from_peers_enabled  # off by default
+        fresh.config = replace(fresh.config, restore_from_peers="true")
+        syncer = Syncer(fresh, deadline=5.0)
+        restored = syncer.sync_peer(source.address)
+        assert restored.pulled.get(TARGET) == world.target.store.log_size(TARGET) and restored.withheld.get(TARGET)
+        assert fresh.store.checkpoint(TARGET) == world.target.store.checkpoint(TARGET)
+        with pytest.raises(ConfigurationError) as e:
+            fresh.publish(SAMPLE_DATA / TARGET, PASSPHRASE)
+        assert e.value.reason == "OWN_LOG_INCOMPLETE"
+
+        whole = HostilePeer(world.target, TARGET).start()
+        whole.member_node = True
+        try:
+            assert syncer.sync_peer(whole.address).filled == {TARGET: restored.withheld[TARGET]}
+        finally:
+            whole.stop()
+        assert fresh.store.envelopes(TARGET) == world.target.store.envelopes(TARGET)
+        assert records_of(fresh.store, TARGET) == records_of(world.target.store, TARGET)
+        fresh.config = replace(fresh.config, restore_from_peers="false")
+        assert fresh.publish(SAMPLE_DATA / TARGET, PASSPHRASE).empty  # nothing lost, nothing to append
+    finally:
+        source.stop(grace=0)

@@ -1,0 +1,263 @@
+"""Who may see what, over real TLS (DESIGN §8): every method of both services, called as an
+outside client calls them (raw bytes), for every kind of caller. Members-only contacts must
+reach signed-in users of a member and member nodes, and nobody else: every response's bytes
+are scanned for their e-mail addresses and phone numbers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import Clock  # type: ignore[import-not-found, unused-ignore]
+from tests_support_tls import (  # type: ignore[import-not-found, unused-ignore]
+    Member,
+    TlsFederation,
+    client_channel,
+    error_info,
+    make_tls_node,
+    members_only_names,
+    members_only_sentinels,
+    new_member,
+    serve,
+)
+
+from counterpart.v1 import directory_service_pb2 as ds
+from counterpart.v1 import replication_service_pb2 as rs
+from directory_server.domain import access, signing, tls
+from directory_server.node import Node
+from directory_server.service.server import NodeServer
+
+RESTRICTED = members_only_names("GE")[0]
+SENTINELS = members_only_sentinels("GE")
+
+
+@dataclass(frozen=True)
+class Method:
+    path: str
+    request: bytes
+    stream: bool = False
+    restricted: bool = False  # asks for a members-only record by name
+
+
+def methods(log_size: int) -> list[Method]:
+    d = "/counterpart.v1.DirectoryService/"
+    r = "/counterpart.v1.ReplicationService/"
+    return [
+        Method(d + "GetAuthority", ds.GetAuthorityRequest(name="members/GE/authorities/pgo").SerializeToString()),
+        Method(d + "ListAuthorities", ds.ListAuthoritiesRequest(parent="members/GE").SerializeToString()),
+        Method(d + "SearchAuthorities", ds.SearchAuthoritiesRequest(query="prosecutor").SerializeToString()),
+        Method(d + "GetContact", ds.GetContactRequest(name=RESTRICTED).SerializeToString(), restricted=True),
+        Method(d + "ListContacts", ds.ListContactsRequest(parent="members/-").SerializeToString()),
+        Method(d + "GetRule", ds.GetRuleRequest(name="members/GE/rules/mla.general").SerializeToString()),
+        Method(d + "ListRules", ds.ListRulesRequest(parent="members/GE").SerializeToString()),
+        Method(d + "GetTreaty", ds.GetTreatyRequest(name="members/GE/treaties/coe-ets-030").SerializeToString()),
+        Method(d + "ListTreaties", ds.ListTreatiesRequest(parent="members/GE").SerializeToString()),
+        Method(d + "GetMember", ds.GetMemberRequest(name="members/GE").SerializeToString()),
+        Method(d + "ListMembers", ds.ListMembersRequest().SerializeToString()),
+        Method(d + "FindCounterpart", ds.FindCounterpartRequest(
+            requested_member="GE", request_type="mla.general", urgent=True).SerializeToString()),
+        Method(r + "GetCheckpoints", rs.GetCheckpointsRequest().SerializeToString()),
+        Method(r + "GetEntries", rs.GetEntriesRequest(member="GE", start_seq=1, end_seq=log_size).SerializeToString(),
+               stream=True),
+        Method(r + "GetConsistencyProof", rs.GetConsistencyProofRequest(
+            member="GE", first_size=1, second_size=log_size).SerializeToString()),
+        Method(r + "WatchCheckpoints", rs.WatchCheckpointsRequest().SerializeToString(), stream=True),
+        Method(r + "GetFederation", rs.GetFederationRequest(from_version=1).SerializeToString()),
+    ]
+
+
+@dataclass
+class Outcome:
+    code: grpc.StatusCode
+    reason: str
+    body: bytes  # every response message's bytes, concatenated
+    caller: str  # the node's word on who called
+
+
+def call(channel: grpc.Channel, m: Method, token: str | None = None) -> Outcome:
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    try:
+        if m.stream:
+            stream = channel.unary_stream(m.path)(m.request, metadata=metadata, timeout=1.0)
+            body = b""
+            try:
+                for message in stream:
+                    body += message
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # WatchCheckpoints never ends
+                    raise
+            caller = dict(stream.initial_metadata() or ()).get("counterpart-caller", "")
+            return Outcome(grpc.StatusCode.OK, "", body, str(caller))
+        body, c = channel.unary_unary(m.path).with_call(m.request, metadata=metadata, timeout=5.0)
+        return Outcome(grpc.StatusCode.OK, "", body, str(dict(c.initial_metadata()).get("counterpart-caller", "")))
+    except grpc.RpcError as e:
+        info = error_info(e)
+        return Outcome(e.code(), info.reason if info else "", b"", "")
+
+
+def leaked(body: bytes) -> list[bytes]:
+    return [s for s in SENTINELS if s in body]
+
+
+@dataclass
+class World:
+    fed: TlsFederation
+    ge: Member
+    az: Member
+    kz: Member
+    node: Node
+    server: NodeServer
+    clock: Clock
+    log_size: int
+
+    def public(self, client: Member | None = None) -> grpc.Channel:
+        return client_channel(self.server.address, self.node.federation().members(), "GE", client)
+
+    def peer(self, client: Member) -> grpc.Channel:
+        return client_channel(self.server.peer_address, self.node.federation().members(), "GE", client)
+
+    def token(self, member: Member, *, subject: str = "prosecutor-1", at: timedelta = timedelta(0),
+              valid_for: timedelta = timedelta(hours=8), federation: TlsFederation | None = None) -> str:
+        fed_doc = self.node.federation()
+        if federation is not None:
+            from directory_server.domain.federation import verify_initial
+            fed_doc = verify_initial(federation.document([member.code], self.clock()), self.clock())
+        issued = access.issue_token(member.key, fed_doc, member.code, subject, "prosecutor", self.clock() + at, valid_for)
+        if member is self.ge:
+            self.node.store.add_grant(issued.token_id, subject, "prosecutor", issued.issue_time, issued.expire_time)
+        return issued.token
+
+
+@pytest.fixture
+def world(tmp_path: Path, clock: Clock) -> Iterator[World]:
+    fed = TlsFederation([signing.SigningKey.generate()])
+    for code in ("GE", "AZ", "KZ"):
+        fed.members[code] = new_member(code, clock())
+    node = make_tls_node(tmp_path, fed.members["GE"], fed.document(["GE", "AZ", "KZ"], clock()), publish="GE")
+    server = serve(node, fed.members["GE"])
+    w = World(fed, fed.members["GE"], fed.members["AZ"], fed.members["KZ"], node, server, clock,
+              node.store.log_size("GE"))
+    yield w
+    server.stop(grace=0)
+    node.close()
+
+
+def expect_all(channel: grpc.Channel, world: World, code: grpc.StatusCode, reason: str, token: str | None = None) -> None:
+    for m in methods(world.log_size):
+        out = call(channel, m, token)
+        assert (out.code, out.reason) == (code, reason), f"{m.path}: {out.code} {out.reason}"
+
+
+def test_anonymous_over_tls_sees_public_records_and_no_members_only_byte(world: World) -> None:
+    with world.public() as channel:
+        for m in methods(world.log_size):
+            out = call(channel, m)
+            if m.restricted:
+                assert (out.code, out.reason) == (grpc.StatusCode.NOT_FOUND, "RECORD_NOT_FOUND"), m.path
+            else:
+                assert out.code == grpc.StatusCode.OK, f"{m.path}: {out.code} {out.reason}"
+                assert out.caller == "anonymous", m.path
+            assert not leaked(out.body), f"{m.path} leaked {leaked(out.body)} to an anonymous caller"
+        find = ds.FindCounterpartResponse.FromString(call(channel, methods(world.log_size)[11]).body)
+        assert find.withheld_contacts >= 1
+        assert any("withheld" in w and "counterpart login" in w for w in find.warnings)
+        member = ds.GetMemberResponse.FromString(call(channel, methods(world.log_size)[9]).body).member
+        assert member.withheld_contact_count == len(members_only_names("GE"))
+
+
+@pytest.mark.parametrize("who", ["GE", "AZ"])
+def test_signed_in_user_of_any_member_sees_members_only_contacts(world: World, who: str) -> None:
+    token = world.token(world.fed.members[who])
+    with world.public() as channel:
+        seen: set[str] = set()
+        for m in methods(world.log_size):
+            out = call(channel, m, token)
+            assert out.code == grpc.StatusCode.OK, f"{m.path}: {out.code} {out.reason}"
+            assert out.caller == f"prosecutor-1 (prosecutor, {who})", m.path
+            if leaked(out.body):
+                seen.add(m.path.rsplit("/", 1)[1])
+        # users see members-only records through lookups; full log entries go to nodes only
+        assert {"GetContact", "ListContacts", "FindCounterpart"} <= seen
+        assert "GetEntries" not in seen
+    audit = world.node.store.audit_rows(1000)
+    assert {r.record for r in audit} >= {RESTRICTED}
+    assert all(r.caller == f"prosecutor-1 (prosecutor, {who})" for r in audit)
+
+
+def test_member_node_certificate_gets_full_entries(world: World) -> None:
+    with world.peer(world.az) as channel:
+        seen = set()
+        for m in methods(world.log_size):
+            out = call(channel, m)
+            assert out.code == grpc.StatusCode.OK, f"{m.path}: {out.code} {out.reason}"
+            assert out.caller == "node of AZ"
+            if leaked(out.body):
+                seen.add(m.path.rsplit("/", 1)[1])
+        assert {"GetEntries", "GetContact", "ListContacts"} <= seen
+    with world.public() as channel:  # the same entries to an anonymous caller: withheld
+        entries = call(channel, methods(world.log_size)[13])
+        assert entries.code == grpc.StatusCode.OK
+        assert not leaked(entries.body)
+
+
+def test_bad_tokens_are_refused_on_every_method(world: World) -> None:
+    good = world.token(world.ge)
+    header, payload, sig = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["role"] = "administrator"
+    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    revoked = world.token(world.ge, subject="leaver")
+    assert world.node.store.revoke_grants("leaver", world.clock()) != []
+    cases = {
+        "TOKEN_EXPIRED": world.token(world.ge, at=-timedelta(days=2), valid_for=timedelta(days=1)),
+        "TOKEN_WRONG_FEDERATION": world.token(world.ge, federation=TlsFederation([signing.SigningKey.generate()], "other",
+                                                                                   {"GE": world.ge})),
+        "TOKEN_INVALID": f"{header}.{forged_payload}.{sig}",
+        "TOKEN_REVOKED": revoked,
+        "TOKEN_MALFORMED": "not-a-token",
+        "TOKEN_UNKNOWN_KEY": access.issue_token(
+            signing.SigningKey.generate(), world.node.federation(), "GE", "x", "prosecutor", world.clock(),
+            timedelta(hours=1)).token,
+    }
+    with world.public() as channel:
+        for reason, token in cases.items():
+            expect_all(channel, world, grpc.StatusCode.UNAUTHENTICATED, reason, token)
+
+
+def test_certificate_not_in_the_document_cannot_connect(world: World) -> None:
+    stranger = new_member("XX", world.clock())
+    with world.peer(stranger) as channel:
+        out = call(channel, methods(world.log_size)[0])
+        assert out.code == grpc.StatusCode.UNAVAILABLE  # the handshake fails: no call is made
+    with client_channel(world.server.peer_address, world.node.federation().members(), "GE") as channel:
+        assert call(channel, methods(world.log_size)[0]).code == grpc.StatusCode.UNAVAILABLE  # no certificate
+
+
+def test_a_new_document_version_revokes_certificate_and_member_while_the_node_runs(world: World) -> None:
+    kz_token = world.token(world.kz)
+    az_channel = world.peer(world.az)
+    assert call(az_channel, methods(world.log_size)[13]).caller == "node of AZ"
+    with world.public() as channel:
+        assert call(channel, methods(world.log_size)[0], kz_token).code == grpc.StatusCode.OK
+    # version 2: KZ leaves the federation, AZ's certificate is withdrawn
+    world.node.install_federation(world.fed.document(["GE", "AZ"], world.clock(), version=2, without_certificate=["AZ"]))
+    world.server.directory.federation()  # the server reads the same node
+    expect_all(az_channel, world, grpc.StatusCode.PERMISSION_DENIED, "CERTIFICATE_NOT_ADMITTED")
+    az_channel.close()
+    with world.peer(world.az) as fresh:  # a new connection does not get through the handshake
+        assert call(fresh, methods(world.log_size)[0]).code == grpc.StatusCode.UNAVAILABLE
+    with world.public() as channel:
+        expect_all(channel, world, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_UNKNOWN_MEMBER", kz_token)
+
+
+def test_clients_and_nodes_verify_the_node_certificate(world: World) -> None:
+    """A client that pins another member's certificate for this address refuses the node."""
+    with client_channel(world.server.address, world.node.federation().members(), "AZ") as channel:
+        assert call(channel, methods(world.log_size)[0]).code == grpc.StatusCode.UNAVAILABLE
+    assert tls.member_of_certificate(world.node.federation().members(), world.ge.certificate) == "GE"
