@@ -34,7 +34,9 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
+import secrets
 import shutil
 import signal
 import subprocess
@@ -49,13 +51,15 @@ from typing import Any
 
 import bench_find  # sibling scripts: python puts bench/ first on sys.path
 import gen_dataset
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from directory_server.config import CONFIG_NAME, NodeConfig
 from directory_server.domain import federation as fed
-from directory_server.domain import log, merkle, signing
+from directory_server.domain import log, merkle, signing, tls
 from directory_server.domain.records import SourcedRecord
 from directory_server.domain.vocab import Vocabulary, default_vocabularies
 from directory_server.node import Node
+from directory_server.security import TlsIdentity
 from directory_server.storage.store import Store, sqlite_url
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -104,15 +108,30 @@ def authorities_for(entries: int) -> int:
 
 
 def federation_envelope(
-    keys: dict[str, signing.SigningKey], root: signing.SigningKey, now: datetime
+    keys: dict[str, signing.SigningKey], root: signing.SigningKey, now: datetime,
+    certificates: dict[str, bytes] | None = None,
 ) -> bytes:
     doc = fed.new_document("bench", [root.public_bytes], 1, now, VALIDITY)
     for code, key in keys.items():
         # no endpoints: neither node has peers besides the ones we point it at
-        fed.add_member(doc, code, f"Synthetic member {code}", [key.public_bytes], [])
+        certs = [certificates[code]] if certificates and code in certificates else []
+        fed.add_member(doc, code, f"Synthetic member {code}", [key.public_bytes], [], certs)
     return signing.sign_envelope(
         doc.SerializeToString(deterministic=True), signing.FEDERATION_TYPE, [root]
     )
+
+
+def make_tls(directory: Path, now: datetime) -> dict[str, str]:
+    """TLS keys (encrypted with a passphrase made for this run) and self-signed certificates
+    of both nodes; the environment that carries the passphrase to the target process."""
+    passphrase = secrets.token_urlsafe(16)
+    for member in (SOURCE_MEMBER, TARGET_MEMBER):
+        key = tls.generate_key()
+        signing.write_private_key(directory / f"{member}-key.pem", key, passphrase.encode())
+        (directory / f"{member}-cert.pem").write_bytes(
+            tls.pem(tls.self_signed_certificate(key, member, ["127.0.0.1"], now))
+        )
+    return {"BENCH_TLS_PASSPHRASE": passphrase}
 
 
 def make_node(data_dir: Path, member: str, federation: bytes, now: datetime) -> Node:
@@ -312,6 +331,10 @@ def target_main(a: argparse.Namespace) -> int:
         timers.wrap(merkle.CompactRange, "from_leaf_hashes", "compact_range_rebuild")
         timers.wrap(node, "held_checkpoint", "held_checkpoint")
     syncer = sync_module.Syncer(node)
+    if a.tls_dir is not None:  # present the target's certificate (mutual TLS on a peer listener)
+        tls_key = signing.read_private_key(a.tls_dir / "AB-key.pem", os.environ["BENCH_TLS_PASSPHRASE"].encode())
+        assert isinstance(tls_key, ec.EllipticCurvePrivateKey)
+        syncer.tls_identity = TlsIdentity(tls_key, tls.der((a.tls_dir / "AB-cert.pem").read_bytes()))
     mem_before = proc_status_kib()
     profiler = cProfile.Profile() if a.profile else None
     cpu0 = time.process_time()
@@ -357,12 +380,14 @@ def target_main(a: argparse.Namespace) -> int:
 
 def run_target(
     source: str, data_dir: Path, federation_file: Path, profile: bool = False, top: int = 30,
-    source_pid: int | None = None,
+    source_pid: int | None = None, tls_dir: Path | None = None, env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     argv = [
         sys.executable, str(Path(__file__).resolve()), "--role", "target", "--source", source,
         "--data-dir", str(data_dir), "--federation", str(federation_file), "--top", str(top),
     ]
+    if tls_dir is not None:
+        argv += ["--tls-dir", str(tls_dir)]
     if profile:
         argv.append("--profile")
     src0 = bench_find.proc_cpu_seconds(source_pid) if source_pid else 0.0
@@ -370,7 +395,7 @@ def run_target(
     t0 = time.perf_counter()
     done = subprocess.run(
         argv, check=False, capture_output=True, text=True, timeout=TARGET_TIMEOUT_S,
-        env=bench_find._clean_env(),
+        env=bench_find._clean_env() | (env or {}),
     )
     wall = time.perf_counter() - t0
     if done.returncode != 0:
@@ -413,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default="", help=argparse.SUPPRESS)
     p.add_argument("--data-dir", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--federation", default="", help=argparse.SUPPRESS)
+    p.add_argument("--tls-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tls", action="store_true",
+                   help="also sync over TLS (anonymous, public listener) and mutual TLS (peer listener)")
     a = p.parse_args(argv)
     if a.role == "target":
         return target_main(a)
@@ -430,7 +458,12 @@ def main(argv: list[str] | None = None) -> int:
         now = datetime.now(UTC).replace(microsecond=0)
         keys = {SOURCE_MEMBER: signing.SigningKey.generate(),
                 TARGET_MEMBER: signing.SigningKey.generate()}
-        envelope = federation_envelope(keys, signing.SigningKey.generate(), now)
+        tls_dir = work / "tls"
+        tls_env = make_tls(tls_dir, now) if a.tls else {}
+        certificates = {
+            m: tls.der((tls_dir / f"{m}-cert.pem").read_bytes()) for m in (SOURCE_MEMBER, TARGET_MEMBER)
+        } if a.tls else None
+        envelope = federation_envelope(keys, signing.SigningKey.generate(), now, certificates)
         federation_file = work / "federation.bin"
         federation_file.write_bytes(envelope)
         source_dir = work / "source"
@@ -491,6 +524,42 @@ def main(argv: list[str] | None = None) -> int:
                 profile_text = prof.pop("profile", "")
                 passes["full_profiled"] = prof
                 print(describe_pass("full sync under cProfile", prof, new_size), flush=True)
+        tls_cost: dict[str, Any] = {}
+        if a.tls:
+            # the same source, served over TLS: a public listener (no client certificate: the
+            # target is anonymous, as the plaintext pass) and a peer listener (mutual TLS: the
+            # target is a member node and receives members-only entries whole)
+            public = f"127.0.0.1:{bench_find.free_port()}"
+            peer = f"127.0.0.1:{bench_find.free_port()}"
+            server_env = {
+                "COUNTERPART_TLS": "on", "COUNTERPART_TLS_KEY_FILE": str(tls_dir / f"{SOURCE_MEMBER}-key.pem"),
+                "COUNTERPART_TLS_CERT_FILE": str(tls_dir / f"{SOURCE_MEMBER}-cert.pem"),
+                "COUNTERPART_PEER_LISTEN": peer, "COUNTERPART_KEY_PASSPHRASE": tls_env["BENCH_TLS_PASSPHRASE"],
+            }
+            roots = (tls_dir / f"{SOURCE_MEMBER}-cert.pem").read_bytes()
+            with bench_find.server_process(
+                "source-tls", bench_find.node_argv(source_dir, public), public, work, server_env, roots
+            ) as source:
+                pid = source.proc.pid
+                over_tls = run_target("tls://" + public, work / "target-tls", federation_file, source_pid=pid)
+                passes["full_tls_anonymous"] = over_tls
+                print(describe_pass("full sync over TLS (anonymous)", over_tls, new_size), flush=True)
+                mutual = run_target("tls://" + peer, work / "target-mtls", federation_file, source_pid=pid,
+                                    tls_dir=tls_dir, env=tls_env)
+                passes["full_mutual_tls"] = mutual
+                print(describe_pass("full sync over mutual TLS (member node)", mutual, new_size), flush=True)
+            plain_rate = a.entries / full["wall_s"]
+            tls_cost = {
+                "plaintext_entries_per_s": round(plain_rate, 1),
+                "tls_anonymous_entries_per_s": round(new_size / over_tls["wall_s"], 1),
+                "mutual_tls_entries_per_s": round(new_size / mutual["wall_s"], 1),
+                "tls_over_plaintext": round(new_size / over_tls["wall_s"] / plain_rate, 3),
+                "mutual_tls_over_plaintext": round(new_size / mutual["wall_s"] / plain_rate, 3),
+                "note": "plaintext and TLS passes are anonymous (members-only entries withheld); the mutual "
+                        "TLS pass receives them whole and verifies their signatures too; the TLS passes "
+                        "pull one entry more (the incremental pass added it)",
+            }
+            print("TLS cost: " + ", ".join(f"{k} {v}" for k, v in tls_cost.items() if k != "note"), flush=True)
         sync_rate = a.entries / full["wall_s"]
         ratio = sync_rate / baseline["verify_and_hash_per_s"]
         print(
@@ -520,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                 "passes": passes,
                 "sync_entries_per_s": round(sync_rate, 1),
                 "ratio_sync_over_raw": round(ratio, 4),
+                "tls": tls_cost,
             }
             a.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             print(f"figures written to {a.json}")

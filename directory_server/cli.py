@@ -284,15 +284,26 @@ def status(data_dir: Path, fmt: str) -> None:
     rows = [asdict(s) for s in node.member_statuses()]
     doc = federation.document
     alarms = [asdict(a) for a in node.alarms()]
-    head = {
+    t = _tls_status(node)
+    head: dict[str, Any] = {
         "member": node.member, "federation_id": doc.federation_id, "federation_version": doc.version,
-        "federation_expired": federation.expired(now), "alarms": alarms, "members": rows,
+        "federation_expired": federation.expired(now), "tls": t, "alarms": alarms,
+        "members_only_records_served": node.store.audit_count(), "members": rows,
     }
     if fmt == "json":
         click.echo(json.dumps(head, indent=2))
         return
     out.print(f"node of {node.member}; federation {doc.federation_id} version {doc.version}"
               + (" [red](expired)[/]" if head["federation_expired"] else ""))
+    if not t["enabled"]:
+        out.print("TLS: off (plaintext, loopback only)")
+    elif "error" in t:
+        out.print(f"[red]TLS: {t['error']}[/]", highlight=False)
+    else:
+        listed = "[green]listed[/]" if t["listed"] else "[red]NOT listed[/] (peers and clients refuse it)"
+        out.print(f"TLS: certificate {t['fingerprint']}, {listed} for {node.member} in the federation document; "
+                  f"expires {t['not_after']}", highlight=False)
+    out.print(f"members-only records served: {head['members_only_records_served']} (counterpart-node access audit)")
     for a in alarms:
         out.print(
             f"[bold red]ALARM {a['reason']}[/]: {a['count']}x from {a['peer']} (last {a['last_time']}): {a['message']}",
@@ -333,6 +344,23 @@ def status(data_dir: Path, fmt: str) -> None:
                 "serving the history it verified first. Both signed checkpoints are in `status --format json`.",
                 highlight=False,
             )
+
+
+def _tls_status(node: Node) -> dict[str, Any]:
+    """The node's certificate (public, no passphrase needed) and whether the document lists it."""
+    c = node.config
+    if not c.tls_enabled:
+        return {"enabled": False}
+    try:
+        der = security.read_certificate(c.tls_cert_path)
+    except CounterpartError as e:
+        return {"enabled": True, "error": e.message}
+    member = node.federation().member(node.member)
+    return {
+        "enabled": True, "fingerprint": tls.fingerprint(der),
+        "listed": member is not None and any(bytes(x) == der for x in member.tls_certificates),
+        "not_after": tls.validity(der).not_after.isoformat(), "peer_listen": c.peer_listen,
+    }
 
 
 def _ago(iso: str | None, now: datetime) -> str:

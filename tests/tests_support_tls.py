@@ -76,6 +76,8 @@ def make_tls_node(root: Path, member: Member, document: bytes, publish: str | No
     config = NodeConfig(data_dir=data_dir, member=member.code, tls="on")
     (data_dir / CONFIG_NAME).write_text(config.to_toml(), encoding="utf-8")
     signing.write_key_file(config.key_path, member.key, PASSPHRASE)
+    signing.write_private_key(config.tls_key_path, member.tls_key, PASSPHRASE)
+    config.tls_cert_path.write_bytes(tls.pem(member.certificate))
     node = Node(config)
     node.install_federation(document)
     if publish:

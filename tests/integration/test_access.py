@@ -261,3 +261,55 @@ def test_clients_and_nodes_verify_the_node_certificate(world: World) -> None:
     with client_channel(world.server.address, world.node.federation().members(), "AZ") as channel:
         assert call(channel, methods(world.log_size)[0]).code == grpc.StatusCode.UNAVAILABLE
     assert tls.member_of_certificate(world.node.federation().members(), world.ge.certificate) == "GE"
+
+
+def test_a_third_node_syncs_anonymously_then_is_admitted_and_fills_in(tmp_path: Path, clock: Clock) -> None:
+    """AZ's node is in the federation but its certificate is not admitted yet: it syncs GE's
+    log through GE's public listener (no client certificate), holds members-only entries as
+    leaf hashes, verifies the whole log and answers public lookups. Once a new document
+    version lists its certificate, it syncs from GE's peer listener over mutual TLS and fills
+    in every withheld entry, each checked against its leaf hash."""
+    from tests_support_cluster import wait_for  # type: ignore[import-not-found, unused-ignore]
+
+    from counterpart.v1 import directory_service_pb2 as ds_
+    from directory_server.lookup import Directory
+
+    fed = TlsFederation([signing.SigningKey.generate()])
+    for code in ("GE", "AZ"):
+        fed.members[code] = new_member(code, clock())
+    v1 = fed.document(["GE", "AZ"], clock(), without_certificate=["AZ"])
+    ge_node = make_tls_node(tmp_path, fed.members["GE"], v1, publish="GE")
+    az_node = make_tls_node(tmp_path, fed.members["AZ"], v1)
+    ge = serve(ge_node, fed.members["GE"], peers=[])
+    az = serve(az_node, fed.members["AZ"], peers=[f"tls://{ge.address}"], sync_interval=0.5)
+    try:
+        origin = ge_node.store.checkpoint("GE")
+        wait_for(lambda: az_node.store.checkpoint("GE") == origin, 20, "AZ to hold GE's checkpoint")
+        report = az_node.verify_report()
+        assert report.problems == [] and report.withheld == {"GE": len(members_only_names("GE"))}
+        with az_node.store.engine.connect() as c:
+            stored = b"".join(bytes(r[0]) for r in c.exec_driver_sql("SELECT envelope FROM entries"))
+        assert not leaked(stored)
+        public = Directory(az_node.store, az_node.federation, az_node.clock).find_counterpart(
+            ds_.FindCounterpartRequest(requested_member="GE", request_type="mla.general")
+        )
+        assert public.candidates and not leaked(public.SerializeToString())
+        # the anonymous copy relays what it was given and no more
+        with client_channel(az.address, az_node.federation().members(), "AZ") as channel:
+            assert not leaked(call(channel, methods(ge_node.store.log_size("GE"))[13]).body)
+
+        v2 = fed.document(["GE", "AZ"], clock(), version=2)  # AZ's certificate admitted
+        ge_node.install_federation(v2)
+        wait_for(lambda: az_node.federation().version == 2, 20, "AZ to follow version 2")
+        az.set_peers([f"tls://{ge.peer_address}"])
+        wait_for(lambda: az_node.verify_report().withheld == {}, 20, "AZ to fill in GE's withheld entries")
+        assert az_node.verify_report().problems == []
+        with az_node.store.engine.connect() as c:
+            stored = b"".join(bytes(r[0]) for r in c.exec_driver_sql("SELECT envelope FROM entries"))
+        assert set(leaked(stored)) == set(SENTINELS)
+        assert [e for e in ge_node.store.audit_rows(1000) if e.caller == "node of AZ" and e.method == "GetEntries"]
+    finally:
+        az.stop(grace=0)
+        ge.stop(grace=0)
+        az_node.close()
+        ge_node.close()

@@ -163,6 +163,11 @@ def test_prosecutor_asks_anonymously_then_signs_in(site: Site, tmp_path: Path) -
     ).stdout)
     assert audit["total"] >= 1
     assert {e["caller"] for e in audit["entries"]} == {"prosecutor.7 (prosecutor, GE)"}
+    status = json.loads(CliRunner().invoke(
+        node_cli.main, ["status", "--format", "json", "--data-dir", str(site.node.config.data_dir)], env=ENV,
+    ).stdout)
+    assert status["tls"]["enabled"] and status["tls"]["listed"]
+    assert status["members_only_records_served"] == audit["total"]
 
 
 def test_login_refuses_a_token_of_another_federation(site: Site, tmp_path: Path, clock: Clock) -> None:
