@@ -289,7 +289,7 @@ def login(settings: Settings, source: Path | None) -> None:
     if settings.fmt == "json":
         _print_json({"subject": caller.subject, "role": caller.role, "member": caller.member, "token_file": str(path)})
         return
-    click.echo(f"signed in as {caller.describe()}; token kept in {path} (mode 600)")
+    click.echo(f"signed in as {caller.describe()}; the token is kept, readable by you only, in:\n  {path}")
 
 
 @main.command()
@@ -403,16 +403,17 @@ def _render_find(
             out.print(f"  {escape(_urgent(uc))}")
 
     if response.contacts:
-        table = Table(title="Contact points", title_justify="left")
-        for col in ("Contact", "Role", "Phone", "E-mail", "Languages", "Availability"):
-            table.add_column(col)
+        # one contact a few lines, never a table: e-mail addresses and phone numbers are what the
+        # reader copies, so they stand whole on their own line, whatever the terminal's width
+        out.print("[bold]Contact points[/]")
         for c in response.contacts:
-            table.add_row(
-                escape(_english(c.display_names) or c.name), escape(c.role), escape(c.phone or "-"),
-                escape(c.email or "-"), escape(", ".join(c.languages)),
-                escape(c.availability or "-"),
-            )
-        out.print(table)
+            out.print(f"  {escape(_english(c.display_names) or c.name)} ({escape(c.role)})")
+            reach = [f"e-mail {c.email}" if c.email else "", f"phone {c.phone}" if c.phone else ""]
+            for line in filter(None, reach):
+                out.print(f"    {escape(line)}", overflow="ignore", crop=False)
+            details = ", ".join(x for x in (", ".join(c.languages), c.availability) if x)
+            if details:
+                out.print(f"    {escape(details)}")
 
     if response.HasField("rule"):
         _render_rule(out, response.rule, response.candidates, response.contacts)
