@@ -19,6 +19,7 @@ envelope's signatures are bounded (``signing.MAX_SIGNATURES``).
 from __future__ import annotations
 
 import hmac
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -205,7 +206,7 @@ def batches(entries: Iterable[tuple[int, bytes, bytes]], max_bytes: int, max_ent
         yield batch
 
 
-class _Stream:
+class _Stream(ABC):
     """What both verifiers check of the framing of a streamed range, before any signature:
     batch size, withheld items well formed, positions in order, nothing past the end."""
 
@@ -214,8 +215,9 @@ class _Stream:
     limits: federation_pb2.Limits
 
     @property
+    @abstractmethod
     def next_seq(self) -> int:
-        raise NotImplementedError
+        """The seq the next item must have."""
 
     def _frame(self, start_seq: int, envelopes: Sequence[bytes], withheld: Mapping[int, bytes]) -> None:
         if len(envelopes) > self.limits.max_batch_entries:
