@@ -313,3 +313,24 @@ def test_a_third_node_syncs_anonymously_then_is_admitted_and_fills_in(tmp_path: 
         ge.stop(grace=0)
         az_node.close()
         ge_node.close()
+
+
+def test_both_listeners_speak_tls_1_3_with_the_listed_certificate(world: World, tmp_path: Path) -> None:
+    """An outside TLS client (Python's ssl, not gRPC) that trusts only GE's listed certificate."""
+    import socket
+    import ssl
+
+    ca = tmp_path / "ge.pem"
+    ca.write_bytes(tls.pem(world.ge.certificate))
+    for address, client in ((world.server.address, None), (world.server.peer_address, world.az)):
+        context = ssl.create_default_context(cafile=str(ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.set_alpn_protocols(["h2"])
+        if client is not None:  # the peer listener insists on a member node's certificate
+            (tmp_path / "az.pem").write_bytes(client.identity.certificate_pem + client.identity.key_pem)
+            context.load_cert_chain(str(tmp_path / "az.pem"))
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname=tls.member_name("GE")) as conn:
+            assert conn.version() == "TLSv1.3"
+            assert conn.getpeercert(binary_form=True) == world.ge.certificate
