@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, log_pb2, records_pb2
-from directory_server.domain import bounds, index, names, signing
+from directory_server.domain import bounds, index, names, places, signing
 from directory_server.domain.access import ANONYMOUS, Caller
 from directory_server.domain.errors import ConflictError, InvalidArgumentError, NotFoundError, quote
 from directory_server.domain.federation import Federation
@@ -33,6 +33,7 @@ from directory_server.storage.models import RecordRow
 from directory_server.storage.store import Store
 
 log = logging.getLogger("counterpart.access")
+MAX_PLACE_TERMS = 16  # names of a place a search also looks for
 _SUBDIVISION_RE = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
 _POSTAL_RE = re.compile(r"^[0-9][0-9A-Z\- ]{1,9}$")
 _LANG_RE = re.compile(r"^[a-zA-Z]{2,3}(?:-[a-zA-Z0-9]{1,8})*$")
@@ -108,6 +109,7 @@ class Directory:
         self._federation = federation
         self.clock = clock
         self._trees: dict[str, tuple[bytes, ProofTree]] = {}
+        self._place_cache: dict[str, tuple[bytes, list[places.PlaceName]]] = {}
         self._lock = threading.Lock()
 
     def federation(self) -> Federation:
@@ -213,13 +215,29 @@ class Directory:
         offset_text = decode_page_token(token, scope)
         offset = int(offset_text) if offset_text.isdigit() else 0
         snap = _Snapshot(self)
-        hits = self.store.search(folded, member or None, limit + 1, offset)
+        hits = self._search_hits(folded, member or None, limit + 1, offset)
         more = len(hits) > limit
         rows_by_name = self.store.record_rows([n for n, _ in hits[:limit]])
         rows = [rows_by_name[n] for n, _ in hits[:limit] if n in rows_by_name]
         loaded = self._load_rows(rows, snap)
         next_token = encode_page_token(scope, str(offset + limit)) if more else ""
         return loaded, next_token, [self._provenance(m, snap) for m in sorted({r.member for r in rows})]
+
+    def _search_hits(self, folded: str, member: str | None, limit: int, offset: int) -> list[tuple[str, int]]:
+        """Search by the query and, when it is a place a gazetteer names, by every other name
+        of that place too (Երևան finds what Yerevan finds); best rank of any name wins."""
+        terms = {folded}
+        matching = self.store.places_matching(folded, member)
+        if matching:
+            terms |= {r.folded for r in self.store.place_rows_named(sorted({r.name for r in matching}))}
+        if len(terms) == 1:
+            return self.store.search(folded, member, limit, offset)
+        best: dict[str, int] = {}
+        for term in sorted(terms)[:MAX_PLACE_TERMS]:
+            for name, rank in self.store.search(term, member, offset + limit, 0):
+                best[name] = min(rank, best.get(name, rank))
+        ordered = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
+        return ordered[offset : offset + limit]
 
     # --- members -----------------------------------------------------------------------
 
@@ -281,6 +299,11 @@ class Directory:
         names.check_member_code(member, "requested_member")
         if req.requesting_member:
             names.check_member_code(req.requesting_member, "requesting_member")
+            if federation.member(req.requesting_member) is None:
+                raise NotFoundError(
+                    f"requesting_member {quote(req.requesting_member)} is not a member of "
+                    f"{federation.document.federation_id}", reason="MEMBER_NOT_FOUND",
+                )
         if not req.request_type:
             raise InvalidArgumentError("request_type is required (e.g. mla.hearing.witness)", reason="MISSING_ARGUMENT")
         if req.request_type not in vocab.request_types:
@@ -302,8 +325,11 @@ class Directory:
 
         resp = ds.FindCounterpartResponse()
         evidence = Evidence()
-        place = self._resolve_place(member, req.place, resp.warnings)
+        resolution = self._resolve_place(member, req.place, snap)
+        place = self._place_answer(req.place, resolution, evidence, snap)
         resp.place.CopyFrom(place)
+        if resolution.approximate:
+            resp.warnings.append(f"place {req.place.strip()!r} was read as {resolution.matched} ({resolution.subdivision})")
 
         rule = self._load_name(f"members/{member}/rules/{req.request_type}", snap)
         if rule is not None:
@@ -316,7 +342,7 @@ class Directory:
             resp.warnings.append(f"{member} has published no procedural rule for {req.request_type}")
 
         rule_record = rule.record if rule is not None and isinstance(rule.record, records_pb2.Rule) else None
-        candidates = self._candidates(member, req, place, rule_record, snap)
+        candidates = self._candidates(member, req, place, resolution, rule_record, snap, resp.warnings)
         for cand, loaded in candidates:
             evidence.add(loaded)
             resp.candidates.append(cand)
@@ -332,6 +358,14 @@ class Directory:
         resp.legal_bases.extend(bases)
         resp.route = self._route(rule_record, bases, req.urgent, resp.warnings)
         resp.languages.extend(self._languages(rule_record, bases, candidates))
+        wanted = list(req.preferred_languages)
+        if not resp.languages:
+            resp.warnings.append(f"{member} has published no language in which {req.request_type} is accepted")
+        elif wanted and not set(wanted) & set(resp.languages):
+            resp.warnings.append(
+                f"none of your languages ({', '.join(wanted)}) is accepted: {member} accepts "
+                f"{', '.join(resp.languages)} for {req.request_type}; the request needs a translation"
+            )
 
         all_contacts = self.store.contacts_of([c.authority.name for c, _ in candidates], public_only=False)
         contact_rows = [r for r in all_contacts if self._visible(r, caller)]
@@ -375,55 +409,76 @@ class Directory:
             return None
         return self._load_rows([row], snap)[0]
 
-    def _resolve_place(self, member: str, query: str, warnings: MutableSequence[str]) -> ds.ResolvedPlace:
-        place = ds.ResolvedPlace(query=query)
-        q = query.strip()
-        if not q:
-            place.level = ds.COVERAGE_LEVEL_NATIONAL
-            return place
-        m = _SUBDIVISION_RE.match(q.upper())
-        if m and "-" in q:
-            if m.group(1) != member:
-                raise InvalidArgumentError(f"place {q} is not in {member}", reason="PLACE_OUTSIDE_MEMBER")
-            place.level = ds.COVERAGE_LEVEL_SUBDIVISION
-            place.subdivision = q.upper()
-            return place
-        if _POSTAL_RE.match(q.upper()):
-            place.level = ds.COVERAGE_LEVEL_POSTAL_CODE
-            place.postal_code = q.upper()
-            return place
-        rows = self.store.places(member, fold(q))
-        if rows:
-            place.level = ds.COVERAGE_LEVEL_MUNICIPALITY
-            place.municipality = rows[0].display
-            subdivisions = sorted({r.subdivision for r in rows if r.subdivision})
-            if subdivisions:
-                place.subdivision = subdivisions[0]
-            return place
-        place.level = ds.COVERAGE_LEVEL_UNSPECIFIED
-        warnings.append(
-            f"place {q!r} is not a subdivision code, postal code or municipality known to {member}'s records; "
-            "only authorities with national competence are shown"
+    def _place_names(self, member: str, snap: _Snapshot) -> list[places.PlaceName]:
+        """The member's place names, cached until its checkpoint changes."""
+        checkpoint = snap.checkpoint(member) or b""
+        with self._lock:
+            cached = self._place_cache.get(member)
+            if cached is not None and cached[0] == checkpoint:
+                return cached[1]
+        rows = [
+            places.PlaceName(r.folded, r.display, r.name, r.subdivision, r.kind) for r in self.store.place_names(member)
+        ]
+        with self._lock:
+            self._place_cache[member] = (checkpoint, rows)
+        return rows
+
+    def _resolve_place(self, member: str, query: str, snap: _Snapshot) -> places.Resolution:
+        return places.resolve(query, member, self._place_names(member, snap))
+
+    def _place_answer(
+        self, query: str, res: places.Resolution, evidence: Evidence, snap: _Snapshot
+    ) -> ds.ResolvedPlace:
+        """The place as the answer states it, with the gazetteer record that says so."""
+        level = {
+            "national": ds.COVERAGE_LEVEL_NATIONAL, "subdivision": ds.COVERAGE_LEVEL_SUBDIVISION,
+            "municipality": ds.COVERAGE_LEVEL_MUNICIPALITY, "postal_code": ds.COVERAGE_LEVEL_POSTAL_CODE,
+        }[res.level]
+        place = ds.ResolvedPlace(
+            query=query, level=level, subdivision=res.subdivision, postal_code=res.postal_code,
+            matched_name=res.matched, approximate=res.approximate,
         )
+        if res.level == "municipality":
+            place.municipality = res.matched
+        if res.record:
+            loaded = self._load_name(res.record, snap)
+            if loaded is not None and isinstance(loaded.record, records_pb2.Place):
+                evidence.add(loaded)
+                place.gazetteer_place.CopyFrom(loaded.record)
         return place
 
+    def _subdivisions_of(self, member: str, code: str, snap: _Snapshot) -> list[str]:
+        """A subdivision and those it lies in, as the member's gazetteer says (AZ-NV in AZ-NX)."""
+        out = [code] if code else []
+        names = self._place_names(member, snap)
+        while code:
+            record = next((n.record for n in names if n.kind == index.PLACE_SUBDIVISION and n.subdivision == code), "")
+            loaded = self._load_name(record, snap) if record else None
+            parent = loaded.record.parent_subdivision if loaded and isinstance(loaded.record, records_pb2.Place) else ""
+            code = parent if parent and parent not in out else ""
+            if code:
+                out.append(code)
+        return out
+
     def _candidates(
-        self, member: str, req: ds.FindCounterpartRequest, place: ds.ResolvedPlace,
-        rule: records_pb2.Rule | None, snap: _Snapshot,
+        self, member: str, req: ds.FindCounterpartRequest, place: ds.ResolvedPlace, res: places.Resolution,
+        rule: records_pb2.Rule | None, snap: _Snapshot, warnings: MutableSequence[str],
     ) -> list[tuple[ds.Candidate, Loaded]]:
-        # Coverage first: only the few authorities whose coverage includes the place,
-        # then their competences for the request type (both from indexes).
-        folded = fold(place.query) if place.level == ds.COVERAGE_LEVEL_MUNICIPALITY else ""
+        # Coverage first: only the few authorities whose coverage includes the place (by any
+        # of its names, its subdivision and those that contain it), then their competences
+        # for the request type (both from indexes).
+        subdivisions = self._subdivisions_of(member, place.subdivision, snap)
+        municipalities = sorted(res.folded_names) if place.level == ds.COVERAGE_LEVEL_MUNICIPALITY else []
+        shown_place = place.matched_name or place.query.strip()
         levels: dict[str, tuple[ds.CoverageLevel.ValueType, str]] = {}
-        for cov in self.store.coverage_matches(member, place.subdivision, folded, place.postal_code):
+        for cov in self.store.coverage_matches(member, subdivisions, municipalities, place.postal_code):
             match: tuple[ds.CoverageLevel.ValueType, str]
             if cov.level == index.LEVEL_NATIONAL:
                 match = (ds.COVERAGE_LEVEL_NATIONAL, f"competent for the whole of {member}")
             elif cov.level == index.LEVEL_SUBDIVISION:
                 match = (ds.COVERAGE_LEVEL_SUBDIVISION, f"competent for subdivision {cov.key}")
             elif cov.level == index.LEVEL_MUNICIPALITY:
-                shown = place.municipality if place.municipality == place.query.strip() else f"{place.query.strip()} ({place.municipality})"
-                match = (ds.COVERAGE_LEVEL_MUNICIPALITY, f"competent for the municipality {shown}")
+                match = (ds.COVERAGE_LEVEL_MUNICIPALITY, f"competent for the municipality {shown_place}")
             else:
                 match = (ds.COVERAGE_LEVEL_POSTAL_CODE, f"competent for postal codes {cov.key}-{cov.last}")
             if match[0] > levels.get(cov.name, (ds.COVERAGE_LEVEL_UNSPECIFIED, ""))[0]:
@@ -438,14 +493,31 @@ class Directory:
             roles.setdefault(c.name, set()).add(records_pb2.CompetenceRole.ValueType(c.role))
         named_by_rule: dict[str, str] = {}
         if rule is not None:
+            executing = rule.executing_authority
+            for by in rule.executing_by_subdivision:
+                if set(by.subdivisions) & set(subdivisions):
+                    executing = by.authority
+                    named_by_rule[by.authority] = (
+                        f"named by the rule as competent to execute in {', '.join(by.subdivisions)}"
+                    )
             if rule.receiving_authority:
-                named_by_rule[rule.receiving_authority] = "named by the rule as competent to receive"
-            if rule.executing_authority:
-                named_by_rule.setdefault(rule.executing_authority, "named by the rule as competent to execute")
+                named_by_rule.setdefault(rule.receiving_authority, "named by the rule as competent to receive")
+            if executing:
+                named_by_rule.setdefault(executing, "named by the rule as competent to execute")
             for name, role in ((rule.receiving_authority, records_pb2.COMPETENCE_ROLE_RECEIVES),
-                               (rule.executing_authority, records_pb2.COMPETENCE_ROLE_EXECUTES)):
-                if name in levels:  # the rule names it, and it covers the place
-                    roles.setdefault(name, set()).add(role)
+                               (executing, records_pb2.COMPETENCE_ROLE_EXECUTES)):
+                if not name:
+                    continue
+                if name not in levels:
+                    # what the rule names is shown even where its coverage says otherwise: the
+                    # answer must not contradict the rule, and the reader must see the conflict
+                    levels[name] = (ds.COVERAGE_LEVEL_UNSPECIFIED, f"its coverage does not include {shown_place or member}")
+                    warnings.append(
+                        f"{member}'s rule for {req.request_type} names {name} as competent to "
+                        f"{'receive' if role == records_pb2.COMPETENCE_ROLE_RECEIVES else 'execute'}, but its "
+                        f"coverage does not include {shown_place or 'the whole member'}"
+                    )
+                roles.setdefault(name, set()).add(role)
         levels = {n: lv for n, lv in levels.items() if n in roles}
         rows = self.store.record_rows(list(levels))
         loaded = {ld.name: ld for ld in self._load_rows([rows[n] for n in sorted(levels) if n in rows], snap)}
@@ -481,6 +553,21 @@ class Directory:
             )
 
         out.sort(key=rank)
+        if rule is not None and rule.territorial_execution:
+            executor = next(
+                (c for c, _ in out if records_pb2.COMPETENCE_ROLE_EXECUTES in c.roles
+                 and c.coverage_level != ds.COVERAGE_LEVEL_UNSPECIFIED), None,
+            )
+            if executor is None:
+                warnings.append(
+                    f"{member}'s rule gives {req.request_type} to the authority territorially competent for the "
+                    f"place, but no authority covering {shown_place or 'it'} lists an executing competence"
+                )
+            else:
+                executor.reasons.append(
+                    f"executes: the rule gives execution to the authority territorially competent for "
+                    f"{shown_place or 'the whole of ' + member}"
+                )
         return out
 
     def _legal_bases(
@@ -530,6 +617,12 @@ class Directory:
             basis.explanation = f"{instrument.title} covers {request_type}; {side}"
             if instrument.parties and not requesting:
                 basis.explanation += f"; applies only between {' and '.join(instrument.parties)}"
+            basis.explanation += (
+                "; allows direct transmission between judicial authorities" if instrument.direct_transmission
+                else "; no direct transmission: through central authorities"
+            )
+            if their_record.record.declared_languages:
+                basis.explanation += f"; {member} declared it accepts {', '.join(their_record.record.declared_languages)}"
             basis.offence_categories.extend(instrument.offence_categories)
             if instrument.offence_categories and not offence:
                 basis.explanation += f"; only for offences of: {', '.join(instrument.offence_categories)}"
@@ -543,16 +636,23 @@ class Directory:
     def _route(
         rule: records_pb2.Rule | None, bases: Sequence[ds.LegalBasis], urgent: bool, warnings: MutableSequence[str]
     ) -> records_pb2.TransmissionRoute.ValueType:
+        """The first route the rule names that a legal basis in force allows; what nobody
+        published stays unstated (TRANSMISSION_ROUTE_UNSPECIFIED), never a default."""
         if rule is None or not rule.routes:
-            return records_pb2.TRANSMISSION_ROUTE_CENTRAL_AUTHORITY
+            warnings.append("route not stated: the requested member has published no route for this request type")
+            return records_pb2.TRANSMISSION_ROUTE_UNSPECIFIED
+        if urgent and rule.interpol_for_urgent:
+            warnings.append("urgent: an advance copy through Interpol is accepted")
         direct_allowed = any(b.direct_transmission for b in bases)
         for route in rule.routes:
             if route == records_pb2.TRANSMISSION_ROUTE_DIRECT and not direct_allowed:
                 continue
-            if urgent and rule.interpol_for_urgent:
-                warnings.append("urgent: an advance copy through Interpol is accepted")
             return route
-        return records_pb2.TRANSMISSION_ROUTE_CENTRAL_AUTHORITY
+        warnings.append(
+            "the rule names only direct transmission between judicial authorities, but no legal basis in force "
+            "between the two members provides for it"
+        )
+        return rule.routes[0]
 
     @staticmethod
     def _languages(

@@ -109,7 +109,7 @@ def sample_dir(tmp_path: Path) -> Callable[[str], Path]:
 @pytest.fixture
 def served(make_node: Callable[..., Node], sample_dir: Callable[[str], Path]) -> Iterator[tuple[NodeServer, grpc.Channel]]:
     """A GE node with the GE sample data, serving on a free loopback port."""
-    node = make_node("GE")
+    node = make_node("GE", ["GE", "AZ", "AM"])  # AZ and AM: requesting members known to the federation
     node.publish(sample_dir("GE"), PASSPHRASE)
     server = NodeServer(node, "127.0.0.1:0", access_log=False)
     server.start()

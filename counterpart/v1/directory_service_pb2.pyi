@@ -750,6 +750,138 @@ class ListTreatiesResponse(_message.Message):
 Global___ListTreatiesResponse: _TypeAlias = ListTreatiesResponse  # noqa: Y015
 
 @_typing.final
+class GetPlaceRequest(_message.Message):
+    """Request for GetPlace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """members/{member}/places/{place}"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlaceRequest: _TypeAlias = GetPlaceRequest  # noqa: Y015
+
+@_typing.final
+class GetPlaceResponse(_message.Message):
+    """Response of GetPlace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACE_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def place(self) -> _records_pb2.Place:
+        """The place."""
+
+    @_builtins.property
+    def proof(self) -> Global___RecordProof:
+        """Its proof."""
+
+    @_builtins.property
+    def provenance(self) -> Global___Provenance:
+        """Provenance of the member's data."""
+
+    def __init__(
+        self,
+        *,
+        place: _records_pb2.Place | None = ...,
+        proof: Global___RecordProof | None = ...,
+        provenance: Global___Provenance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["place", b"place", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["place", b"place", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlaceResponse: _TypeAlias = GetPlaceResponse  # noqa: Y015
+
+@_typing.final
+class ListPlacesRequest(_message.Message):
+    """Request for ListPlaces."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """members/{member}; "members/-" for every member."""
+    page_size: _builtins.int
+    """At most this many results (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response."""
+    filter: _builtins.str
+    """AIP-160 filter, e.g. `kind = "PLACE_KIND_SUBDIVISION"`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlacesRequest: _TypeAlias = ListPlacesRequest  # noqa: Y015
+
+@_typing.final
+class ListPlacesResponse(_message.Message):
+    """Response of ListPlaces."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PROOFS_FIELD_NUMBER: _builtins.int
+    PROVENANCES_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last."""
+    @_builtins.property
+    def places(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.Place]:
+        """The places, ordered by name."""
+
+    @_builtins.property
+    def proofs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordProof]:
+        """One proof per place, in the same order."""
+
+    @_builtins.property
+    def provenances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provenance]:
+        """Provenance of each member named in the page."""
+
+    def __init__(
+        self,
+        *,
+        places: _abc.Iterable[_records_pb2.Place] | None = ...,
+        next_page_token: _builtins.str = ...,
+        proofs: _abc.Iterable[Global___RecordProof] | None = ...,
+        provenances: _abc.Iterable[Global___Provenance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "places", b"places", "proofs", b"proofs", "provenances", b"provenances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlacesResponse: _TypeAlias = ListPlacesResponse  # noqa: Y015
+
+@_typing.final
 class MemberInfo(_message.Message):
     """A member as this node knows it."""
 
@@ -986,6 +1118,9 @@ class ResolvedPlace(_message.Message):
     SUBDIVISION_FIELD_NUMBER: _builtins.int
     MUNICIPALITY_FIELD_NUMBER: _builtins.int
     POSTAL_CODE_FIELD_NUMBER: _builtins.int
+    GAZETTEER_PLACE_FIELD_NUMBER: _builtins.int
+    MATCHED_NAME_FIELD_NUMBER: _builtins.int
+    APPROXIMATE_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """The place as given."""
     level: Global___CoverageLevel.ValueType
@@ -996,6 +1131,16 @@ class ResolvedPlace(_message.Message):
     """Municipality name matched, if any."""
     postal_code: _builtins.str
     """Postal code, if one was given."""
+    matched_name: _builtins.str
+    """The name of that record that matched (after folding, or the closest one
+    when the query was read with typo tolerance).
+    """
+    approximate: _builtins.bool
+    """The query was not a known name: it was read as the closest one."""
+    @_builtins.property
+    def gazetteer_place(self) -> _records_pb2.Place:
+        """The gazetteer record the place resolved to (its proof is in the answer)."""
+
     def __init__(
         self,
         *,
@@ -1004,10 +1149,13 @@ class ResolvedPlace(_message.Message):
         subdivision: _builtins.str = ...,
         municipality: _builtins.str = ...,
         postal_code: _builtins.str = ...,
+        gazetteer_place: _records_pb2.Place | None = ...,
+        matched_name: _builtins.str = ...,
+        approximate: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gazetteer_place", b"gazetteer_place"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "municipality", b"municipality", "postal_code", b"postal_code", "query", b"query", "subdivision", b"subdivision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approximate", b"approximate", "gazetteer_place", b"gazetteer_place", "level", b"level", "matched_name", b"matched_name", "municipality", b"municipality", "postal_code", b"postal_code", "query", b"query", "subdivision", b"subdivision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

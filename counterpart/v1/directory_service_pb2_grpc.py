@@ -84,6 +84,16 @@ class DirectoryServiceStub:
                 request_serializer=counterpart_dot_v1_dot_directory__service__pb2.ListTreatiesRequest.SerializeToString,
                 response_deserializer=counterpart_dot_v1_dot_directory__service__pb2.ListTreatiesResponse.FromString,
                 _registered_method=True)
+        self.GetPlace = channel.unary_unary(
+                '/counterpart.v1.DirectoryService/GetPlace',
+                request_serializer=counterpart_dot_v1_dot_directory__service__pb2.GetPlaceRequest.SerializeToString,
+                response_deserializer=counterpart_dot_v1_dot_directory__service__pb2.GetPlaceResponse.FromString,
+                _registered_method=True)
+        self.ListPlaces = channel.unary_unary(
+                '/counterpart.v1.DirectoryService/ListPlaces',
+                request_serializer=counterpart_dot_v1_dot_directory__service__pb2.ListPlacesRequest.SerializeToString,
+                response_deserializer=counterpart_dot_v1_dot_directory__service__pb2.ListPlacesResponse.FromString,
+                _registered_method=True)
         self.GetMember = channel.unary_unary(
                 '/counterpart.v1.DirectoryService/GetMember',
                 request_serializer=counterpart_dot_v1_dot_directory__service__pb2.GetMemberRequest.SerializeToString,
@@ -172,6 +182,20 @@ class DirectoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPlace(self, request, context):
+        """Gets one place of a member's gazetteer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlaces(self, request, context):
+        """Lists the places of a member's gazetteer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMember(self, request, context):
         """Gets one member of the federation.
         """
@@ -240,6 +264,16 @@ def add_DirectoryServiceServicer_to_server(servicer, server):
                     servicer.ListTreaties,
                     request_deserializer=counterpart_dot_v1_dot_directory__service__pb2.ListTreatiesRequest.FromString,
                     response_serializer=counterpart_dot_v1_dot_directory__service__pb2.ListTreatiesResponse.SerializeToString,
+            ),
+            'GetPlace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlace,
+                    request_deserializer=counterpart_dot_v1_dot_directory__service__pb2.GetPlaceRequest.FromString,
+                    response_serializer=counterpart_dot_v1_dot_directory__service__pb2.GetPlaceResponse.SerializeToString,
+            ),
+            'ListPlaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlaces,
+                    request_deserializer=counterpart_dot_v1_dot_directory__service__pb2.ListPlacesRequest.FromString,
+                    response_serializer=counterpart_dot_v1_dot_directory__service__pb2.ListPlacesResponse.SerializeToString,
             ),
             'GetMember': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMember,
@@ -505,6 +539,60 @@ class DirectoryService:
             '/counterpart.v1.DirectoryService/ListTreaties',
             counterpart_dot_v1_dot_directory__service__pb2.ListTreatiesRequest.SerializeToString,
             counterpart_dot_v1_dot_directory__service__pb2.ListTreatiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPlace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/counterpart.v1.DirectoryService/GetPlace',
+            counterpart_dot_v1_dot_directory__service__pb2.GetPlaceRequest.SerializeToString,
+            counterpart_dot_v1_dot_directory__service__pb2.GetPlaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/counterpart.v1.DirectoryService/ListPlaces',
+            counterpart_dot_v1_dot_directory__service__pb2.ListPlacesRequest.SerializeToString,
+            counterpart_dot_v1_dot_directory__service__pb2.ListPlacesResponse.FromString,
             options,
             channel_credentials,
             insecure,

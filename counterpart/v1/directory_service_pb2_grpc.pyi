@@ -56,6 +56,10 @@ class DirectoryServiceStub:
     """Gets one treaty participation."""
     ListTreaties: _grpc.UnaryUnaryMultiCallable[_directory_service_pb2.ListTreatiesRequest, _directory_service_pb2.ListTreatiesResponse]
     """Lists treaty participations of a member."""
+    GetPlace: _grpc.UnaryUnaryMultiCallable[_directory_service_pb2.GetPlaceRequest, _directory_service_pb2.GetPlaceResponse]
+    """Gets one place of a member's gazetteer."""
+    ListPlaces: _grpc.UnaryUnaryMultiCallable[_directory_service_pb2.ListPlacesRequest, _directory_service_pb2.ListPlacesResponse]
+    """Lists the places of a member's gazetteer."""
     GetMember: _grpc.UnaryUnaryMultiCallable[_directory_service_pb2.GetMemberRequest, _directory_service_pb2.GetMemberResponse]
     """Gets one member of the federation."""
     ListMembers: _grpc.UnaryUnaryMultiCallable[_directory_service_pb2.ListMembersRequest, _directory_service_pb2.ListMembersResponse]
@@ -91,6 +95,10 @@ class DirectoryServiceAsyncStub(DirectoryServiceStub):
     """Gets one treaty participation."""
     ListTreaties: _aio.UnaryUnaryMultiCallable[_directory_service_pb2.ListTreatiesRequest, _directory_service_pb2.ListTreatiesResponse]  # type: ignore[assignment]
     """Lists treaty participations of a member."""
+    GetPlace: _aio.UnaryUnaryMultiCallable[_directory_service_pb2.GetPlaceRequest, _directory_service_pb2.GetPlaceResponse]  # type: ignore[assignment]
+    """Gets one place of a member's gazetteer."""
+    ListPlaces: _aio.UnaryUnaryMultiCallable[_directory_service_pb2.ListPlacesRequest, _directory_service_pb2.ListPlacesResponse]  # type: ignore[assignment]
+    """Lists the places of a member's gazetteer."""
     GetMember: _aio.UnaryUnaryMultiCallable[_directory_service_pb2.GetMemberRequest, _directory_service_pb2.GetMemberResponse]  # type: ignore[assignment]
     """Gets one member of the federation."""
     ListMembers: _aio.UnaryUnaryMultiCallable[_directory_service_pb2.ListMembersRequest, _directory_service_pb2.ListMembersResponse]  # type: ignore[assignment]
@@ -177,6 +185,22 @@ class DirectoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_directory_service_pb2.ListTreatiesResponse, _abc.Awaitable[_directory_service_pb2.ListTreatiesResponse]]:
         """Lists treaty participations of a member."""
+
+    @_abc_1.abstractmethod
+    def GetPlace(
+        self,
+        request: _directory_service_pb2.GetPlaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_directory_service_pb2.GetPlaceResponse, _abc.Awaitable[_directory_service_pb2.GetPlaceResponse]]:
+        """Gets one place of a member's gazetteer."""
+
+    @_abc_1.abstractmethod
+    def ListPlaces(
+        self,
+        request: _directory_service_pb2.ListPlacesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_directory_service_pb2.ListPlacesResponse, _abc.Awaitable[_directory_service_pb2.ListPlacesResponse]]:
+        """Lists the places of a member's gazetteer."""
 
     @_abc_1.abstractmethod
     def GetMember(

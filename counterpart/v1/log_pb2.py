@@ -26,7 +26,7 @@ from counterpart.v1 import records_pb2 as counterpart_dot_v1_dot_records__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ounterpart/v1/log.proto\x12\x0e\x63ounterpart.v1\x1a\x1c\x63ounterpart/v1/records.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x08\x45nvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12-\n\nsignatures\x18\x03 \x03(\x0b\x32\x19.counterpart.v1.Signature\"(\n\tSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"\xc6\x02\n\x05\x45ntry\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x30\n\x0cpublish_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04name\x18\x04 \x01(\t\x12.\n\tauthority\x18\n \x01(\x0b\x32\x19.counterpart.v1.AuthorityH\x00\x12*\n\x07\x63ontact\x18\x0b \x01(\x0b\x32\x17.counterpart.v1.ContactH\x00\x12$\n\x04rule\x18\x0c \x01(\x0b\x32\x14.counterpart.v1.RuleH\x00\x12(\n\x06treaty\x18\r \x01(\x0b\x32\x16.counterpart.v1.TreatyH\x00\x12,\n\x08\x64\x65letion\x18\x0e \x01(\x0b\x32\x18.counterpart.v1.DeletionH\x00\x42\x06\n\x04\x62ody\"\x1a\n\x08\x44\x65letion\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x9e\x01\n\nCheckpoint\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12.\n\nissue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ounterpart/v1/log.proto\x12\x0e\x63ounterpart.v1\x1a\x1c\x63ounterpart/v1/records.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x08\x45nvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12-\n\nsignatures\x18\x03 \x03(\x0b\x32\x19.counterpart.v1.Signature\"(\n\tSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"\xee\x02\n\x05\x45ntry\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x30\n\x0cpublish_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04name\x18\x04 \x01(\t\x12.\n\tauthority\x18\n \x01(\x0b\x32\x19.counterpart.v1.AuthorityH\x00\x12*\n\x07\x63ontact\x18\x0b \x01(\x0b\x32\x17.counterpart.v1.ContactH\x00\x12$\n\x04rule\x18\x0c \x01(\x0b\x32\x14.counterpart.v1.RuleH\x00\x12(\n\x06treaty\x18\r \x01(\x0b\x32\x16.counterpart.v1.TreatyH\x00\x12,\n\x08\x64\x65letion\x18\x0e \x01(\x0b\x32\x18.counterpart.v1.DeletionH\x00\x12&\n\x05place\x18\x0f \x01(\x0b\x32\x15.counterpart.v1.PlaceH\x00\x42\x06\n\x04\x62ody\"\x1a\n\x08\x44\x65letion\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x9e\x01\n\nCheckpoint\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12.\n\nissue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,9 +38,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNATURE']._serialized_start=205
   _globals['_SIGNATURE']._serialized_end=245
   _globals['_ENTRY']._serialized_start=248
-  _globals['_ENTRY']._serialized_end=574
-  _globals['_DELETION']._serialized_start=576
-  _globals['_DELETION']._serialized_end=602
-  _globals['_CHECKPOINT']._serialized_start=605
-  _globals['_CHECKPOINT']._serialized_end=763
+  _globals['_ENTRY']._serialized_end=614
+  _globals['_DELETION']._serialized_start=616
+  _globals['_DELETION']._serialized_end=642
+  _globals['_CHECKPOINT']._serialized_start=645
+  _globals['_CHECKPOINT']._serialized_end=803
 # @@protoc_insertion_point(module_scope)

@@ -103,6 +103,7 @@ class Entry(_message.Message):
     RULE_FIELD_NUMBER: _builtins.int
     TREATY_FIELD_NUMBER: _builtins.int
     DELETION_FIELD_NUMBER: _builtins.int
+    PLACE_FIELD_NUMBER: _builtins.int
     member: _builtins.str
     """Code of the member that owns the log ("GE", "AZ", ...)."""
     seq: _builtins.int
@@ -133,6 +134,10 @@ class Entry(_message.Message):
     def deletion(self) -> Global___Deletion:
         """A tombstone: the record no longer exists."""
 
+    @_builtins.property
+    def place(self) -> _records_pb2.Place:
+        """A place of the member's gazetteer."""
+
     def __init__(
         self,
         *,
@@ -145,12 +150,13 @@ class Entry(_message.Message):
         rule: _records_pb2.Rule | None = ...,
         treaty: _records_pb2.Treaty | None = ...,
         deletion: Global___Deletion | None = ...,
+        place: _records_pb2.Place | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "body", b"body", "contact", b"contact", "deletion", b"deletion", "publish_time", b"publish_time", "rule", b"rule", "treaty", b"treaty"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "body", b"body", "contact", b"contact", "deletion", b"deletion", "place", b"place", "publish_time", b"publish_time", "rule", b"rule", "treaty", b"treaty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "body", b"body", "contact", b"contact", "deletion", b"deletion", "member", b"member", "name", b"name", "publish_time", b"publish_time", "rule", b"rule", "seq", b"seq", "treaty", b"treaty"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "body", b"body", "contact", b"contact", "deletion", b"deletion", "member", b"member", "name", b"name", "place", b"place", "publish_time", b"publish_time", "rule", b"rule", "seq", b"seq", "treaty", b"treaty"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["authority", "contact", "rule", "treaty", "deletion"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["authority", "contact", "rule", "treaty", "deletion", "place"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

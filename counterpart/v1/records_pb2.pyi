@@ -159,6 +159,30 @@ TRANSMISSION_ROUTE_INTERPOL: TransmissionRoute.ValueType  # 4
 """Through Interpol."""
 Global___TransmissionRoute: _TypeAlias = TransmissionRoute  # noqa: Y015
 
+class _PlaceKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlaceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlaceKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLACE_KIND_UNSPECIFIED: _PlaceKind.ValueType  # 0
+    """Not set."""
+    PLACE_KIND_SUBDIVISION: _PlaceKind.ValueType  # 1
+    """An ISO 3166-2 subdivision (region, autonomous republic, city of national status)."""
+    PLACE_KIND_MUNICIPALITY: _PlaceKind.ValueType  # 2
+    """A municipality, city, town or district."""
+
+class PlaceKind(_PlaceKind, metaclass=_PlaceKindEnumTypeWrapper):
+    """The kind of a place in a member's gazetteer."""
+
+PLACE_KIND_UNSPECIFIED: PlaceKind.ValueType  # 0
+"""Not set."""
+PLACE_KIND_SUBDIVISION: PlaceKind.ValueType  # 1
+"""An ISO 3166-2 subdivision (region, autonomous republic, city of national status)."""
+PLACE_KIND_MUNICIPALITY: PlaceKind.ValueType  # 2
+"""A municipality, city, town or district."""
+Global___PlaceKind: _TypeAlias = PlaceKind  # noqa: Y015
+
 class _TreatyStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -803,6 +827,8 @@ class Rule(_message.Message):
     EXTRADITION_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
     REVIEW_DATE_FIELD_NUMBER: _builtins.int
+    TERRITORIAL_EXECUTION_FIELD_NUMBER: _builtins.int
+    EXECUTING_BY_SUBDIVISION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name."""
     request_type: _builtins.str
@@ -823,6 +849,11 @@ class Rule(_message.Message):
     """Resource name of the contact to consult."""
     review_date: _builtins.str
     """Date of the last review, ISO 8601."""
+    territorial_execution: _builtins.bool
+    """Execution belongs to the authority territorially competent for the place
+    of the measure: the answer derives it from the authorities' coverage, and
+    executing_authority is then empty.
+    """
     @_builtins.property
     def alternatives(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalizedText]:
         """Alternative measures."""
@@ -871,6 +902,10 @@ class Rule(_message.Message):
     def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalizedText]:
         """Notes per language."""
 
+    @_builtins.property
+    def executing_by_subdivision(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubdivisionAuthority]:
+        """Executing authority per subdivision, where it is not executing_authority."""
+
     def __init__(
         self,
         *,
@@ -896,14 +931,111 @@ class Rule(_message.Message):
         extradition: Global___ExtraditionRules | None = ...,
         notes: _abc.Iterable[Global___LocalizedText] | None = ...,
         review_date: _builtins.str = ...,
+        territorial_execution: _builtins.bool = ...,
+        executing_by_subdivision: _abc.Iterable[Global___SubdivisionAuthority] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["asset_recovery", b"asset_recovery", "electronic_transmission", b"electronic_transmission", "extradition", b"extradition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "asset_recovery", b"asset_recovery", "consultation_contact", b"consultation_contact", "dual_criminality", b"dual_criminality", "electronic_transmission", b"electronic_transmission", "evidence_use_limits", b"evidence_use_limits", "executing_authority", b"executing_authority", "execution_deadline", b"execution_deadline", "extradition", b"extradition", "form_and_documents", b"form_and_documents", "informal_consultation_recommended", b"informal_consultation_recommended", "interpol_for_urgent", b"interpol_for_urgent", "languages", b"languages", "legal_frameworks", b"legal_frameworks", "name", b"name", "notes", b"notes", "possible", b"possible", "receiving_authority", b"receiving_authority", "request_type", b"request_type", "review_date", b"review_date", "routes", b"routes", "urgent_procedure", b"urgent_procedure"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "asset_recovery", b"asset_recovery", "consultation_contact", b"consultation_contact", "dual_criminality", b"dual_criminality", "electronic_transmission", b"electronic_transmission", "evidence_use_limits", b"evidence_use_limits", "executing_authority", b"executing_authority", "executing_by_subdivision", b"executing_by_subdivision", "execution_deadline", b"execution_deadline", "extradition", b"extradition", "form_and_documents", b"form_and_documents", "informal_consultation_recommended", b"informal_consultation_recommended", "interpol_for_urgent", b"interpol_for_urgent", "languages", b"languages", "legal_frameworks", b"legal_frameworks", "name", b"name", "notes", b"notes", "possible", b"possible", "receiving_authority", b"receiving_authority", "request_type", b"request_type", "review_date", b"review_date", "routes", b"routes", "territorial_execution", b"territorial_execution", "urgent_procedure", b"urgent_procedure"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Rule: _TypeAlias = Rule  # noqa: Y015
+
+@_typing.final
+class SubdivisionAuthority(_message.Message):
+    """An authority competent for some subdivisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBDIVISIONS_FIELD_NUMBER: _builtins.int
+    AUTHORITY_FIELD_NUMBER: _builtins.int
+    authority: _builtins.str
+    """members/{member}/authorities/{authority}"""
+    @_builtins.property
+    def subdivisions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ISO 3166-2 codes."""
+
+    def __init__(
+        self,
+        *,
+        subdivisions: _abc.Iterable[_builtins.str] | None = ...,
+        authority: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "subdivisions", b"subdivisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubdivisionAuthority: _TypeAlias = SubdivisionAuthority  # noqa: Y015
+
+@_typing.final
+class Place(_message.Message):
+    """One place of a member's gazetteer, with every name a requester may type:
+    members/{member}/places/{place}. The member publishes and signs its
+    gazetteer like any record, so place resolution is its data, not code.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SUBDIVISION_FIELD_NUMBER: _builtins.int
+    PARENT_SUBDIVISION_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    POSTAL_CODE_RANGES_FIELD_NUMBER: _builtins.int
+    CAPITAL_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    REVIEW_DATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """members/{member}/places/{place}"""
+    kind: Global___PlaceKind.ValueType
+    """Subdivision or municipality."""
+    subdivision: _builtins.str
+    """The ISO 3166-2 code of the subdivision (the place itself, or the one a
+    municipality lies in).
+    """
+    parent_subdivision: _builtins.str
+    """The subdivision a subdivision lies in, if any (AZ-NV in AZ-NX)."""
+    capital: _builtins.bool
+    """The member's capital."""
+    review_date: _builtins.str
+    """When the member last reviewed it (ISO 8601 date)."""
+    @_builtins.property
+    def names(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalizedText]:
+        """Every name in use, each with its BCP 47 tag and script (ka, ka-Latn, ru,
+        hy, az, en...): local, transliterated, historical.
+        """
+
+    @_builtins.property
+    def postal_code_ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___PostalCodeRange]:
+        """Postal codes of the place."""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalizedText]:
+        """Free-text notes per language."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___PlaceKind.ValueType = ...,
+        subdivision: _builtins.str = ...,
+        parent_subdivision: _builtins.str = ...,
+        names: _abc.Iterable[Global___LocalizedText] | None = ...,
+        postal_code_ranges: _abc.Iterable[Global___PostalCodeRange] | None = ...,
+        capital: _builtins.bool = ...,
+        notes: _abc.Iterable[Global___LocalizedText] | None = ...,
+        review_date: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capital", b"capital", "kind", b"kind", "name", b"name", "names", b"names", "notes", b"notes", "parent_subdivision", b"parent_subdivision", "postal_code_ranges", b"postal_code_ranges", "review_date", b"review_date", "subdivision", b"subdivision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Place: _TypeAlias = Place  # noqa: Y015
 
 @_typing.final
 class Treaty(_message.Message):

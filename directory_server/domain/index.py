@@ -51,13 +51,20 @@ class CompetenceRow:
     stage: int  # 0 = every stage
 
 
+PLACE_FROM_COVERAGE = 0  # PlaceRow kinds
+PLACE_SUBDIVISION = 1
+PLACE_MUNICIPALITY = 2
+
+
 @dataclass(frozen=True)
 class PlaceRow:
-    """A municipality name the member's records mention, for place resolution."""
+    """A place name of the member, for place resolution: from its gazetteer, or a
+    municipality an authority's coverage names."""
 
     folded: str
     display: str
     subdivision: str
+    kind: int = PLACE_FROM_COVERAGE
 
 
 @dataclass
@@ -88,7 +95,7 @@ def derive(entry: LogEntry) -> Derived | None:
     else:
         public = True
     label = entry.name.rsplit("/", 1)[-1]
-    names = getattr(rec, "display_names", None)
+    names = getattr(rec, "display_names", None) or getattr(rec, "names", None)
     if names:
         label = next((t.text for t in names if t.language == "en"), names[0].text)
     d = Derived(entry.name, entry.member, entry.kind, entry.seq, public, label)
@@ -127,6 +134,16 @@ def derive(entry: LogEntry) -> Derived | None:
             d.search_terms[fold(t.text)] = NAME
     elif isinstance(rec, records_pb2.Rule):
         d.attrs = {"request_type": rec.request_type}
+    elif isinstance(rec, records_pb2.Place):
+        kind = PLACE_SUBDIVISION if rec.kind == records_pb2.PLACE_KIND_SUBDIVISION else PLACE_MUNICIPALITY
+        d.attrs = {"kind": records_pb2.PlaceKind.Name(rec.kind), "subdivision": rec.subdivision}
+        for t in rec.names:  # every spelling kept: the answer shows the one in the query's script
+            folded = fold(t.text)
+            if folded and not any((p.folded, p.display) == (folded, t.text) for p in d.places):
+                d.places.append(PlaceRow(folded, t.text, rec.subdivision, kind))
+        code = rec.subdivision.lower()
+        if kind == PLACE_SUBDIVISION and not any(p.folded == fold(code) for p in d.places):
+            d.places.append(PlaceRow(fold(code), rec.subdivision, rec.subdivision, kind))  # "ge aj"
     elif isinstance(rec, records_pb2.Treaty):
         d.attrs = {"instrument": rec.instrument, "status": records_pb2.TreatyStatus.Name(rec.status)}
     d.attrs["member"] = entry.member

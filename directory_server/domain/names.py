@@ -13,7 +13,9 @@ MEMBER_RE = re.compile(r"^[A-Z][A-Z0-9]{1,15}$")
 # Record ids: lower-case words; rules and treaties use vocabulary codes, which may hold dots.
 ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?$")
 
-COLLECTIONS = {"authorities": "authority", "contacts": "contact", "rules": "rule", "treaties": "treaty"}
+COLLECTIONS = {
+    "authorities": "authority", "contacts": "contact", "rules": "rule", "treaties": "treaty", "places": "place",
+}
 KIND_TO_COLLECTION = {v: k for k, v in COLLECTIONS.items()}
 
 

@@ -25,6 +25,7 @@ FILTER_FIELDS = {
     "contact": {"role", "authority", "member"},
     "rule": {"request_type", "member"},
     "treaty": {"instrument", "status", "member"},
+    "place": {"kind", "subdivision", "member"},
 }
 
 _TERM_RE = re.compile(r'\s*([a-z_]+)\s*(!=|=)\s*("(?:[^"\\]|\\.)*"|[A-Za-z0-9_.\-/]+)\s*')

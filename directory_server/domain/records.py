@@ -26,7 +26,7 @@ from directory_server.domain.errors import InvalidArgumentError, ValidationError
 from directory_server.domain.names import ID_RE, MEMBER_RE, RecordName, parse_record_name
 from directory_server.domain.vocab import Vocabulary
 
-Record = records_pb2.Authority | records_pb2.Contact | records_pb2.Rule | records_pb2.Treaty
+Record = records_pb2.Authority | records_pb2.Contact | records_pb2.Rule | records_pb2.Treaty | records_pb2.Place
 
 MAX_TEXT = 2000  # characters in any one string value
 MAX_ITEMS = 500  # items in any one list
@@ -37,6 +37,7 @@ SECTIONS: dict[str, tuple[str, type[Message], str]] = {
     "contacts": ("contacts", records_pb2.Contact, "id"),
     "rules": ("rules", records_pb2.Rule, "request_type"),
     "treaties": ("treaties", records_pb2.Treaty, "instrument"),
+    "places": ("places", records_pb2.Place, "id"),
 }
 
 # Reference fields that accept a short id of a record of the same member.
@@ -49,6 +50,7 @@ _REFERENCES: dict[type[Message], dict[str, str]] = {
         "consultation_contact": "contacts",
     },
     records_pb2.Treaty: {"central_authority": "authorities"},
+    records_pb2.Place: {},
 }
 
 _LANG_RE = re.compile(r"^[a-zA-Z]{2,3}(?:-[a-zA-Z0-9]{1,8})*$")
@@ -73,6 +75,7 @@ def record_kind(record: Message) -> str:
         records_pb2.Contact: "contact",
         records_pb2.Rule: "rule",
         records_pb2.Treaty: "treaty",
+        records_pb2.Place: "place",
     }[type(record)]
 
 
@@ -372,6 +375,10 @@ class _Checker:
         elif len(self.name.member) == 2 and m.group(1) != self.name.member:
             self.fail(field, f"subdivision {code} is not in {self.name.member}", "INVALID_SUBDIVISION")
 
+    def postal_range(self, field: str, first: str, last: str) -> None:
+        if not first or len(first) != len(last) or first > last:
+            self.fail(field, f"range {first!r}..{last!r} must have first <= last and equal lengths", "INVALID_POSTAL_RANGE")
+
     def reference(self, field: str, value: str, collection: str) -> None:
         if not value:
             return
@@ -455,12 +462,7 @@ def validate_record(record: Record, name: RecordName, vocab: Vocabulary, file: s
             if mun.subdivision:
                 c.subdivision(f"coverage.municipalities[{i}].subdivision", mun.subdivision)
         for i, r in enumerate(cov.postal_code_ranges):
-            if not r.first or len(r.first) != len(r.last) or r.first > r.last:
-                c.fail(
-                    f"coverage.postal_code_ranges[{i}]",
-                    f"range {r.first!r}..{r.last!r} must have first <= last and equal lengths",
-                    "INVALID_POSTAL_RANGE",
-                )
+            c.postal_range(f"coverage.postal_code_ranges[{i}]", r.first, r.last)
         for i, comp in enumerate(record.competences):
             c.required(f"competences[{i}].request_types", len(comp.request_types) > 0)
             c.required(f"competences[{i}].roles", len(comp.roles) > 0)
@@ -513,12 +515,39 @@ def validate_record(record: Record, name: RecordName, vocab: Vocabulary, file: s
         c.reference("receiving_authority", record.receiving_authority, "authorities")
         c.reference("executing_authority", record.executing_authority, "authorities")
         c.reference("consultation_contact", record.consultation_contact, "contacts")
+        if record.territorial_execution and record.executing_authority:
+            c.fail(
+                "territorial_execution",
+                "name either executing_authority or territorial_execution: the territorially competent "
+                "authority is derived from coverage",
+                "CONFLICTING_FIELDS",
+            )
+        for i, by in enumerate(record.executing_by_subdivision):
+            c.required(f"executing_by_subdivision[{i}].authority", bool(by.authority))
+            c.reference(f"executing_by_subdivision[{i}].authority", by.authority, "authorities")
+            c.required(f"executing_by_subdivision[{i}].subdivisions", bool(by.subdivisions))
+            for j, code in enumerate(by.subdivisions):
+                c.subdivision(f"executing_by_subdivision[{i}].subdivisions[{j}]", code)
         for i, lang in enumerate(record.languages):
             c.language(f"languages[{i}]", lang)
         for fld in ("alternatives", "form_and_documents", "evidence_use_limits", "execution_deadline",
                     "urgent_procedure", "notes"):
             c.localized(fld, getattr(record, fld))
         c.iso_date("review_date", record.review_date)
+    elif isinstance(record, records_pb2.Place):
+        c.required("kind", record.kind != records_pb2.PLACE_KIND_UNSPECIFIED)
+        c.required("subdivision", bool(record.subdivision))
+        c.subdivision("subdivision", record.subdivision)
+        if record.parent_subdivision:
+            c.subdivision("parent_subdivision", record.parent_subdivision)
+        c.required("names", bool(record.names))
+        c.localized("names", record.names)
+        for i, t in enumerate(record.names):
+            c.required(f"names[{i}].text", bool(t.text.strip()))
+        for i, r in enumerate(record.postal_code_ranges):
+            c.postal_range(f"postal_code_ranges[{i}]", r.first, r.last)
+        c.iso_date("review_date", record.review_date)
+        c.localized("notes", record.notes)
     else:
         c.required("instrument", bool(record.instrument))
         c.code("instrument", record.instrument, "instruments")

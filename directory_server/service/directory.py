@@ -15,7 +15,7 @@ from directory_server.lookup import Directory
 from directory_server.service.errors import handle_errors
 from directory_server.service.identity import current
 
-R = TypeVar("R", records_pb2.Authority, records_pb2.Contact, records_pb2.Rule, records_pb2.Treaty)
+R = TypeVar("R", records_pb2.Authority, records_pb2.Contact, records_pb2.Rule, records_pb2.Treaty, records_pb2.Place)
 
 
 def _typed(kind: type[R], record: Record) -> R:
@@ -82,6 +82,18 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
         items, token, provs = self.d.list_records("treaty", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListTreatiesResponse(
             treaties=[_typed(records_pb2.Treaty, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+        )
+
+    @handle_errors
+    def GetPlace(self, request: ds.GetPlaceRequest, context: grpc.ServicerContext) -> ds.GetPlaceResponse:
+        loaded, prov = self.d.get(request.name, "places", current())
+        return ds.GetPlaceResponse(place=_typed(records_pb2.Place, loaded.record), proof=loaded.proof, provenance=prov)
+
+    @handle_errors
+    def ListPlaces(self, request: ds.ListPlacesRequest, context: grpc.ServicerContext) -> ds.ListPlacesResponse:
+        items, token, provs = self.d.list_records("place", request.parent, request.page_size, request.page_token, request.filter, current())
+        return ds.ListPlacesResponse(
+            places=[_typed(records_pb2.Place, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )
 
     @handle_errors

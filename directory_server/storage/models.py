@@ -128,7 +128,8 @@ class CompetenceIndexRow(Base):
 
 
 class PlaceIndexRow(Base):
-    """Derived: municipality names a member's records mention, and their subdivision."""
+    """Derived: place names of a member, folded: those of its gazetteer, and the municipalities
+    its authorities' coverage names."""
 
     __tablename__ = "places"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -137,10 +138,13 @@ class PlaceIndexRow(Base):
     folded: Mapped[str] = mapped_column(String(2000))
     display: Mapped[str] = mapped_column(String(2000))
     subdivision: Mapped[str] = mapped_column(String(16))
+    # 0: named by an authority's coverage; 1: a gazetteer subdivision; 2: a gazetteer municipality
+    kind: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
         Index("ix_places_name", "name"),
         Index("ix_places_member_folded", "member", "folded"),
+        Index("ix_places_member_kind", "member", "kind"),
     )
 
 

@@ -463,7 +463,7 @@ class Store:
             ]
             rows[PlaceIndexRow] += [
                 {"name": d.name, "member": d.member, "folded": p.folded[:2000], "display": p.display[:2000],
-                 "subdivision": p.subdivision}
+                 "subdivision": p.subdivision, "kind": p.kind}
                 for p in d.places
             ]
         for model, values in rows.items():
@@ -565,15 +565,21 @@ class Store:
             return list(s.scalars(select(CoverageIndexRow).where(CoverageIndexRow.name.in_(list(names)))))
 
     def coverage_matches(
-        self, member: str, subdivision: str = "", municipality: str = "", postal_code: str = ""
+        self, member: str, subdivisions: Sequence[str] = (), municipalities: Sequence[str] = (),
+        postal_code: str = "",
     ) -> list[CoverageIndexRow]:
         """Coverage rows of a member that include the place: national ones, and those of its
-        subdivision, (folded) municipality or postal code."""
+        subdivisions (the place's own and those it lies in), any of its (folded) municipality
+        names, or its postal code."""
         conditions = [CoverageIndexRow.level == LEVEL_NATIONAL]
-        if subdivision:
-            conditions.append(and_(CoverageIndexRow.level == LEVEL_SUBDIVISION, CoverageIndexRow.key == subdivision))
-        if municipality:
-            conditions.append(and_(CoverageIndexRow.level == LEVEL_MUNICIPALITY, CoverageIndexRow.key == municipality))
+        if subdivisions:
+            conditions.append(
+                and_(CoverageIndexRow.level == LEVEL_SUBDIVISION, CoverageIndexRow.key.in_(list(subdivisions)))
+            )
+        if municipalities:
+            conditions.append(
+                and_(CoverageIndexRow.level == LEVEL_MUNICIPALITY, CoverageIndexRow.key.in_(list(municipalities)))
+            )
         if postal_code:
             conditions.append(
                 and_(
@@ -604,6 +610,26 @@ class Store:
             return list(
                 s.scalars(select(PlaceIndexRow).where(PlaceIndexRow.member == member, PlaceIndexRow.folded == folded))
             )
+
+    def place_names(self, member: str) -> list[PlaceIndexRow]:
+        """Every place name of a member (gazetteer and coverage), for typo-tolerant matching."""
+        with self._session() as s:
+            return list(s.scalars(select(PlaceIndexRow).where(PlaceIndexRow.member == member)))
+
+    def place_rows_named(self, names: Sequence[str]) -> list[PlaceIndexRow]:
+        """The name rows of the given gazetteer records."""
+        if not names:
+            return []
+        with self._session() as s:
+            return list(s.scalars(select(PlaceIndexRow).where(PlaceIndexRow.name.in_(list(names)))))
+
+    def places_matching(self, folded: str, member: str | None) -> list[PlaceIndexRow]:
+        """Gazetteer rows whose folded name equals ``folded`` (any member, or one)."""
+        with self._session() as s:
+            q = select(PlaceIndexRow).where(PlaceIndexRow.folded == folded, PlaceIndexRow.kind != 0)
+            if member is not None:
+                q = q.where(PlaceIndexRow.member == member)
+            return list(s.scalars(q))
 
     # --- sync bookkeeping ----------------------------------------------------------------
 

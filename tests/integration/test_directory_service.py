@@ -111,7 +111,7 @@ def test_search_by_transliterated_name(stub: ds_grpc.DirectoryServiceStub) -> No
 
 def test_members(stub: ds_grpc.DirectoryServiceStub) -> None:
     resp = stub.ListMembers(ds.ListMembersRequest())
-    assert [m.code for m in resp.members] == ["GE"] and resp.federation_version == 1
+    assert [m.code for m in resp.members] == ["AM", "AZ", "GE"] and resp.federation_version == 1
     ge = stub.GetMember(ds.GetMemberRequest(name="members/GE")).member
     assert ge.authority_count == 11 and ge.rule_count >= 6 and ge.log_size > 0
     assert ge.provenance.checkpoint_size == ge.log_size
@@ -160,10 +160,10 @@ def test_place_resolution_levels(stub: ds_grpc.DirectoryServiceStub) -> None:
     national = find(stub, requested_member="GE", request_type="extradition")
     assert national.place.level == ds.COVERAGE_LEVEL_NATIONAL
     assert all(c.coverage_level == ds.COVERAGE_LEVEL_NATIONAL for c in national.candidates)
-    unknown = find(stub, requested_member="GE", request_type="mla.hearing.witness", place="Atlantis")
-    assert unknown.place.level == ds.COVERAGE_LEVEL_UNSPECIFIED
-    assert any("'Atlantis' is not" in w for w in unknown.warnings)
-    assert all(c.coverage_level == ds.COVERAGE_LEVEL_NATIONAL for c in unknown.candidates)
+    with pytest.raises(grpc.RpcError) as e:  # never a silent fall-back to the national office
+        find(stub, requested_member="GE", request_type="mla.hearing.witness", place="Atlantis")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "Atlantis" in e.value.details() and "closest" in e.value.details()
 
 
 def test_urgency_and_languages(stub: ds_grpc.DirectoryServiceStub) -> None:

@@ -602,6 +602,7 @@ GROUPS: dict[str, dict[str, type[pb_message.Message]]] = {
         DS + "GetContact": ds.GetContactRequest,
         DS + "GetRule": ds.GetRuleRequest,
         DS + "GetTreaty": ds.GetTreatyRequest,
+        DS + "GetPlace": ds.GetPlaceRequest,
         DS + "GetMember": ds.GetMemberRequest,
     },
     "list": {
@@ -609,6 +610,7 @@ GROUPS: dict[str, dict[str, type[pb_message.Message]]] = {
         DS + "ListContacts": ds.ListContactsRequest,
         DS + "ListRules": ds.ListRulesRequest,
         DS + "ListTreaties": ds.ListTreatiesRequest,
+        DS + "ListPlaces": ds.ListPlacesRequest,
         DS + "ListMembers": ds.ListMembersRequest,
     },
     "search": {DS + "SearchAuthorities": ds.SearchAuthoritiesRequest},
