@@ -62,6 +62,7 @@ _GET_METHODS: dict[str, tuple[str, type[Message]]] = {
     "contacts": ("GetContact", ds.GetContactRequest),
     "rules": ("GetRule", ds.GetRuleRequest),
     "treaties": ("GetTreaty", ds.GetTreatyRequest),
+    "places": ("GetPlace", ds.GetPlaceRequest),
 }
 # Kind (singular or plural) -> the List method that serves it.
 _LIST_METHODS: dict[str, tuple[str, type[Message]]] = {
@@ -69,6 +70,7 @@ _LIST_METHODS: dict[str, tuple[str, type[Message]]] = {
     "contacts": ("ListContacts", ds.ListContactsRequest),
     "rules": ("ListRules", ds.ListRulesRequest),
     "treaties": ("ListTreaties", ds.ListTreatiesRequest),
+    "places": ("ListPlaces", ds.ListPlacesRequest),
 }
 _LIST_METHODS.update({names.COLLECTIONS[c]: m for c, m in list(_LIST_METHODS.items())})
 

@@ -46,7 +46,9 @@ __all__ = [
     "verify_response",
 ]
 
-Record = records_pb2.Authority | records_pb2.Contact | records_pb2.Rule | records_pb2.Treaty
+Record = (
+    records_pb2.Authority | records_pb2.Contact | records_pb2.Rule | records_pb2.Treaty | records_pb2.Place
+)
 """The record messages an answer shows (the bodies of signed entries)."""
 
 RECORD_KINDS: dict[type[Message], str] = {
@@ -54,6 +56,7 @@ RECORD_KINDS: dict[type[Message], str] = {
     records_pb2.Contact: "contact",
     records_pb2.Rule: "rule",
     records_pb2.Treaty: "treaty",
+    records_pb2.Place: "place",
 }
 """Record message classes and the name of the ``Entry.body`` field that holds each."""
 
@@ -260,10 +263,12 @@ def _walk(message: Message) -> Iterator[Record]:
 
 _PAGES = (
     ds.ListAuthoritiesResponse, ds.ListContactsResponse, ds.ListRulesResponse,
-    ds.ListTreatiesResponse, ds.SearchAuthoritiesResponse, ds.FindCounterpartResponse,
+    ds.ListTreatiesResponse, ds.ListPlacesResponse, ds.SearchAuthoritiesResponse,
+    ds.FindCounterpartResponse,
 )
 _SINGLES = (
     ds.GetAuthorityResponse, ds.GetContactResponse, ds.GetRuleResponse, ds.GetTreatyResponse,
+    ds.GetPlaceResponse,
 )
 
 

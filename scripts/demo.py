@@ -55,13 +55,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(args: list[str], env: dict[str, str], show: bool = True, quiet: bool = False) -> None:
+def run(args: list[str], env: dict[str, str], show: bool = True, quiet: bool = False, expect: int = 0) -> None:
     printable = " ".join(shlex.quote(a if not a.startswith(str(BIN)) else Path(a).name) for a in args)
     printable = printable.replace(str(DEMO) + "/", ".demo/")
     if show:
         print(f"\n$ {printable}", flush=True)
     result = subprocess.run(args, check=False, env=env, cwd=DEMO, text=True, capture_output=quiet)
-    if result.returncode != 0:
+    if result.returncode != expect:
         if quiet:
             sys.stderr.write(result.stdout + result.stderr)
         raise SystemExit(f"demo step failed (exit {result.returncode}): {printable}")
@@ -192,7 +192,19 @@ def main() -> int:
         run([CLIENT, "--server", az, "search", "Astana"], env)
         run([CLIENT, "--server", ge, "members"], env)
 
-        print("\n== 7. Armenia publishes a change; how long until every other node holds it?")
+        print("\n== 7. Places as a prosecutor types them: any script, old names, typos; the office that executes")
+        run([CLIENT, "--server", az, "find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Аджария"], env)
+        run([CLIENT, "--server", az, "find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Tiflis",
+             "--lang", "fr"], env)
+        run([CLIENT, "--server", az, "find", "--in", "AZ", "--type", "mla.hearing.witness", "--place", "Naxçıvan"], env)
+        run([CLIENT, "--server", az, "find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Batumy"], env)
+        print("   (an unknown place is an error that names the closest known places; exit code 3)")
+        run([CLIENT, "--server", az, "find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Atlantis"],
+            env, expect=3)
+        run([CLIENT, "--server", az, "search", "Երևան"], env)
+        run([CLIENT, "--server", az, "show", "members/GE/places/ge-aj"], env)
+
+        print("\n== 8. Armenia publishes a change; how long until every other node holds it?")
         records = DEMO / "records-AM"
         shutil.copytree(REPO / "sample_data" / "AM", records)
         (records / "new-desk.yaml").write_text(
@@ -216,7 +228,7 @@ def main() -> int:
               "(the publish command itself was still exiting)")
         run([CLIENT, "--server", pe, "show", "members/AM/authorities/demo-cybercrime-unit"], env)
 
-        print("\n== 8. Kazakhstan's node goes down; the others still answer about Kazakhstan from verified copies")
+        print("\n== 9. Kazakhstan's node goes down; the others still answer about Kazakhstan from verified copies")
         running["KZ"].send_signal(signal.SIGTERM)
         running["KZ"].wait(timeout=15)
         print(f"   KZ node stopped (exit {running['KZ'].returncode}); {kz} no longer answers")

@@ -166,25 +166,42 @@ def test_trust_update_refuses_a_step_that_lacks_the_threshold(
 # --- find --------------------------------------------------------------------------------
 
 
-def test_find_ranks_the_ajara_office_first_and_says_it_is_verified(
+def test_find_names_who_receives_and_who_executes_and_says_it_is_verified(
     run: Run, trusted: Path
 ) -> None:
     result = run(*FIND_BATUMI)
     assert result.exit_code == 0, result.output
     out = result.stdout
+    flat = " ".join(out.split())  # paragraphs wrap by word; compare them as one line
+    doc = json.loads(run("--format", "json", *FIND_BATUMI).stdout)
     assert "Witness" in out or "witness" in out
-    assert "Place: Batumi -> municipality ბათუმი, subdivision GE-AJ" in out
-    assert AJARA_EN in out and AJARA_KA in out
-    assert out.index(AJARA_EN) < out.index(PGO_EN)  # ranked first
-    assert "through the central authority" in out
-    assert "Languages: ka" in out
+    place = doc["answer"]["place"]
+    assert place["subdivision"] == "GE-AJ"
+    assert f"place: Batumi -> municipality {place['municipality']}, subdivision GE-AJ" in out
+    assert f"receives: {PGO_EN}" in flat
+    how = (
+        "executed by the authority territorially competent for the place:"
+        if doc["answer"]["rule"].get("territorial_execution") else "executes:"
+    )
+    assert f"{how} {AJARA_EN} / {AJARA_KA} members/GE/authorities/ajara-po" in flat
+    assert "route: through the central authority" in out
+    assert "languages accepted: ka" in out
     assert "untoc" in out  # a legal basis
-    assert "Warnings" in out and "Uncertain" in out
-    assert "dual criminality" in out and "informal consultation" in out
-    assert "recommended before sending: Mutual legal assistance desk" in out
+    assert f"warnings: {len(doc['answer']['warnings'])} (--long)" in out
     last = out.strip().splitlines()[-1]
-    assert last.startswith("verified: 9 records signed by GE (checkpoint ")
+    n = doc["verification"]["records_checked"]
+    assert last.startswith(f"verified: {n} records signed by GE (checkpoint ")
     assert "old)" in last
+
+    long = run(*FIND_BATUMI, "--long")
+    assert long.exit_code == 0, long.output
+    assert long.stdout.startswith(out[: out.index("\nnot signed in")])  # the summary, then details
+    details = long.stdout[long.stdout.index("Candidates, best first"):]
+    assert details.index(AJARA_EN) < details.index(PGO_EN)  # ranked first
+    assert "Warnings" in details and "Uncertain" in details
+    assert "dual criminality: " in details and "informal consultation: " in details
+    assert "recommended before sending: Mutual legal assistance desk" in " ".join(details.split())
+    assert long.stdout.strip().splitlines()[-1].startswith(f"verified: {n} records signed by GE")
 
 
 def test_find_json_is_one_document_for_scripts(run: Run, trusted: Path) -> None:
@@ -298,7 +315,8 @@ def test_show_a_record(run: Run, trusted: Path) -> None:
 def test_show_a_rule_and_a_member(run: Run, trusted: Path) -> None:
     rule = run("show", "members/GE/rules/mla.hearing.witness")
     assert rule.exit_code == 0, rule.output
-    assert "central-authority" in rule.stdout
+    assert "routes accepted: through the central authority" in rule.stdout
+    assert "dual criminality: " in rule.stdout  # every condition, "not stated" when not published
     for name in ("members/GE", "ge"):
         member = run("show", name)
         assert member.exit_code == 0, member.output
@@ -326,11 +344,14 @@ def test_members_lists_ge(run: Run, trusted: Path) -> None:
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "Federation 'test' version 1" in out
-    row = next(line for line in out.splitlines() if "Member GE" in line)
-    assert "GE" in row and "no" in row  # not stale
+    lines = out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("GE") and "Member GE" in line)
+    assert "not stale" in lines[row + 2]
     assert out.strip().splitlines()[-1].startswith("verified: checkpoints signed by GE")
     as_json = json.loads(run("--format", "json", "members").stdout)
-    assert [m["code"] for m in as_json["answer"]["members"]] == ["GE"]
+    codes = [m["code"] for m in as_json["answer"]["members"]]
+    assert "GE" in codes and codes == sorted(codes)  # every member of the pinned document
+    assert [line.split()[0] for line in lines if line[:1].isalpha() and line.split()[0] in codes] == codes
 
 
 def test_stale_data_is_flagged_from_the_clients_clock(
