@@ -9,6 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from directory_server.domain.errors import ConfigurationError
 from directory_server.domain.timeutil import parse_duration
 from directory_server.storage.store import sqlite_url
@@ -48,6 +50,12 @@ class NodeConfig:
     # the database). Otherwise a peer offering it is refused with an alarm: only this node
     # signs for its member, so someone else holds the key or another process publishes.
     restore_from_peers: str = "false"
+    # "one": `serve` locks the data directory and its port, so a second process of the node
+    # fails at once. "several": several serving processes of one node over one (PostgreSQL)
+    # database on purpose; they share the lock and the listen port (SO_REUSEPORT).
+    processes: str = "one"
+    # Prometheus metrics over plain HTTP ("host:port", e.g. 127.0.0.1:9700). Empty: off.
+    metrics_listen: str = ""
 
     @property
     def db_url(self) -> str:
@@ -85,6 +93,22 @@ class NodeConfig:
         return self.restore_from_peers == "true"
 
     @property
+    def several_processes(self) -> bool:
+        if self.processes not in ("one", "several"):
+            raise ConfigurationError(f"processes: {self.processes!r} is not 'one' or 'several'", reason="INVALID_CONFIG")
+        return self.processes == "several"
+
+    @property
+    def metrics_address(self) -> str:
+        """``metrics_listen`` checked: "" (off) or host:port."""
+        value = self.metrics_listen.strip()
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ConfigurationError(f"metrics_listen: {value!r} is not host:port", reason="INVALID_CONFIG")
+        return value
+
+    @property
     def tls_enabled(self) -> bool:
         if self.tls not in ("on", "off"):
             raise ConfigurationError(f"tls: {self.tls!r} is not 'on' or 'off'", reason="INVALID_CONFIG")
@@ -115,12 +139,11 @@ class NodeConfig:
         return _duration("heartbeat_interval", self.heartbeat_interval)
 
     def to_toml(self) -> str:
-        lines = ["# Counterpart node configuration; every key can be overridden by COUNTERPART_<KEY>."]
-        for f in fields(self):
-            if f.name == "data_dir":
-                continue
-            lines.append(f'{f.name} = "{getattr(self, f.name)}"')
-        return "\n".join(lines) + "\n"
+        """The file ``load_config`` reads back exactly, whatever the values hold (backslashes,
+        quotes, newlines, any script): written by a TOML library, not by hand."""
+        values = {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name != "data_dir"}
+        header = "# Counterpart node configuration; every key can be overridden by COUNTERPART_<KEY>.\n"
+        return header + tomli_w.dumps(values)
 
 
 def _duration(name: str, value: str) -> timedelta:

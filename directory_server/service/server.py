@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -31,8 +34,9 @@ from directory_server.security import TlsIdentity
 from directory_server.service.directory import DirectoryServicer
 from directory_server.service.guard import RequestGuard
 from directory_server.service.identity import Authenticator
+from directory_server.service.metrics import NodeMetrics
 from directory_server.service.replication import Broadcaster, ReplicationServicer
-from directory_server.sync import SyncEngine, peers_of
+from directory_server.sync import PeerReport, SyncEngine, peers_of
 
 log = logging.getLogger("counterpart.node")
 DIRECTORY_SERVICE = directory_service_pb2.DESCRIPTOR.services_by_name["DirectoryService"].full_name
@@ -40,14 +44,21 @@ REPLICATION_SERVICE = replication_service_pb2.DESCRIPTOR.services_by_name["Repli
 WATCH_LIMIT = 64  # peers that may follow WatchCheckpoints at once; each holds a server thread
 
 
+def rfc3339(created: float) -> str:
+    """A log record's time in RFC 3339, UTC, with milliseconds: 2026-11-30T20:08:42.123Z."""
+    t = datetime.fromtimestamp(created, UTC)
+    return f"{t:%Y-%m-%dT%H:%M:%S}.{t.microsecond // 1000:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any `extra` fields."""
+    """One JSON object per line: time (RFC 3339, UTC, milliseconds), level, logger, message
+    and any `extra` fields."""
 
     _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": rfc3339(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -58,8 +69,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class _Stderr:
+    """Whatever sys.stderr is when a line is written: a progress bar on the terminal
+    (rich) replaces it for a while, to print log lines above the bar."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -93,23 +115,69 @@ class _AccessLog(grpc.ServerInterceptor):
         )
 
 
+def listen_error(address: str, what: str = "") -> CounterpartError:
+    """Why ``address`` cannot be listened on, found by binding it once more with a plain
+    socket (gRPC only says that it failed): in use, not an address of this machine, ..."""
+    where = f"{address}{f' ({what})' if what else ''}"
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return CounterpartError(f"cannot listen on {where}: not host:port", reason="LISTEN_FAILED")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        return CounterpartError(f"cannot listen on {where}: unknown host ({e})", reason="LISTEN_FAILED")
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(sockaddr)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return CounterpartError(
+                        f"cannot listen on {where}: address in use (another process listens on port {port}; "
+                        f"`ss -ltnp 'sport = :{port}'` names it)",
+                        reason="ADDRESS_IN_USE",
+                    )
+                if e.errno == errno.EADDRNOTAVAIL:
+                    return CounterpartError(
+                        f"cannot listen on {where}: {host} is not an address of this machine", reason="LISTEN_FAILED"
+                    )
+                if e.errno == errno.EACCES:
+                    return CounterpartError(
+                        f"cannot listen on {where}: permission denied (ports below 1024 need privileges)",
+                        reason="LISTEN_FAILED",
+                    )
+                return CounterpartError(f"cannot listen on {where}: {e.strerror}", reason="LISTEN_FAILED")
+    return CounterpartError(f"cannot listen on {where}", reason="LISTEN_FAILED")
+
+
 class NodeServer:
     """A running node: its gRPC server, its heartbeat, its sync engine, and the thread that
     pushes every checkpoint the node accepts (own publishes, heartbeats, ingests) to the
-    peers that watch it."""
+    peers that watch it.
+
+    Its listeners refuse a port another socket holds (``grpc.so_reuseport`` off, where gRPC
+    turns it on by default and the kernel would split the traffic between two servers),
+    unless ``several_processes``: several serving processes of one node, on purpose.
+    ``metrics_address``: Prometheus metrics over HTTP there (``service.metrics``)."""
 
     def __init__(
         self, node: Node, address: str, *, max_workers: int = 4, access_log: bool = True,
         peers: list[str] | None = None, sync_interval: float = 30.0, sync_deadline: float = 10.0,
         push_poll: float = 0.1, tls_identity: TlsIdentity | None = None, peer_address: str = "",
+        several_processes: bool = False, metrics_address: str = "",
     ) -> None:
         self.node = node
         self.directory = Directory(node.store, node.federation, node.clock)
-        interceptors: list[grpc.ServerInterceptor] = [RequestGuard(), *([_AccessLog()] if access_log else [])]
+        self.metrics = NodeMetrics(node) if metrics_address else None
+        interceptors: list[grpc.ServerInterceptor] = [
+            *([self.metrics.interceptor] if self.metrics else []), RequestGuard(),
+            *([_AccessLog()] if access_log else []),
+        ]
         interceptors.append(Authenticator(node.federation, node.store.revoked, node.member, node.clock))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers + WATCH_LIMIT), interceptors=interceptors,
             maximum_concurrent_rpcs=max_workers + WATCH_LIMIT,
+            options=[("grpc.so_reuseport", 1 if several_processes else 0)],
         )
         directory_service_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(self.directory), self.server)
         self.broadcaster = Broadcaster()
@@ -128,11 +196,10 @@ class NodeServer:
         self.tls_identity = tls_identity
         if tls_identity is None:
             security.check_plaintext_allowed(address, "listen")
-            self.port = self.server.add_insecure_port(address)
+            self.port = _bind(address, self.server.add_insecure_port)
         else:
-            self.port = self.server.add_secure_port(address, security.public_server_credentials(tls_identity))
-        if self.port == 0:
-            raise CounterpartError(f"cannot listen on {address}", reason="LISTEN_FAILED")
+            credentials = security.public_server_credentials(tls_identity)
+            self.port = _bind(address, lambda a: self.server.add_secure_port(a, credentials))
         self.address = address.rsplit(":", 1)[0] + f":{self.port}"
         self.peer_address = ""
         if peer_address:
@@ -140,12 +207,16 @@ class NodeServer:
                 raise ConfigurationError(
                     "peer_listen needs the node's TLS key and certificate (tls = \"on\")", reason="TLS_REQUIRED"
                 )
-            peer_port = self.server.add_secure_port(
-                peer_address, security.peer_server_credentials(tls_identity, node.federation)
-            )
-            if peer_port == 0:
-                raise CounterpartError(f"cannot listen on {peer_address}", reason="LISTEN_FAILED")
+            peer_credentials = security.peer_server_credentials(tls_identity, node.federation)
+            peer_port = _bind(peer_address, lambda a: self.server.add_secure_port(a, peer_credentials), "peer_listen")
             self.peer_address = peer_address.rsplit(":", 1)[0] + f":{peer_port}"
+        self.metrics_address = ""
+        if self.metrics is not None:
+            try:
+                self.metrics_address = self.metrics.listen(metrics_address)
+            except (OSError, ValueError) as e:
+                self.server.stop(None)  # not started: gives its ports back
+                raise listen_error(metrics_address, "metrics_listen") from e
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._push_poll = push_poll
@@ -157,6 +228,21 @@ class NodeServer:
                 interval=sync_interval, deadline=sync_deadline,
             )
             self.sync.syncer.tls_identity = tls_identity
+            self.sync.on_report = self._sync_report
+        self._sync_observers: list[Callable[[PeerReport], None]] = []
+        if self.metrics is not None:
+            self._sync_observers.append(self.metrics.observe_sync)
+
+    def observe_sync(self, observer: Callable[[PeerReport], None]) -> None:
+        """Call ``observer`` with the report of every sync pass (from the peers' threads)."""
+        self._sync_observers.append(observer)
+
+    def _sync_report(self, report: PeerReport) -> None:
+        for observer in list(self._sync_observers):
+            try:
+                observer(report)
+            except Exception:  # an observer's bug must not stop the peer's sync thread
+                log.exception("sync observer failed", extra={"peer": report.peer})
 
     def start(self, key: signing.SigningKey | None = None) -> None:
         self.node.federation()  # refuse to serve without a trust root
@@ -171,7 +257,7 @@ class NodeServer:
             self.sync.start()
         log.info("serving", extra={
             "address": self.address, "tls": self.tls_identity is not None, "peer_address": self.peer_address,
-            "member": self.node.member,
+            "member": self.node.member, "metrics_address": self.metrics_address,
         })
 
     def set_peers(self, peers: list[str]) -> None:
@@ -221,6 +307,8 @@ class NodeServer:
         self.broadcaster.close()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("stopped", extra={"member": self.node.member})
 
     def wait_for_signal(self) -> None:
@@ -234,3 +322,14 @@ class NodeServer:
         signal.signal(signal.SIGINT, handler)
         done.wait()
         self.stop()
+
+
+def _bind(address: str, add_port: Callable[[str], int], what: str = "") -> int:
+    """Add a listening port to the server, or raise naming why it cannot listen."""
+    try:
+        port = add_port(address)
+    except RuntimeError:  # grpcio raises "Failed to bind to address ..." where older ones returned 0
+        port = 0
+    if port == 0:
+        raise listen_error(address, what)
+    return port
