@@ -16,6 +16,7 @@ from counterpart.v1 import log_pb2
 from directory_server.config import NodeConfig
 from directory_server.domain import federation as fed
 from directory_server.domain import log, merkle, redaction, signing
+from directory_server.domain.diff import FieldChange, diff_records
 from directory_server.domain.errors import (
     ConfigurationError,
     CounterpartError,
@@ -23,8 +24,15 @@ from directory_server.domain.errors import (
     ValidationError,
     VerificationError,
 )
-from directory_server.domain.records import SourcedRecord, load_records
-from directory_server.domain.timeutil import utcnow
+from directory_server.domain.records import (
+    Record,
+    SourcedRecord,
+    check_references,
+    collection_of,
+    load_record_files,
+    references_of,
+)
+from directory_server.domain.timeutil import from_timestamp, utcnow
 from directory_server.storage.store import Store
 
 
@@ -42,6 +50,15 @@ class PublishPlan:
     withdrawn: list[str] = field(default_factory=list)
     appended: int = 0  # entries actually appended (0 on a dry run)
     checkpoint_size: int = 0
+    # what changed in each changed record, field by field (domain.diff)
+    changes: dict[str, list[FieldChange]] = field(default_factory=dict)
+    prune: bool = False
+    # published records of the kinds in the files that the files do not hold: deleted with
+    # --prune (``deleted``), kept without it (``kept``)
+    kept: list[str] = field(default_factory=list)
+    collections: list[str] = field(default_factory=list)  # kinds the files hold (what --prune may delete from)
+    untouched: int = 0  # published records of kinds the files do not hold: never deleted
+    notices: list[str] = field(default_factory=list)  # how files were read (encodings, separators, skipped files)
 
     @property
     def empty(self) -> bool:
@@ -156,13 +173,23 @@ class Node:
             self._federation = fed.verify_chain(chain)
         return self._federation
 
-    def install_federation(self, envelope: bytes) -> fed.Federation:
-        """Accept a first document, or exactly the next version of the current one."""
+    def install_federation(self, envelope: bytes, require_member: bool = False) -> fed.Federation:
+        """Accept a first document, or exactly the next version of the current one.
+
+        require_member (the operator's `federation install`): refuse a document that does not
+        list this node's member (a version that dropped it still arrives by sync)."""
         now = self.clock()
         if not self.store.federation_chain():
             accepted = fed.verify_initial(envelope, now)
         else:
             accepted = fed.verify_next(self.federation(), envelope, now)
+        if require_member and accepted.member(self.member) is None:
+            raise ConfigurationError(
+                f"federation document {accepted.document.federation_id} version {accepted.version} does not list "
+                f"{self.member} as a member: this node could not publish under it; ask the secretariat for the "
+                "version that admits it",
+                reason="NOT_A_MEMBER",
+            )
         self.store.put_federation(accepted.version, envelope, now)
         self._federation = accepted
         return accepted
@@ -227,10 +254,28 @@ class Node:
 
     # --- publishing ----------------------------------------------------------------------
 
-    def plan(self, path: Path) -> PublishPlan:
-        """Validate the files and compute the difference against the current state."""
+    def check_may_publish(self) -> fed.Federation:
+        """The current federation document, if this node may sign entries under it now: not
+        expired, and listing the node's member."""
         federation = self.federation()
-        records = load_records(path, self.member, federation.vocabulary)
+        doc = federation.document
+        which = f"federation document {doc.federation_id} version {doc.version}"
+        if federation.expired(self.clock()):
+            raise ConfigurationError(
+                f"the {which} expired at {from_timestamp(doc.expire_time).isoformat()}: nothing is published under an "
+                "expired document; install the next version first (`counterpart-node federation install FILE`)",
+                reason="FEDERATION_EXPIRED",
+            )
+        if federation.member(self.member) is None:
+            raise ConfigurationError(
+                f"the {which} does not list {self.member} as a member: other nodes would refuse what this node "
+                "signs; ask the federation secretariat to admit it, then install that version",
+                reason="NOT_A_MEMBER",
+            )
+        return federation
+
+    def own_state(self) -> dict[str, log.LogEntry]:
+        """The member's own current records; refused while some of its entries are withheld here."""
         withheld = self.store.withheld_counts().get(self.member, 0)
         if withheld:
             raise ConfigurationError(
@@ -239,28 +284,71 @@ class Node:
                 "are filled in from a member node",
                 reason="OWN_LOG_INCOMPLETE",
             )
-        current = self.current_state(self.member)
-        plan = PublishPlan()
-        wanted = {r.name for r in records}
-        for r in records:
+        return self.current_state(self.member)
+
+    def current_records(self) -> list[Record]:
+        """The member's own current records, in the order they were first published (for export)."""
+        return [e.record for e in self.own_state().values() if e.record is not None]
+
+    def plan(self, path: Path, prune: bool = False) -> PublishPlan:
+        """Validate the files and compute the difference against the current state.
+
+        Without prune nothing is deleted: published records of the kinds in the files that the
+        files do not hold are ``kept``. With prune they are ``deleted`` (records of other kinds
+        never are). References must hold in the state the publish leaves: to a record of the
+        files or one already published and not deleted; and no kept record may refer to a
+        deleted one.
+        """
+        federation = self.check_may_publish()
+        loaded = load_record_files(path, self.member, federation.vocabulary)
+        current = self.own_state()
+        plan = PublishPlan(prune=prune, collections=sorted(loaded.collections), notices=list(loaded.notices))
+        wanted = {r.name for r in loaded.records}
+        for r in loaded.records:
             old = current.get(r.name)
             if old is None:
                 plan.added.append(r)
             elif old.record is None or old.record.SerializeToString(deterministic=True) != r.record.SerializeToString(deterministic=True):
                 plan.changed.append(r)
+                plan.changes[r.name] = diff_records(old.record, r.record)
                 if not redaction.record_members_only(old.record) and redaction.record_members_only(r.record):
                     plan.withdrawn.append(r.name)
             else:
                 plan.unchanged += 1
-        plan.deleted = sorted(n for n in current if n not in wanted)
+        absent = [n for n in current if n not in wanted]
+        candidates = sorted(n for n in absent if collection_of(n) in loaded.collections)
+        plan.untouched = len(absent) - len(candidates)
+        if prune:
+            plan.deleted = candidates
+        else:
+            plan.kept = candidates
+        deleted = set(plan.deleted)
+        remaining = (set(current) - deleted) | wanted
+        check_references(loaded.records, remaining, deleted)
+        for name in absent:
+            entry = current[name]
+            if name in deleted or entry.record is None:
+                continue
+            for fld, target in references_of(entry.record):
+                if target in deleted:
+                    raise ValidationError(
+                        f"--prune would delete {target}, but {name} (published, not in these files) refers to it in "
+                        f"field {fld}: publish {name} without the reference, or keep {target} in the files",
+                        reason="REFERENCED_BY_KEPT_RECORD", record=target,
+                    )
         return plan
 
-    def publish(self, path: Path, passphrase: bytes | None, dry_run: bool = False) -> PublishPlan:
+    def publish(
+        self, path: Path, passphrase: bytes | None, dry_run: bool = False, prune: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> PublishPlan:
         """Append the difference as signed entries and sign a checkpoint over the new log.
 
-        Publishing the same files twice appends nothing. On any error nothing is appended.
+        Publishing the same files twice appends nothing; records not in the files are deleted
+        only with prune (see ``plan``). On any error nothing is appended. ``progress`` is told
+        (phase, done, total) while entries are signed and stored.
         """
-        plan = self.plan(path)
+        plan = self.plan(path, prune=prune)
         size = self.store.log_size(self.member)
         plan.checkpoint_size = size
         if dry_run or plan.empty:
@@ -272,6 +360,12 @@ class Node:
         now = self.clock()
         entries: list[log.LogEntry] = []
         withdrawn = set(plan.withdrawn)
+        total = len(plan.added) + len(plan.changed) + len(plan.deleted) + len(withdrawn)
+
+        def tick() -> None:
+            if progress is not None:
+                progress("signing", len(entries), total)
+
         for r in [*plan.added, *plan.changed]:
             if r.name in withdrawn:
                 entries.append(log.build_entry(
@@ -282,21 +376,29 @@ class Node:
             if len(e.envelope) > limits.max_entry_bytes:
                 raise ValidationError(
                     f"the signed entry is {len(e.envelope)} bytes; the federation allows {limits.max_entry_bytes}",
-                    reason="ENTRY_TOO_LARGE", file=r.file, record=r.name,
+                    reason="ENTRY_TOO_LARGE", file=r.source, record=r.name,
                 )
             entries.append(e)
+            tick()
         for name in plan.deleted:
-            entries.append(log.build_entry(self.member, size + len(entries) + 1, name, None, now, key, "not in the published files"))
+            entries.append(log.build_entry(
+                self.member, size + len(entries) + 1, name, None, now, key, "not in the published files (--prune)",
+            ))
+            tick()
         if size + len(entries) > limits.max_entries_per_member:
             raise ValidationError(
                 f"the log would hold {size + len(entries)} entries; the federation allows {limits.max_entries_per_member}",
                 reason="LOG_TOO_LARGE",
             )
+        if progress is not None:
+            progress("storing", 0, 1)
         hashes = self.store.leaf_hashes(self.member) + [e.leaf_hash for e in entries]
         checkpoint = log.build_checkpoint(
             self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td
         )
         self.store.append(self.member, size, entries, checkpoint)
+        if progress is not None:
+            progress("storing", 1, 1)
         plan.appended = len(entries)
         plan.checkpoint_size = checkpoint.size
         return plan

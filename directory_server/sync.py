@@ -521,6 +521,9 @@ class Syncer:
 class SyncEngine:
     """Background sync from every peer, each in its own thread."""
 
+    # Called with the report of every pass, from the peer's thread (metrics, progress).
+    on_report: Callable[[PeerReport], None] | None = None
+
     def __init__(
         self, node: Node, peers: Callable[[], Iterable[str]], *, interval: float = 30.0,
         deadline: float = 10.0, backoff_max: float = 60.0, rng: random.Random | None = None,
@@ -604,6 +607,8 @@ class SyncEngine:
                 logger.exception("sync pass failed", extra={"peer": peer})
                 report = PeerReport(peer, error="internal error")
             self.last_reports[peer] = report
+            if self.on_report is not None:
+                self.on_report(report)
             strict = False
             if report.error:
                 failures += 1

@@ -1,28 +1,33 @@
-"""Loading and validating a member's records from YAML and CSV files (DESIGN §2, §7).
+"""Loading and validating a member's records from YAML files and spreadsheets (DESIGN §2, §7).
 
 Everything here is pure apart from reading the given files: it turns files into
 validated protobuf records or raises ValidationError naming the file, the record
 and the field. Nothing is stored until every record of every file is valid.
+Spreadsheets (CSV and XLSX, one sheet per kind of record) are read by
+``directory_server.domain.spreadsheets`` into the same mappings a YAML file gives.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import difflib
 import re
 import zoneinfo
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Container, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import email_validator
+import langcodes
+import phonenumbers
+import pycountry
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from counterpart.v1 import records_pb2
-from directory_server.domain.errors import InvalidArgumentError, ValidationError
+from directory_server.domain.errors import InvalidArgumentError, ValidationError, quote
 from directory_server.domain.names import ID_RE, MEMBER_RE, RecordName, parse_record_name
 from directory_server.domain.vocab import Vocabulary
 
@@ -41,7 +46,7 @@ SECTIONS: dict[str, tuple[str, type[Message], str]] = {
 }
 
 # Reference fields that accept a short id of a record of the same member.
-_REFERENCES: dict[type[Message], dict[str, str]] = {
+REFERENCES: dict[type[Message], dict[str, str]] = {
     records_pb2.Authority: {"parent": "authorities"},
     records_pb2.Contact: {"authority": "authorities"},
     records_pb2.Rule: {
@@ -67,6 +72,11 @@ class SourcedRecord:
     name: str
     record: Record
     file: str
+    where: str = ""  # within the file, for a spreadsheet: "sheet rules, row 4"
+
+    @property
+    def source(self) -> str:
+        return f"{self.file}, {self.where}" if self.where else self.file
 
 
 def record_kind(record: Message) -> str:
@@ -81,52 +91,130 @@ def record_kind(record: Message) -> str:
 
 # --- reading files -------------------------------------------------------------------------
 
+# libyaml's safe loader where PyYAML was built with it: ten times faster on thousands of records
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+YAML_SUFFIXES = (".yaml", ".yml")
+CSV_SUFFIXES = (".csv", ".tsv")
+XLSX_SUFFIXES = (".xlsx",)
+RECORD_SUFFIXES = YAML_SUFFIXES + CSV_SUFFIXES + XLSX_SUFFIXES
+# Files an administrator may expect to be read but which are not: refused, never skipped
+# (a skipped file would silently leave its records out, and --prune would delete them).
+_REFUSED_SUFFIXES = {
+    ".xls": "an Excel 97-2003 workbook: save it as .xlsx (Excel Workbook) or .csv",
+    ".xlsm": "a macro-enabled workbook: save it as .xlsx (Excel Workbook) or .csv",
+    ".xlsb": "a binary workbook: save it as .xlsx (Excel Workbook) or .csv",
+    ".ods": "an OpenDocument spreadsheet: save it as .xlsx or .csv",
+    ".numbers": "a Numbers spreadsheet: export it as .xlsx or .csv",
+    ".json": "JSON is not a records format here: use YAML (a superset of JSON) with a .yaml name",
+}
 
-def iter_record_files(path: Path) -> list[Path]:
-    """One file, or every *.yaml / *.yml / *.csv below a folder, in a stable order."""
+
+@dataclass
+class LoadedFiles:
+    """What a file or folder of records holds, each record checked alone."""
+
+    records: list[SourcedRecord] = field(default_factory=list)
+    collections: set[str] = field(default_factory=set)  # kinds the input holds (a YAML section, a
+    # sheet, a CSV file of that kind), even when empty: the kinds `publish --prune` may delete from
+    notices: list[str] = field(default_factory=list)  # how files were read (encoding, delimiter), skipped files
+    files: list[Path] = field(default_factory=list)
+
+
+def unsupported_suffix(path: Path) -> str:
+    """Why a file with this name cannot be read as records."""
+    why = _REFUSED_SUFFIXES.get(path.suffix.lower())
+    if why:
+        return f"{path.name} is {why}"
+    return (
+        f"{path.name}: unknown kind of file ({path.suffix or 'no extension'}); records are read from "
+        ".yaml / .yml, .csv / .tsv and .xlsx files"
+    )
+
+
+def iter_record_files(path: Path, notices: list[str] | None = None) -> list[Path]:
+    """One file, or every records file below a folder, in a stable order.
+
+    A file given by name must have a known extension. In a folder, spreadsheets of other
+    formats (.xls, .ods, ...) are refused, hidden files and Office lock files (~$book.xlsx)
+    are skipped, and any other file is skipped with a notice.
+    """
     if not path.exists():
         raise InvalidArgumentError(f"{path} does not exist", reason="PATH_NOT_FOUND")
     if path.is_file():
+        if path.suffix.lower() not in RECORD_SUFFIXES:
+            raise ValidationError(unsupported_suffix(path), reason="UNSUPPORTED_FILE_TYPE", file=str(path))
         return [path]
-    files = sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".yaml", ".yml", ".csv")
-    )
+    files: list[Path] = []
+    for p in sorted(path.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(path).parts):
+            continue
+        if p.name.startswith("~$"):
+            continue
+        suffix = p.suffix.lower()
+        if suffix in RECORD_SUFFIXES:
+            files.append(p)
+        elif suffix in _REFUSED_SUFFIXES:
+            raise ValidationError(unsupported_suffix(p), reason="UNSUPPORTED_FILE_TYPE", file=str(p))
+        elif notices is not None:
+            notices.append(f"skipped {p} (not a records file)")
     if not files:
         raise InvalidArgumentError(
-            f"{path} holds no .yaml, .yml or .csv files", reason="NO_RECORD_FILES"
+            f"{path} holds no .yaml, .yml, .csv, .tsv or .xlsx files", reason="NO_RECORD_FILES"
         )
     return files
 
 
-def load_records(path: Path, member: str, vocab: Vocabulary) -> list[SourcedRecord]:
-    """Load and validate every record under path for member; raise on the first problem.
+def load_record_files(path: Path, member: str, vocab: Vocabulary) -> LoadedFiles:
+    """Load and check every record under path for member; raise on the first problem.
 
-    Checks each record alone (schema, codes, sizes), then the set as a whole
-    (duplicate names, references to records that do not exist).
+    Checks each record alone (schema, codes, registries, sizes) and that no name is defined
+    twice. References are checked by the caller, against what the publish will leave
+    (``check_references``): a file may refer to a record published earlier from another file.
     """
-    out: list[SourcedRecord] = []
-    for f in iter_record_files(path):
-        if f.suffix.lower() == ".csv":
-            out.extend(_load_csv(f, member, vocab))
+    # imported here: spreadsheets builds its records with build_record from this module
+    from directory_server.domain import spreadsheets
+
+    loaded = LoadedFiles()
+    loaded.files = iter_record_files(path, loaded.notices)
+    for f in loaded.files:
+        suffix = f.suffix.lower()
+        if suffix in CSV_SUFFIXES:
+            spreadsheets.load_csv(f, member, vocab, loaded)
+        elif suffix in XLSX_SUFFIXES:
+            spreadsheets.load_xlsx(f, member, vocab, loaded)
         else:
-            out.extend(_load_yaml(f, member, vocab))
-    check_record_set(out)
-    return out
+            records, sections = _load_yaml(f, member, vocab)
+            loaded.records.extend(records)
+            loaded.collections.update(SECTIONS[s][0] for s in sections)
+    check_duplicates(loaded.records)
+    return loaded
 
 
-def _load_yaml(path: Path, member: str, vocab: Vocabulary) -> Iterator[SourcedRecord]:
+def load_records(path: Path, member: str, vocab: Vocabulary) -> list[SourcedRecord]:
+    """Load and validate every record under path as a complete set: each record alone, no
+    name twice, and every reference to a record of the set."""
+    records = load_record_files(path, member, vocab).records
+    check_record_set(records)
+    return records
+
+
+def _load_yaml(path: Path, member: str, vocab: Vocabulary) -> tuple[list[SourcedRecord], list[str]]:
     file = str(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ValidationError(f"broken YAML{where}: {problem}", reason="BROKEN_YAML", file=file) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValidationError(f"cannot read file: {e}", reason="UNREADABLE_FILE", file=file) from e
+    except UnicodeDecodeError as e:
+        raise ValidationError(
+            f"not UTF-8 text (byte {e.start}): save the YAML file as UTF-8", reason="UNREADABLE_FILE", file=file
+        ) from e
+    except OSError as e:
+        raise ValidationError(f"cannot read file: {e.strerror or e}", reason="UNREADABLE_FILE", file=file) from e
     if doc is None:
-        return
+        return [], []
     if not isinstance(doc, dict):
         raise ValidationError(
             "the file must be a mapping with 'member' and record lists "
@@ -135,13 +223,15 @@ def _load_yaml(path: Path, member: str, vocab: Vocabulary) -> Iterator[SourcedRe
             file=file,
         )
     _check_file_member(doc.get("member"), member, file)
-    unknown = sorted(set(doc) - set(SECTIONS) - {"member"})
+    unknown = sorted(map(str, set(doc) - set(SECTIONS) - {"member"}))
     if unknown:
         raise ValidationError(
             f"unknown section(s) {', '.join(map(repr, unknown))}; expected {', '.join(SECTIONS)}",
             reason="UNKNOWN_SECTION",
             file=file,
         )
+    out: list[SourcedRecord] = []
+    sections: list[str] = []
     for section, (collection, cls, id_key) in SECTIONS.items():
         items = doc.get(section)
         if items is None:
@@ -150,13 +240,15 @@ def _load_yaml(path: Path, member: str, vocab: Vocabulary) -> Iterator[SourcedRe
             raise ValidationError(
                 f"section '{section}' must be a list of records", reason="WRONG_TYPE", file=file, field=section
             )
+        sections.append(section)
         for index, raw in enumerate(items):
             label = f"{section}[{index}]"
             if not isinstance(raw, dict):
                 raise ValidationError(
                     "a record must be a mapping of fields", reason="WRONG_TYPE", file=file, record=label
                 )
-            yield build_record(dict(raw), member, collection, cls, id_key, vocab, file, label)
+            out.append(build_record(dict(raw), member, collection, cls, id_key, vocab, file, label))
+    return out, sections
 
 
 def _check_file_member(value: Any, member: str, file: str) -> None:
@@ -178,6 +270,20 @@ def _check_file_member(value: Any, member: str, file: str) -> None:
         )
 
 
+def expand_references(raw: dict[str, Any], member: str, cls: type[Message]) -> None:
+    """A reference given as a short id (``pgo``) becomes the record's name."""
+    for fld, target in REFERENCES[cls].items():
+        value = raw.get(fld)
+        if isinstance(value, str) and value and "/" not in value:
+            raw[fld] = f"members/{member}/{target}/{value}"
+
+
+def short_reference(value: str, member: str, collection: str) -> str:
+    """The short id of a reference to a record of the same member (the inverse of expand_references)."""
+    prefix = f"members/{member}/{collection}/"
+    return value.removeprefix(prefix)
+
+
 def build_record(
     raw: dict[str, Any],
     member: str,
@@ -187,8 +293,9 @@ def build_record(
     vocab: Vocabulary,
     file: str,
     label: str,
+    where: str = "",
 ) -> SourcedRecord:
-    """Turn one mapping from a file into a validated record."""
+    """Turn one mapping from a file into a validated record (phone numbers normalized to E.164)."""
     record_id = raw.pop("id", None) if id_key == "id" else raw.get(id_key)
     given_name = raw.pop("name", None)
     if record_id is None and given_name is None:
@@ -205,7 +312,7 @@ def build_record(
         )
     if record_id is not None and not ID_RE.match(record_id):
         raise ValidationError(
-            f"record id {record_id!r} is malformed: lower-case letters, digits, '-' and '.', "
+            f"record id {quote(record_id)} is malformed: lower-case letters, digits, '-' and '.', "
             "at most 63 characters",
             reason="INVALID_NAME",
             file=file,
@@ -233,10 +340,7 @@ def build_record(
             record=name,
             field="name",
         )
-    for fld, target in _REFERENCES[cls].items():
-        value = raw.get(fld)
-        if isinstance(value, str) and value and "/" not in value:
-            raw[fld] = f"members/{member}/{target}/{value}"
+    expand_references(raw, member, cls)
     raw["name"] = name
     record = cls()
     try:
@@ -246,8 +350,10 @@ def build_record(
             _describe_parse_error(str(e)), reason="SCHEMA_VIOLATION", file=file, record=name,
             field=_field_of_parse_error(str(e)),
         ) from e
+    normalize_phones(record, parsed, file)  # type: ignore[arg-type]
     validate_record(record, parsed, vocab, file=file)  # type: ignore[arg-type]
-    return SourcedRecord(name, record, file)  # type: ignore[arg-type]
+    check_registries(record, parsed, file)  # type: ignore[arg-type]
+    return SourcedRecord(name, record, file, where)  # type: ignore[arg-type]
 
 
 def _field_of_parse_error(text: str) -> str:
@@ -262,80 +368,156 @@ def _describe_parse_error(text: str) -> str:
     return "wrong type or value: " + text
 
 
-# --- CSV -----------------------------------------------------------------------------------
+# --- real-world registries: E.164, ISO 3166, BCP 47, e-mail syntax ------------------------
 
-CSV_LIST_SEPARATOR = ";"
-CSV_COLUMNS = {
-    "member", "id", "kind", "parent", "locality", "subdivision", "postal_code", "national",
-    "subdivisions", "request_types", "roles", "offence_categories", "languages", "email",
-    "website", "review_date", "note",
-}
+_PHONE_CHARS_RE = re.compile(r"^\+?[0-9 ().\-/]*[0-9][0-9 ().\-/]*$")
+_PHONE_CHANNELS = ("phone", "fax")
 
 
-def _load_csv(path: Path, member: str, vocab: Vocabulary) -> Iterator[SourcedRecord]:
-    """Authorities from the spreadsheet layout national administrators keep.
+def country_of(member: str) -> Any | None:
+    """The ISO 3166-1 country a member code names; None for an international body."""
+    if len(member) != 2:
+        return None
+    return pycountry.countries.get(alpha_2=member)
 
-    One row per authority. Names go in columns ``name:<language>`` (``name:ka``, ``name:en``);
-    lists are separated by ';'; ``national`` is yes/no; ``roles`` are receives/executes/issues.
+
+def normalize_phone(value: str, member: str) -> str:
+    """A phone number in E.164 (``+995322405000``); spaces, dashes, dots and brackets accepted,
+    and a number without ``+`` read as a national number of the member's country.
+
+    Raises ValueError saying what is wrong.
     """
-    file = str(path)
+    text = value.strip()
+    if not _PHONE_CHARS_RE.match(text):
+        raise ValueError("only digits, a leading '+', spaces, '-', '.', '/' and brackets may be used")
+    country = country_of(member)
+    region = country.alpha_2 if country is not None and not text.startswith("+") else None
+    if region is None and not text.startswith("+"):
+        raise ValueError("give it in international form, starting with '+' and the country code")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValidationError(f"cannot read file: {e}", reason="UNREADABLE_FILE", file=file) from e
-    reader = csv.DictReader(io.StringIO(text))
-    headers = reader.fieldnames or []
-    unknown = [h for h in headers if h not in CSV_COLUMNS and not h.startswith("name:")]
-    if unknown:
-        raise ValidationError(
-            f"unknown column(s) {', '.join(map(repr, unknown))}", reason="UNKNOWN_COLUMN", file=file
-        )
-    for field_name in ("member", "id", "kind"):
-        if field_name not in headers:
-            raise ValidationError(
-                f"missing required column '{field_name}'", reason="MISSING_FIELD", file=file, field=field_name
-            )
-    for row_number, row in enumerate(reader, start=2):
-        label = f"row {row_number}"
-        _check_file_member(row.get("member") or None, member, file)
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException as e:
+        raise ValueError(str(e).split(") ", 1)[-1]) from e
+    if not phonenumbers.is_valid_number(number):
+        where = phonenumbers.region_code_for_number(number) or f"country code +{number.country_code}"
+        raise ValueError(f"not a valid number for {where} (check the digits and the country code)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
-        def split(col: str, row: dict[str, str | None] = row) -> list[str]:
-            return [v.strip() for v in (row.get(col) or "").split(CSV_LIST_SEPARATOR) if v.strip()]
 
-        national = (row.get("national") or "").strip().lower()
-        if national not in ("", "yes", "no", "true", "false"):
+def normalize_phones(record: Record, name: RecordName, file: str = "") -> None:
+    """Rewrite every phone number of the record in E.164, or refuse it naming the field."""
+
+    def fix(holder: Message, attr: str, path: str) -> None:
+        value = getattr(holder, attr)
+        if not value:
+            return
+        try:
+            setattr(holder, attr, normalize_phone(value, name.member))
+        except ValueError as e:
             raise ValidationError(
-                f"'national' must be yes or no, got {national!r}", reason="WRONG_TYPE", file=file,
-                record=label, field="national",
-            )
-        raw: dict[str, Any] = {
-            "id": (row.get("id") or "").strip(),
-            "display_names": [
-                {"language": h.split(":", 1)[1], "text": v.strip()}
-                for h, v in row.items()
-                if h and h.startswith("name:") and v and v.strip()
-            ],
-            "kind": (row.get("kind") or "").strip(),
-            "coverage": {"national": national in ("yes", "true"), "subdivisions": split("subdivisions")},
-            "languages": split("languages"),
-        }
-        roles = [f"COMPETENCE_ROLE_{r.upper()}" for r in split("roles")]
-        if split("request_types") or roles:
-            raw["competences"] = [
-                {"request_types": split("request_types"), "roles": roles,
-                 "offence_categories": split("offence_categories")}
-            ]
-        address = {k: (row.get(k) or "").strip() for k in ("locality", "subdivision", "postal_code")}
-        if any(address.values()):
-            raw["address"] = {**address, "country": member if len(member) == 2 else ""}
-        for col in ("parent", "website", "review_date"):
-            if (row.get(col) or "").strip():
-                raw[col] = row[col].strip()
-        if (row.get("email") or "").strip():
-            raw["channels"] = [{"kind": "email", "address": row["email"].strip()}]
-        if (row.get("note") or "").strip():
-            raw["notes"] = [{"language": "en", "text": row["note"].strip()}]
-        yield build_record(raw, member, "authorities", records_pb2.Authority, "id", vocab, file, label)
+                f"{quote(value)} is not a phone number: {e} (e.g. '+995 32 240 50 00')",
+                reason="INVALID_PHONE", file=file, record=str(name), field=path,
+            ) from e
+
+    if isinstance(record, records_pb2.Authority):
+        if record.HasField("urgent_contact"):
+            fix(record.urgent_contact, "phone", "urgent_contact.phone")
+        for i, ch in enumerate(record.channels):
+            if ch.kind in _PHONE_CHANNELS:
+                fix(ch, "address", f"channels[{i}].address")
+    elif isinstance(record, records_pb2.Contact):
+        fix(record, "phone", "phone")
+
+
+def _languages(msg: Message, prefix: str) -> Iterator[tuple[str, str]]:
+    """(path, tag) of every language tag in a record: LocalizedText.language and the lists of tags."""
+    for fd, value in msg.ListFields():
+        path = f"{prefix}{fd.name}"
+        if fd.message_type is not None:
+            items = value if fd.is_repeated else [value]
+            for i, item in enumerate(items):
+                sub = f"{path}[{i}]." if fd.is_repeated else f"{path}."
+                if item.DESCRIPTOR.full_name == "counterpart.v1.LocalizedText":
+                    yield f"{sub}language", item.language
+                else:
+                    yield from _languages(item, sub)
+        elif fd.name in ("languages", "declared_languages"):
+            for i, tag in enumerate(value):
+                yield f"{path}[{i}]", tag
+
+
+def _subdivisions(record: Record) -> Iterator[tuple[str, str]]:
+    """(path, code) of every ISO 3166-2 code in a record."""
+    if isinstance(record, records_pb2.Authority):
+        for i, s in enumerate(record.coverage.subdivisions):
+            yield f"coverage.subdivisions[{i}]", s
+        for i, mun in enumerate(record.coverage.municipalities):
+            if mun.subdivision:
+                yield f"coverage.municipalities[{i}].subdivision", mun.subdivision
+        if record.address.subdivision:
+            yield "address.subdivision", record.address.subdivision
+    elif isinstance(record, records_pb2.Rule):
+        for i, by in enumerate(record.executing_by_subdivision):
+            for j, s in enumerate(by.subdivisions):
+                yield f"executing_by_subdivision[{i}].subdivisions[{j}]", s
+    elif isinstance(record, records_pb2.Place):
+        yield "subdivision", record.subdivision
+        if record.parent_subdivision:
+            yield "parent_subdivision", record.parent_subdivision
+
+
+def _emails(record: Record) -> Iterator[tuple[str, str]]:
+    if isinstance(record, records_pb2.Authority):
+        for i, ch in enumerate(record.channels):
+            if ch.kind == "email":
+                yield f"channels[{i}].address", ch.address
+        yield "urgent_contact.email", record.urgent_contact.email
+    elif isinstance(record, records_pb2.Contact):
+        yield "email", record.email
+
+
+def check_registries(record: Record, name: RecordName, file: str = "") -> None:
+    """Check codes and addresses against the registries they come from: language tags are
+    valid BCP 47 (langcodes), subdivision codes exist in ISO 3166-2 and country codes in
+    ISO 3166-1 (pycountry; a member that is not a country, an international body, skips the
+    subdivision check), e-mail addresses are well-formed (email-validator, no DNS look-up)."""
+
+    def fail(path: str, message: str, reason: str) -> None:
+        raise ValidationError(message, reason=reason, file=file, record=str(name), field=path)
+
+    for path, tag in _languages(record, ""):
+        if tag and not langcodes.tag_is_valid(tag):
+            fail(path, f"{quote(tag)} is not a valid BCP 47 language tag (e.g. 'ka', 'ru', 'sr-Latn')", "INVALID_LANGUAGE")
+    country = country_of(name.member)
+    if country is not None:
+        for path, code in _subdivisions(record):
+            if code.startswith(f"{country.alpha_2}-") and not _subdivision_exists(code):
+                fail(path, _unknown_subdivision(code, country), "UNKNOWN_SUBDIVISION")
+    country_code = ""
+    if isinstance(record, records_pb2.Authority):
+        country_code = record.address.country
+    if country_code and pycountry.countries.get(alpha_2=country_code) is None:
+        fail("address.country", f"{quote(country_code)} is not an ISO 3166-1 alpha-2 country code", "INVALID_COUNTRY")
+    for path, address in _emails(record):
+        if not address:
+            continue
+        try:
+            email_validator.validate_email(address, check_deliverability=False)
+        except email_validator.EmailNotValidError as e:
+            fail(path, f"{quote(address)} is not an e-mail address: {e}", "INVALID_EMAIL")
+
+
+def _subdivision_exists(code: str) -> bool:
+    return pycountry.subdivisions.get(code=code) is not None  # type: ignore[no-untyped-call]
+
+
+def _unknown_subdivision(code: str, country: Any) -> str:
+    found = pycountry.subdivisions.get(country_code=country.alpha_2)  # type: ignore[no-untyped-call]
+    known = sorted(str(s.code) for s in found or [])
+    close = difflib.get_close_matches(code, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    listing = f" (known: {', '.join(known)})" if 0 < len(known) <= 40 else ""
+    return f"{quote(code)} is not a subdivision of {country.name} in ISO 3166-2{hint}{listing}"
 
 
 # --- validation of one record --------------------------------------------------------------
@@ -568,23 +750,48 @@ def validate_record(record: Record, name: RecordName, vocab: Vocabulary, file: s
 # --- validation of the whole set ----------------------------------------------------------
 
 
-def check_record_set(records: list[SourcedRecord]) -> None:
-    """No name twice; every reference points at a record of the set."""
-    seen: dict[str, str] = {}
+def collection_of(name: str) -> str:
+    """``authorities`` of ``members/GE/authorities/pgo``."""
+    parts = name.split("/")
+    return parts[2] if len(parts) == 4 else ""
+
+
+def references_of(record: Record) -> Iterator[tuple[str, str]]:
+    """(field, name) of every reference a record makes to another record of its member."""
+    for fld in REFERENCES[type(record)]:
+        value = getattr(record, fld)
+        if value:
+            yield fld, value
+
+
+def check_duplicates(records: list[SourcedRecord]) -> None:
+    """No name twice."""
+    seen: dict[str, SourcedRecord] = {}
     for r in records:
         if r.name in seen:
             raise ValidationError(
-                f"defined twice (also in {seen[r.name]})", reason="DUPLICATE_NAME", file=r.file, record=r.name
+                f"defined twice (also in {seen[r.name].source})", reason="DUPLICATE_NAME", file=r.source, record=r.name
             )
-        seen[r.name] = r.file
+        seen[r.name] = r
+
+
+def check_references(records: list[SourcedRecord], known: Container[str], deleted: Container[str] = ()) -> None:
+    """Every reference of these records points at a known record (of the set, or already
+    published and not being deleted)."""
     for r in records:
-        for fld in _REFERENCES[type(r.record)]:
-            value = getattr(r.record, fld)
-            if value and value not in seen:
-                raise ValidationError(
-                    f"refers to {value}, which is not among the published records",
-                    reason="DANGLING_REFERENCE",
-                    file=r.file,
-                    record=r.name,
-                    field=fld,
-                )
+        for fld, value in references_of(r.record):
+            if value in known:
+                continue
+            why = (
+                "which --prune would delete (it is not in these files)" if value in deleted
+                else "which is neither among these records nor already published"
+            )
+            raise ValidationError(
+                f"refers to {value}, {why}", reason="DANGLING_REFERENCE", file=r.source, record=r.name, field=fld,
+            )
+
+
+def check_record_set(records: list[SourcedRecord]) -> None:
+    """No name twice; every reference points at a record of the set."""
+    check_duplicates(records)
+    check_references(records, {r.name for r in records})

@@ -73,9 +73,12 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
     @handle_errors
     def GetCheckpoints(self, request: rs.GetCheckpointsRequest, context: grpc.ServicerContext) -> rs.GetCheckpointsResponse:
         checkpoints = self.node.store.checkpoints()
+        federation = self.node.federation()
+        # only current members: a removed member's checkpoint would make the reply hold more
+        # checkpoints than the federation has members, which peers refuse whole
         return rs.GetCheckpointsResponse(
-            signed_checkpoints=[checkpoints[m] for m in sorted(checkpoints)],
-            federation_version=self.node.federation().version,
+            signed_checkpoints=[checkpoints[m] for m in sorted(checkpoints) if federation.member(m) is not None],
+            federation_version=federation.version,
         )
 
     def GetEntries(self, request: rs.GetEntriesRequest, context: grpc.ServicerContext) -> Iterator[rs.GetEntriesResponse]:

@@ -128,7 +128,7 @@ def test_tombstones_reach_every_node(cluster: Cluster) -> None:
     cluster.wait_converged()
     assert all(cluster.nodes[n].store.record_row(name) is not None for n in cluster.members)
     (cluster.records["GE"] / "extra-to-go.yaml").unlink()
-    plan = cluster.nodes["GE"].publish(cluster.records["GE"], PASSPHRASE)
+    plan = cluster.nodes["GE"].publish(cluster.records["GE"], PASSPHRASE, prune=True)
     assert plan.deleted == [name]
     cluster.wait_converged()
     for n in cluster.members:

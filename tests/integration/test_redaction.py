@@ -312,7 +312,7 @@ def test_a_deletion_of_a_members_only_record_is_members_only(two: Two) -> None:
     size = two.ge.store.log_size("GE")
     drop_contact(two.records, "directory-admin")  # members-only
     extra.unlink()  # public
-    plan = two.ge.publish(two.records, PASSPHRASE)
+    plan = two.ge.publish(two.records, PASSPHRASE, prune=True)
     assert sorted(plan.deleted) == ["members/GE/contacts/directory-admin", "members/GE/contacts/front-desk"]
     new = zip(two.ge.verified_entries("GE")[size:], two.ge.store.log_rows("GE", size + 1), strict=True)
     assert {e.name: r.restricted for e, r in new} == {
