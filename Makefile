@@ -5,14 +5,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := node_modules/.bin/buf
 
-.PHONY: all venv generate lint-proto lint test demo bench clean
+.PHONY: all venv generate lint-proto lint test demo bench wheels clean
 
 all: test
 
-$(STAMP): pyproject.toml
+# Three distributions: the verification core, the client, the node (the repository root).
+$(STAMP): pyproject.toml packages/core/pyproject.toml packages/client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e packages/core -e packages/client -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,8 +34,8 @@ lint-proto: $(BUF)
 
 ## ruff and mypy --strict over the Python code.
 lint: $(STAMP)
-	$(PY) -m ruff check directory_server directory_client scripts tests bench
-	$(PY) -m mypy directory_server directory_client
+	$(PY) -m ruff check directory_server packages scripts tests bench deploy
+	$(PY) -m mypy directory_server packages/core/src/counterpart_core packages/client/src/directory_client
 
 test: $(STAMP) lint-proto lint
 	$(PY) -m pytest -q
@@ -45,5 +46,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_find.py
 
+## Wheels of the three distributions into dist/.
+wheels: $(STAMP)
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist packages/core packages/client .
+
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache build *.egg-info
+	rm -rf $(VENV) node_modules .pytest_cache build dist *.egg-info packages/*/src/*.egg-info

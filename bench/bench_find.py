@@ -59,8 +59,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from counterpart.v1 import directory_service_pb2 as ds
+from counterpart_core import signing, tls
 from directory_server.config import NodeConfig
-from directory_server.domain import signing, tls
 
 BENCH_DIR = Path(__file__).resolve().parent
 

@@ -54,9 +54,9 @@ import grpc
 from counterpart.v1 import log_pb2
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from counterpart_core import federation as fed
+from counterpart_core import signing
 from directory_server.config import CONFIG_NAME, NodeConfig
-from directory_server.domain import federation as fed
-from directory_server.domain import signing
 from directory_server.node import Node
 
 REPO = Path(__file__).resolve().parent.parent

@@ -53,11 +53,11 @@ import bench_find  # sibling scripts: python puts bench/ first on sys.path
 import gen_dataset
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from counterpart_core import federation as fed
+from counterpart_core import log, merkle, signing, tls
+from counterpart_core.records import SourcedRecord
+from counterpart_core.vocab import Vocabulary, default_vocabularies
 from directory_server.config import CONFIG_NAME, NodeConfig
-from directory_server.domain import federation as fed
-from directory_server.domain import log, merkle, signing, tls
-from directory_server.domain.records import SourcedRecord
-from directory_server.domain.vocab import Vocabulary, default_vocabularies
 from directory_server.node import Node
 from directory_server.security import TlsIdentity
 from directory_server.storage.store import Store, sqlite_url
@@ -308,8 +308,8 @@ class Timers:
 
 def target_main(a: argparse.Namespace) -> int:
     """One sync pass of a target node from the source; figures as JSON on stdout."""
+    from counterpart_core import replication as rep
     from directory_server import sync as sync_module
-    from directory_server.domain import replication as rep
     from directory_server.storage import store as store_module
 
     data_dir: Path = a.data_dir

@@ -51,12 +51,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Table
 
 from counterpart.v1 import records_pb2 as rp
+from counterpart_core import federation as fed
+from counterpart_core import log, merkle, signing
+from counterpart_core.names import parse_record_name
+from counterpart_core.records import Record, SourcedRecord, check_record_set, validate_record
+from counterpart_core.vocab import Vocabulary, default_vocabularies
 from directory_server.config import CONFIG_NAME, NodeConfig
-from directory_server.domain import federation as fed
-from directory_server.domain import log, merkle, signing
-from directory_server.domain.names import parse_record_name
-from directory_server.domain.records import Record, SourcedRecord, check_record_set, validate_record
-from directory_server.domain.vocab import Vocabulary, default_vocabularies
 from directory_server.node import Node
 from directory_server.storage.models import DERIVED_TABLES, CheckpointRow, EntryRow
 from directory_server.storage.store import Store, sqlite_url

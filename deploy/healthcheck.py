@@ -9,7 +9,7 @@ Why not ``grpc_health_probe`` or a Kubernetes ``grpc:`` probe: the listener spea
 with the node's own self-signed certificate (the federation document is the trust, not a
 certificate authority), and Kubernetes' ``grpc:`` probes do not speak TLS. This probe trusts
 exactly the node's certificate file and asks for ``node.counterpart.invalid``, a name every
-node certificate holds (directory_server/domain/tls.py), so an expired or replaced certificate
+node certificate holds (counterpart_core/tls.py), so an expired or replaced certificate
 makes the probe fail too.
 
 It reads what the node reads: ``$COUNTERPART_DATA_DIR/node.toml`` (``listen``, ``tls``,

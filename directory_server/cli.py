@@ -31,19 +31,19 @@ from rich.progress import (
 from rich.table import Table
 
 from counterpart.v1 import federation_pb2
-from directory_server import security
-from directory_server.config import CONFIG_NAME, NodeConfig, load_config
-from directory_server.domain import access, signing, spreadsheets, tls
-from directory_server.domain import federation as fed
-from directory_server.domain.diff import FieldChange
-from directory_server.domain.errors import (
+from counterpart_core import access, signing, spreadsheets, tls
+from counterpart_core import federation as fed
+from counterpart_core.diff import FieldChange
+from counterpart_core.errors import (
     ConfigurationError,
     CounterpartError,
     InvalidArgumentError,
 )
-from directory_server.domain.names import check_member_code
-from directory_server.domain.records import collection_of
-from directory_server.domain.timeutil import from_timestamp, parse_duration, utcnow
+from counterpart_core.names import check_member_code
+from counterpart_core.records import collection_of
+from counterpart_core.timeutil import from_timestamp, parse_duration, utcnow
+from directory_server import security
+from directory_server.config import CONFIG_NAME, NodeConfig, load_config
 from directory_server.lock import NodeLock
 from directory_server.node import Node, PublishPlan
 

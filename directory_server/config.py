@@ -11,8 +11,8 @@ from typing import Any
 
 import tomli_w
 
-from directory_server.domain.errors import ConfigurationError
-from directory_server.domain.timeutil import parse_duration
+from counterpart_core.errors import ConfigurationError
+from counterpart_core.timeutil import parse_duration
 from directory_server.storage.store import sqlite_url
 
 CONFIG_NAME = "node.toml"

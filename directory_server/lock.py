@@ -24,8 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from directory_server.domain.errors import CounterpartError
-from directory_server.domain.timeutil import utcnow
+from counterpart_core.errors import CounterpartError
+from counterpart_core.timeutil import utcnow
 
 LOCK_NAME = "node.lock"
 

@@ -15,20 +15,20 @@ from datetime import datetime, timedelta
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, log_pb2, records_pb2
-from directory_server.domain import bounds, index, names, places, signing
-from directory_server.domain.access import ANONYMOUS, Caller
-from directory_server.domain.errors import ConflictError, InvalidArgumentError, NotFoundError, quote
-from directory_server.domain.federation import Federation
-from directory_server.domain.index import fold
-from directory_server.domain.query import (
+from counterpart_core import bounds, index, names, places, signing
+from counterpart_core.access import ANONYMOUS, Caller
+from counterpart_core.errors import ConflictError, InvalidArgumentError, NotFoundError, quote
+from counterpart_core.federation import Federation
+from counterpart_core.index import fold
+from counterpart_core.query import (
     ProofTree,
     decode_page_token,
     encode_page_token,
     page_size,
     parse_filter,
 )
-from directory_server.domain.records import Record
-from directory_server.domain.timeutil import from_timestamp, to_duration, utcnow
+from counterpart_core.records import Record
+from counterpart_core.timeutil import from_timestamp, to_duration, utcnow
 from directory_server.storage.models import RecordRow
 from directory_server.storage.store import Store
 

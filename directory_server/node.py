@@ -13,18 +13,17 @@ from datetime import datetime
 from pathlib import Path
 
 from counterpart.v1 import log_pb2
-from directory_server.config import NodeConfig
-from directory_server.domain import federation as fed
-from directory_server.domain import log, merkle, redaction, signing
-from directory_server.domain.diff import FieldChange, diff_records
-from directory_server.domain.errors import (
+from counterpart_core import federation as fed
+from counterpart_core import log, merkle, redaction, signing
+from counterpart_core.diff import FieldChange, diff_records
+from counterpart_core.errors import (
     ConfigurationError,
     CounterpartError,
     SignatureError,
     ValidationError,
     VerificationError,
 )
-from directory_server.domain.records import (
+from counterpart_core.records import (
     Record,
     SourcedRecord,
     check_references,
@@ -32,7 +31,8 @@ from directory_server.domain.records import (
     load_record_files,
     references_of,
 )
-from directory_server.domain.timeutil import from_timestamp, utcnow
+from counterpart_core.timeutil import from_timestamp, utcnow
+from directory_server.config import NodeConfig
 from directory_server.storage.store import Store
 
 

@@ -28,7 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from directory_server.domain.log import LogEntry
+from counterpart_core.log import LogEntry
 from directory_server.storage.store import Store, StoredEntry
 from directory_server.sync import PeerReport
 

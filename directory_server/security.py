@@ -22,10 +22,10 @@ from pathlib import Path
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from counterpart_core import signing, tls
+from counterpart_core.errors import ConfigurationError, InvalidArgumentError, KeyFileError
+from counterpart_core.federation import Federation
 from directory_server.config import NodeConfig
-from directory_server.domain import signing, tls
-from directory_server.domain.errors import ConfigurationError, InvalidArgumentError, KeyFileError
-from directory_server.domain.federation import Federation
 
 TLS_SCHEME = tls.TLS_SCHEME
 host_of = tls.host_of

@@ -44,10 +44,10 @@ import grpc
 
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from counterpart_core import log, merkle
+from counterpart_core import replication as rep
+from counterpart_core.errors import ConflictError, CounterpartError, VerificationError
 from directory_server import security
-from directory_server.domain import log, merkle
-from directory_server.domain import replication as rep
-from directory_server.domain.errors import ConflictError, CounterpartError, VerificationError
 from directory_server.node import Node
 from directory_server.security import TlsIdentity
 

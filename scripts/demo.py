@@ -37,8 +37,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from counterpart.v1 import log_pb2
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
-from directory_server.domain.federation import read_file, verify_initial
-from directory_server.domain.signing import parse_envelope
+from counterpart_core.federation import read_file, verify_initial
+from counterpart_core.signing import parse_envelope
 from directory_server.security import channel_credentials
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """Regenerate the Python code for protos/ (messages, gRPC stubs, mypy stubs).
 
-Usage: python scripts/gen_protos.py [OUT_DIR]   (default: the repository root)
+Usage: python scripts/gen_protos.py [OUT_DIR]   (default: packages/core/src)
 
 Tool versions are pinned in pyproject.toml (grpcio-tools, mypy-protobuf), so the
 output is reproducible; tests/unit/test_generated_fresh.py regenerates into a
@@ -17,6 +17,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
+CORE_SRC = ROOT / "packages" / "core" / "src"  # the generated code ships with the verification core
 
 
 def generate(out: Path) -> list[Path]:
@@ -47,6 +48,6 @@ def generate(out: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else CORE_SRC
     for path in generate(target):
         print(path.relative_to(target))

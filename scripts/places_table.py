@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from directory_server.domain.index import fold
+from counterpart_core.index import fold
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = ROOT / "sample_data"

@@ -14,9 +14,9 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
+from counterpart_core import federation as fed
+from counterpart_core import signing
 from directory_server.config import CONFIG_NAME, NodeConfig
-from directory_server.domain import federation as fed
-from directory_server.domain import signing
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 

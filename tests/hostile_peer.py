@@ -20,7 +20,7 @@ import grpc
 from counterpart.v1 import log_pb2
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
-from directory_server.domain import merkle, redaction, replication
+from counterpart_core import merkle, redaction, replication
 from directory_server.node import Node
 
 Batches = Callable[[rs.GetEntriesRequest, grpc.ServicerContext], Iterable[rs.GetEntriesResponse]]

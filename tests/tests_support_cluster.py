@@ -17,8 +17,8 @@ from typing import Any
 from conftest import PASSPHRASE, SAMPLE_DATA, Federation  # type: ignore[import-not-found, unused-ignore]
 from sqlalchemy import select
 
+from counterpart_core import signing
 from directory_server.config import CONFIG_NAME, NodeConfig
-from directory_server.domain import signing
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 from directory_server.storage import models

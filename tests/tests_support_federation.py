@@ -9,8 +9,8 @@ from pathlib import Path
 
 from conftest import PASSPHRASE, SAMPLE_DATA, Clock, Federation  # type: ignore[import-not-found, unused-ignore]
 
+from counterpart_core import signing
 from directory_server.config import CONFIG_NAME, NodeConfig
-from directory_server.domain import signing
 from directory_server.lookup import Directory
 from directory_server.node import Node
 from directory_server.storage.store import Store, sqlite_url

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from counterpart_core import federation as fed
+from counterpart_core import signing, tls
 from directory_server.config import CONFIG_NAME, NodeConfig
-from directory_server.domain import federation as fed
-from directory_server.domain import signing, tls
 from directory_server.node import Node
 from directory_server.security import TlsIdentity
 from directory_server.service.server import NodeServer

@@ -9,8 +9,8 @@ import grpc
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
 from counterpart.v1 import records_pb2
-from directory_server.domain.names import parse_member_name
-from directory_server.domain.records import Record
+from counterpart_core.names import parse_member_name
+from counterpart_core.records import Record
 from directory_server.lookup import Directory
 from directory_server.service.errors import handle_errors
 from directory_server.service.identity import current

@@ -17,7 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from directory_server.domain.errors import (
+from counterpart_core.errors import (
     AuthenticationError,
     ConfigurationError,
     ConflictError,

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from directory_server.domain.errors import InvalidArgumentError
+from counterpart_core.errors import InvalidArgumentError
 from directory_server.service.errors import to_status
 
 log = logging.getLogger("counterpart.rpc")

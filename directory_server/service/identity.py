@@ -9,14 +9,14 @@ from typing import Any, cast
 
 import grpc
 
-from directory_server.domain import tls
-from directory_server.domain.access import ANONYMOUS, Caller, verify_token
-from directory_server.domain.errors import (
+from counterpart_core import tls
+from counterpart_core.access import ANONYMOUS, Caller, verify_token
+from counterpart_core.errors import (
     AuthenticationError,
     CounterpartError,
     PermissionDeniedError,
 )
-from directory_server.domain.federation import Federation
+from counterpart_core.federation import Federation
 from directory_server.service.errors import to_status
 
 _caller: ContextVar[Caller] = ContextVar("counterpart_caller", default=ANONYMOUS)

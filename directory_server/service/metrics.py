@@ -35,7 +35,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from directory_server.domain.timeutil import from_timestamp
+from counterpart_core.timeutil import from_timestamp
 from directory_server.node import Node
 from directory_server.sync import PeerReport
 

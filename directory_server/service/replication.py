@@ -15,10 +15,10 @@ import grpc
 
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
-from directory_server.domain import merkle, redaction, replication
-from directory_server.domain.bounds import INT64_MAX
-from directory_server.domain.errors import InvalidArgumentError, ResourceExhaustedError
-from directory_server.domain.names import check_member_code
+from counterpart_core import merkle, redaction, replication
+from counterpart_core.bounds import INT64_MAX
+from counterpart_core.errors import InvalidArgumentError, ResourceExhaustedError
+from counterpart_core.names import check_member_code
 from directory_server.node import Node
 from directory_server.service import identity
 from directory_server.service.errors import handle_errors, handle_stream_errors

@@ -25,9 +25,9 @@ from counterpart.v1 import (
     replication_service_pb2,
     replication_service_pb2_grpc,
 )
+from counterpart_core import signing
+from counterpart_core.errors import ConfigurationError, CounterpartError
 from directory_server import security
-from directory_server.domain import signing
-from directory_server.domain.errors import ConfigurationError, CounterpartError
 from directory_server.lookup import Directory
 from directory_server.node import Node
 from directory_server.security import TlsIdentity

@@ -40,8 +40,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from directory_server.domain.errors import ConflictError
-from directory_server.domain.index import (
+from counterpart_core.errors import ConflictError
+from counterpart_core.index import (
     LEVEL_MUNICIPALITY,
     LEVEL_NATIONAL,
     LEVEL_POSTAL_CODE,
@@ -49,8 +49,8 @@ from directory_server.domain.index import (
     Derived,
     derive,
 )
-from directory_server.domain.log import WITHHELD, LogCheckpoint, LogEntry
-from directory_server.domain.redaction import (
+from counterpart_core.log import WITHHELD, LogCheckpoint, LogEntry
+from counterpart_core.redaction import (
     Marker,
     deletion_restricted,
     envelope_members_only,

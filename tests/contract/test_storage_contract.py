@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from counterpart.v1 import records_pb2
-from directory_server.domain import log, merkle, signing
-from directory_server.domain.errors import ConflictError
-from directory_server.domain.index import fold
+from counterpart_core import log, merkle, signing
+from counterpart_core.errors import ConflictError
+from counterpart_core.index import fold
 from directory_server.storage.store import Store, sqlite_url
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

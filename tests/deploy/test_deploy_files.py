@@ -384,8 +384,8 @@ def test_compose_init_creates_the_federation_with_the_demo_commands(compose_init
         assert len(secret.read_text(encoding="utf-8")) >= 32
     assert stat.S_IMODE(compose_init["secrets"].stat().st_mode) == 0o700
 
+    from counterpart_core import federation as fed
     from directory_server.config import load_config
-    from directory_server.domain import federation as fed
 
     volumes: Path = compose_init["volumes"]
     c = compose()
@@ -659,7 +659,7 @@ def test_healthcheck_answers_serving_over_tls_and_fails_otherwise(tmp_path: Path
         serve,
     )
 
-    from directory_server.domain import signing, tls
+    from counterpart_core import signing, tls
 
     now = datetime.now(UTC)
     federation = TlsFederation([signing.SigningKey.generate()])

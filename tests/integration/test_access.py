@@ -29,7 +29,7 @@ from tests_support_tls import (  # type: ignore[import-not-found, unused-ignore]
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import replication_service_pb2 as rs
-from directory_server.domain import access, signing, tls
+from counterpart_core import access, signing, tls
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 
@@ -126,7 +126,7 @@ class World:
               valid_for: timedelta = timedelta(hours=8), federation: TlsFederation | None = None) -> str:
         fed_doc = self.node.federation()
         if federation is not None:
-            from directory_server.domain.federation import verify_initial
+            from counterpart_core.federation import verify_initial
             fed_doc = verify_initial(federation.document([member.code], self.clock()), self.clock())
         issued = access.issue_token(member.key, fed_doc, member.code, subject, "prosecutor", self.clock() + at, valid_for)
         if member is self.ge:

@@ -22,11 +22,11 @@ from click.testing import CliRunner, Result
 from conftest import PASSPHRASE  # type: ignore[import-not-found, unused-ignore]
 from rich.cells import cell_len
 
+from counterpart_core import federation as fed
 from directory_client import cli
 from directory_client.cli import main
 from directory_client.client import DirectoryClient
 from directory_client.errors import ServerError
-from directory_server.domain import federation as fed
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import PASSPHRASE  # type: ignore[import-not-found, unused-ignore]
 
+from counterpart_core import federation as fed
+from counterpart_core import signing
 from directory_client.cli import main
-from directory_server.domain import federation as fed
-from directory_server.domain import signing
 from directory_server.service.server import NodeServer
 
 Served = tuple[NodeServer, grpc.Channel]

@@ -16,7 +16,7 @@ from tests_support_records import GOOD_RECORDS
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
 from counterpart.v1 import records_pb2
-from directory_server.domain import merkle
+from counterpart_core import merkle
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 

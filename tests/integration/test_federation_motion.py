@@ -17,9 +17,9 @@ from hostile_peer import HostilePeer
 from tests_support_cluster import Cluster, line, mesh, stored_state, wait_for
 
 from counterpart.v1 import federation_pb2
-from directory_server.domain import federation as fed
-from directory_server.domain import log, merkle, signing
-from directory_server.domain.timeutil import to_timestamp
+from counterpart_core import federation as fed
+from counterpart_core import log, merkle, signing
+from counterpart_core.timeutil import to_timestamp
 from directory_server.sync import Syncer
 
 MEMBERS = ["AZ", "GE", "KZ"]

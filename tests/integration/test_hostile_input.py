@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import replication_service_pb2 as rs
-from directory_server.domain.query import encode_page_token
-from directory_server.domain.vocab import default_vocabularies
+from counterpart_core.query import encode_page_token
+from counterpart_core.vocab import default_vocabularies
 from directory_server.service.server import NodeServer
 
 Served = tuple[NodeServer, grpc.Channel]

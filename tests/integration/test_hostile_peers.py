@@ -42,10 +42,10 @@ from tests_support_cluster import wait_for
 
 from counterpart.v1 import log_pb2
 from counterpart.v1 import replication_service_pb2 as rs
+from counterpart_core import log, merkle, signing
+from counterpart_core.errors import ConfigurationError, SignatureError
 from directory_server.cli import main as node_cli
 from directory_server.config import load_config
-from directory_server.domain import log, merkle, signing
-from directory_server.domain.errors import ConfigurationError, SignatureError
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 from directory_server.storage import models

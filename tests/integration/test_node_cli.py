@@ -13,9 +13,9 @@ from click.testing import CliRunner, Result
 from tests_support_records import GOOD_RECORDS
 
 from counterpart.v1 import directory_service_pb2 as ds
+from counterpart_core import federation as fed
+from counterpart_core import signing
 from directory_server.cli import main
-from directory_server.domain import federation as fed
-from directory_server.domain import signing
 from directory_server.lookup import Directory
 from directory_server.node import Node
 

@@ -30,10 +30,10 @@ from tests_support_records import GOOD_RECORDS
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
+from counterpart_core import signing
+from counterpart_core.timeutil import from_timestamp
 from directory_server.cli import main
 from directory_server.config import CONFIG_NAME, NodeConfig, load_config
-from directory_server.domain import signing
-from directory_server.domain.timeutil import from_timestamp
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 

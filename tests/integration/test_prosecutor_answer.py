@@ -15,7 +15,7 @@ from tests_support_tls import error_info  # type: ignore[import-not-found, unuse
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
 from counterpart.v1 import records_pb2
-from directory_server.domain import signing
+from counterpart_core import signing
 from directory_server.service.directory import DirectoryServicer
 from directory_server.service.identity import Authenticator
 
@@ -120,7 +120,7 @@ def test_search_folds_through_the_gazetteer(stub: ds_grpc.DirectoryServiceStub, 
 # --- what the answer holds ---------------------------------------------------------------------
 
 def test_nothing_unpublished_is_filled_in(stub: ds_grpc.DirectoryServiceStub) -> None:
-    from directory_server.domain.vocab import Vocabulary, default_vocabularies
+    from counterpart_core.vocab import Vocabulary, default_vocabularies
 
     published = {r.request_type for r in stub.ListRules(ds.ListRulesRequest(parent="members/GE", page_size=500)).rules}
     missing = next(t for t in sorted(Vocabulary(default_vocabularies()).request_types) if t not in published)

@@ -22,13 +22,13 @@ from rich.console import Console
 from tests_support_records import GOOD_RECORDS
 
 from counterpart.v1 import records_pb2
+from counterpart_core import federation as fed
+from counterpart_core import signing
+from counterpart_core.diff import FieldChange, diff_records
+from counterpart_core.errors import ConfigurationError
 from directory_server import cli
 from directory_server.cli import main
 from directory_server.config import CONFIG_NAME, NodeConfig
-from directory_server.domain import federation as fed
-from directory_server.domain import signing
-from directory_server.domain.diff import FieldChange, diff_records
-from directory_server.domain.errors import ConfigurationError
 from directory_server.node import Node
 
 PASS_ENV = {"COUNTERPART_KEY_PASSPHRASE": "test-passphrase"}

@@ -35,8 +35,8 @@ from tests_support_cluster import stored_state
 
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from counterpart_core import log
 from directory_server.cli import main as node_cli
-from directory_server.domain import log
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 from directory_server.storage import models

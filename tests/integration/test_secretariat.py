@@ -23,12 +23,12 @@ from conftest import PASSPHRASE  # type: ignore[import-not-found, unused-ignore]
 from hostile_peer import HostilePeer
 from tests_support_cluster import many_authorities, stored_state, wait_for
 
+from counterpart_core import federation as fed
+from counterpart_core import log, signing
 from directory_client import cli as client_cli
 from directory_server import cli as node_cli
 from directory_server import security
 from directory_server.config import load_config
-from directory_server.domain import federation as fed
-from directory_server.domain import log, signing
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 

@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import SAMPLE_DATA  # type: ignore[import-not-found, unused-ignore]
 
+from counterpart_core import spreadsheets
 from directory_server.cli import main
-from directory_server.domain import spreadsheets
 from directory_server.node import Node
 
 PASS_ENV = {"COUNTERPART_KEY_PASSPHRASE": "test-passphrase"}

@@ -24,14 +24,14 @@ from tests_support_tls import (  # type: ignore[import-not-found, unused-ignore]
     serve,
 )
 
+from counterpart_core import federation as fed
+from counterpart_core import signing
+from counterpart_core.errors import ConfigurationError
 from directory_client import cli as client_cli
 from directory_client.client import DirectoryClient
 from directory_client.errors import ClientError
 from directory_server import cli as node_cli
 from directory_server.config import load_config
-from directory_server.domain import federation as fed
-from directory_server.domain import signing
-from directory_server.domain.errors import ConfigurationError
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 
@@ -171,7 +171,7 @@ def test_prosecutor_asks_anonymously_then_signs_in(site: Site, tmp_path: Path) -
 
 
 def test_login_refuses_a_token_of_another_federation(site: Site, tmp_path: Path, clock: Clock) -> None:
-    from directory_server.domain import access
+    from counterpart_core import access
 
     other = TlsFederation([signing.SigningKey.generate()], "other", {"GE": site.ge})
     other_doc = fed.verify_initial(other.document(["GE"], clock()), clock())

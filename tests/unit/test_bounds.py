@@ -8,14 +8,14 @@ import urllib.parse
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from directory_server.domain import bounds, names
-from directory_server.domain.errors import (
+from counterpart_core import bounds, names
+from counterpart_core.errors import (
     CounterpartError,
     InvalidArgumentError,
     ValidationError,
     quote,
 )
-from directory_server.domain.query import (
+from counterpart_core.query import (
     decode_page_token,
     encode_page_token,
     page_size,

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
+from counterpart_core import federation as fed
+from counterpart_core import signing
+from counterpart_core.timeutil import from_timestamp
 from directory_client.errors import ClientError, VerificationFailed
 from directory_client.verify import records_in, verify_answer, verify_response
-from directory_server.domain import federation as fed
-from directory_server.domain import signing
-from directory_server.domain.timeutil import from_timestamp
 from directory_server.service.server import NodeServer
 
 Served = tuple[NodeServer, grpc.Channel]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from counterpart_core.errors import ConfigurationError
 from directory_server.config import CONFIG_NAME, NodeConfig, load_config
-from directory_server.domain.errors import ConfigurationError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from counterpart.v1 import federation_pb2
-from directory_server.domain import federation as fed
-from directory_server.domain import signing, tls
-from directory_server.domain.errors import FederationError, InvalidArgumentError
-from directory_server.domain.timeutil import from_timestamp
+from counterpart_core import federation as fed
+from counterpart_core import signing, tls
+from counterpart_core.errors import FederationError, InvalidArgumentError
+from counterpart_core.timeutil import from_timestamp
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

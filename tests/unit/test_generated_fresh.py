@@ -1,4 +1,5 @@
-"""The committed code in counterpart/v1 must be what protos/ generates with the pinned tools."""
+"""The committed code in packages/core/src/counterpart/v1 must be what protos/ generates with
+the pinned tools."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ REPO = Path(__file__).resolve().parents[2]
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(REPO / "scripts" / "gen_protos.py"), str(tmp_path)], check=True, capture_output=True)
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "counterpart").rglob("*") if p.is_file()}
+    core = REPO / "packages" / "core" / "src"
     committed = {
-        p.relative_to(REPO): p.read_bytes()
-        for p in (REPO / "counterpart").rglob("*")
+        p.relative_to(core): p.read_bytes()
+        for p in (core / "counterpart").rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     }
     assert fresh, "generation produced no files"

@@ -1,4 +1,4 @@
-"""Tests of directory_server.domain.merkle (RFC 9162 trees, proofs and verifiers).
+"""Tests of counterpart_core.merkle (RFC 9162 trees, proofs and verifiers).
 
 Three layers:
 
@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from directory_server.domain.errors import ProofError
-from directory_server.domain.merkle import (
+from counterpart_core.errors import ProofError
+from counterpart_core.merkle import (
     HASH_SIZE,
     CompactRange,
     consistency_proof,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from directory_server.domain import places
-from directory_server.domain.errors import InvalidArgumentError, NotFoundError
-from directory_server.domain.index import (
+from counterpart_core import places
+from counterpart_core.errors import InvalidArgumentError, NotFoundError
+from counterpart_core.index import (
     PLACE_FROM_COVERAGE,
     PLACE_MUNICIPALITY,
     PLACE_SUBDIVISION,

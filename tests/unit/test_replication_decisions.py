@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from counterpart.v1 import federation_pb2, log_pb2, records_pb2
-from directory_server.domain import federation as fed
-from directory_server.domain import log, merkle, redaction, signing
-from directory_server.domain import replication as rep
-from directory_server.domain.errors import SignatureError
+from counterpart_core import federation as fed
+from counterpart_core import log, merkle, redaction, signing
+from counterpart_core import replication as rep
+from counterpart_core.errors import SignatureError
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from directory_server.domain import merkle, signing
-from directory_server.domain.errors import SignatureError
-from directory_server.domain.query import ProofTree
+from counterpart_core import merkle, signing
+from counterpart_core.errors import SignatureError
+from counterpart_core.query import ProofTree
 
 
 def test_pae_matches_the_dsse_specification() -> None:

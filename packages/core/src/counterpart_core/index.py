@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from anyascii import anyascii
 
 from counterpart.v1 import records_pb2
-from directory_server.domain.log import LogEntry
+from counterpart_core.log import LogEntry
 
 _MARKS = str.maketrans("", "", "'`\"")
 

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from counterpart.v1 import log_pb2, records_pb2
-from directory_server.domain import signing
-from directory_server.domain.log import WITHHELD, LogEntry
-from directory_server.domain.records import Record
+from counterpart_core import signing
+from counterpart_core.log import WITHHELD, LogEntry
+from counterpart_core.records import Record
 
 
 def record_members_only(record: Record | None) -> bool:

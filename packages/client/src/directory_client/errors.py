@@ -2,7 +2,7 @@
 
 Every error the client means to raise derives from :class:`ClientError`, so the CLI
 can print it as one line and pick an exit code without a traceback. The node's own
-error hierarchy (``directory_server.domain.errors``) stays on the server side: what
+error hierarchy (``counterpart_core.errors``) stays on the server side: what
 the client sees of it is a gRPC status, wrapped here as :class:`ServerError`.
 """
 

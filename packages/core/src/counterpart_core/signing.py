@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from counterpart.v1 import log_pb2
-from directory_server.domain.errors import KeyFileError, SignatureError
+from counterpart_core.errors import KeyFileError, SignatureError
 
 ENTRY_TYPE = "application/vnd.counterpart.entry.v1+binpb"
 CHECKPOINT_TYPE = "application/vnd.counterpart.checkpoint.v1+binpb"

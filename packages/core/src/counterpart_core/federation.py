@@ -20,16 +20,16 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from counterpart.v1 import federation_pb2, log_pb2
-from directory_server.domain import signing, tls
-from directory_server.domain.errors import (
+from counterpart_core import signing, tls
+from counterpart_core.errors import (
     FederationError,
     InvalidArgumentError,
     SignatureError,
     quote,
 )
-from directory_server.domain.names import check_member_code
-from directory_server.domain.timeutil import from_timestamp, to_timestamp
-from directory_server.domain.vocab import Vocabulary, default_vocabularies
+from counterpart_core.names import check_member_code
+from counterpart_core.timeutil import from_timestamp, to_timestamp
+from counterpart_core.vocab import Vocabulary, default_vocabularies
 
 DEFAULT_VALIDITY = timedelta(days=365)
 DEFAULT_LIMITS = federation_pb2.Limits(

@@ -8,8 +8,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from directory_server.domain import merkle
-from directory_server.domain.bounds import (
+from counterpart_core import merkle
+from counterpart_core.bounds import (
     MAX_FILTER_CHARS,
     MAX_FILTER_TERMS,
     MAX_PAGE_TOKEN_CHARS,
@@ -17,7 +17,7 @@ from directory_server.domain.bounds import (
     check_length,
     check_no_control,
 )
-from directory_server.domain.errors import InvalidArgumentError, quote
+from counterpart_core.errors import InvalidArgumentError, quote
 
 # Fields each record kind can be filtered on.
 FILTER_FIELDS = {

@@ -16,7 +16,7 @@ never be passed off as an interior node (second-preimage protection):
 The builders take *leaf hashes* (already ``leaf_hash``-ed entries), because callers store
 those, and the tree structure only ever needs them.
 
-Verifiers raise :class:`~directory_server.domain.errors.ProofError` on every failure and
+Verifiers raise :class:`~counterpart_core.errors.ProofError` on every failure and
 return ``None`` on success; they never return a boolean that a caller could forget to
 check. Builders raise ``ValueError`` for arguments that are programming errors (an index
 outside the tree, a hash of the wrong length).
@@ -28,7 +28,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 
-from directory_server.domain.errors import ProofError
+from counterpart_core.errors import ProofError
 
 __all__ = [
     "HASH_SIZE",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from directory_server.domain.errors import InvalidArgumentError, quote
+from counterpart_core.errors import InvalidArgumentError, quote
 
 MAX_NAME_CHARS = 200  # resource names and parents (members/GE/authorities/...)
 MAX_CODE_CHARS = 100  # member codes, request types, offence categories

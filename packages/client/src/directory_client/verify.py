@@ -10,7 +10,7 @@ may sign for which member) the client can check that:
    leaf of the tree the checkpoint signs;
 3. each record shown to the user is byte-for-byte the body of such an entry.
 
-The cryptography and Merkle code are the domain's own (``directory_server.domain``);
+The cryptography and Merkle code are the domain's own (``counterpart_core``);
 this module only decides what must be checked against what, and turns any failure into
 :class:`~directory_client.errors.VerificationFailed` naming the record or member.
 
@@ -30,11 +30,11 @@ from google.protobuf.message import Message
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import records_pb2
+from counterpart_core import log, merkle, names
+from counterpart_core.errors import CounterpartError
+from counterpart_core.federation import Federation
+from counterpart_core.timeutil import from_timestamp
 from directory_client.errors import VerificationFailed
-from directory_server.domain import log, merkle, names
-from directory_server.domain.errors import CounterpartError
-from directory_server.domain.federation import Federation
-from directory_server.domain.timeutil import from_timestamp
 
 __all__ = [
     "RECORD_KINDS",

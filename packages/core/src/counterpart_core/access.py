@@ -17,9 +17,9 @@ from typing import Literal
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from directory_server.domain.errors import AuthenticationError, InvalidArgumentError
-from directory_server.domain.federation import Federation, key_valid_at
-from directory_server.domain.signing import SigningKey
+from counterpart_core.errors import AuthenticationError, InvalidArgumentError
+from counterpart_core.federation import Federation, key_valid_at
+from counterpart_core.signing import SigningKey
 
 CallerKind = Literal["anonymous", "user", "node"]
 

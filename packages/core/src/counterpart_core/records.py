@@ -4,7 +4,7 @@ Everything here is pure apart from reading the given files: it turns files into
 validated protobuf records or raises ValidationError naming the file, the record
 and the field. Nothing is stored until every record of every file is valid.
 Spreadsheets (CSV and XLSX, one sheet per kind of record) are read by
-``directory_server.domain.spreadsheets`` into the same mappings a YAML file gives.
+``counterpart_core.spreadsheets`` into the same mappings a YAML file gives.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from counterpart.v1 import records_pb2
-from directory_server.domain.errors import InvalidArgumentError, ValidationError, quote
-from directory_server.domain.names import ID_RE, MEMBER_RE, RecordName, parse_record_name
-from directory_server.domain.vocab import Vocabulary
+from counterpart_core.errors import InvalidArgumentError, ValidationError, quote
+from counterpart_core.names import ID_RE, MEMBER_RE, RecordName, parse_record_name
+from counterpart_core.vocab import Vocabulary
 
 Record = records_pb2.Authority | records_pb2.Contact | records_pb2.Rule | records_pb2.Treaty | records_pb2.Place
 
@@ -172,7 +172,7 @@ def load_record_files(path: Path, member: str, vocab: Vocabulary) -> LoadedFiles
     (``check_references``): a file may refer to a record published earlier from another file.
     """
     # imported here: spreadsheets builds its records with build_record from this module
-    from directory_server.domain import spreadsheets
+    from counterpart_core import spreadsheets
 
     loaded = LoadedFiles()
     loaded.files = iter_record_files(path, loaded.notices)

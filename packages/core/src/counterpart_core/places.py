@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from rapidfuzz import fuzz, process
 
-from directory_server.domain.errors import InvalidArgumentError, NotFoundError, quote
-from directory_server.domain.index import (
+from counterpart_core.errors import InvalidArgumentError, NotFoundError, quote
+from counterpart_core.index import (
     PLACE_FROM_COVERAGE,
     PLACE_MUNICIPALITY,
     PLACE_SUBDIVISION,

@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from counterpart.v1 import federation_pb2
-from directory_server.domain.errors import InvalidArgumentError
-from directory_server.domain.names import check_member_code
+from counterpart_core.errors import InvalidArgumentError
+from counterpart_core.names import check_member_code
 
 ANY_NODE_NAME = "node.counterpart.invalid"
 DEFAULT_VALIDITY = timedelta(days=2 * 365)

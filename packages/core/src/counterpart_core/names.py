@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from directory_server.domain.bounds import MAX_NAME_CHARS, check_no_control, check_text
-from directory_server.domain.errors import InvalidArgumentError, quote
+from counterpart_core.bounds import MAX_NAME_CHARS, check_no_control, check_text
+from counterpart_core.errors import InvalidArgumentError, quote
 
 # ISO 3166-1 alpha-2 for countries, or an upper-case code of an international body.
 MEMBER_RE = re.compile(r"^[A-Z][A-Z0-9]{1,15}$")

@@ -15,7 +15,7 @@ from counterpart.v1 import federation_pb2
 
 def default_vocabularies() -> federation_pb2.Vocabularies:
     """The vocabularies shipped with the node, used by `federation init`."""
-    text = (resources.files("directory_server.domain") / "data" / "vocabularies.yaml").read_text(
+    text = (resources.files("counterpart_core") / "data" / "vocabularies.yaml").read_text(
         encoding="utf-8"
     )
     raw: dict[str, Any] = yaml.safe_load(text)

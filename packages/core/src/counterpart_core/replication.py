@@ -26,9 +26,9 @@ from datetime import datetime
 from enum import Enum
 
 from counterpart.v1 import federation_pb2, log_pb2
-from directory_server.domain import log, merkle, signing
-from directory_server.domain.errors import VerificationError
-from directory_server.domain.federation import Federation
+from counterpart_core import log, merkle, signing
+from counterpart_core.errors import VerificationError
+from counterpart_core.federation import Federation
 
 
 class Action(Enum):

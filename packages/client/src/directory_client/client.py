@@ -26,13 +26,13 @@ from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from counterpart_core import federation as fed
+from counterpart_core import names
+from counterpart_core import tls as tls_names
+from counterpart_core.errors import CounterpartError
+from counterpart_core.timeutil import utcnow
 from directory_client.errors import ClientError, InvalidName, NotTrusted, ServerError, TrustRefused
 from directory_client.verify import Verification, verify_response
-from directory_server.domain import federation as fed
-from directory_server.domain import names
-from directory_server.domain import tls as tls_names
-from directory_server.domain.errors import CounterpartError
-from directory_server.domain.timeutil import utcnow
 
 __all__ = [
     "DEFAULT_TARGET",

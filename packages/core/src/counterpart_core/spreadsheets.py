@@ -53,9 +53,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from counterpart.v1 import records_pb2
-from directory_server.domain.diff import diff_records
-from directory_server.domain.errors import ValidationError, quote
-from directory_server.domain.records import (
+from counterpart_core.diff import diff_records
+from counterpart_core.errors import ValidationError, quote
+from counterpart_core.records import (
     REFERENCES,
     SECTIONS,
     LoadedFiles,
@@ -64,7 +64,7 @@ from directory_server.domain.records import (
     expand_references,
     short_reference,
 )
-from directory_server.domain.vocab import Vocabulary
+from counterpart_core.vocab import Vocabulary
 
 KINDS = tuple(SECTIONS)  # authorities, contacts, rules, treaties, places: sheet and CSV file names
 _SINGULAR = {"authority": "authorities", "contact": "contacts", "rule": "rules", "treaty": "treaties", "place": "places"}

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from counterpart.v1 import log_pb2
-from directory_server.domain import merkle, signing
-from directory_server.domain.errors import SignatureError, VerificationError
-from directory_server.domain.federation import Federation, key_valid_at
-from directory_server.domain.records import Record, record_kind
-from directory_server.domain.timeutil import from_timestamp, to_timestamp
+from counterpart_core import merkle, signing
+from counterpart_core.errors import SignatureError, VerificationError
+from counterpart_core.federation import Federation, key_valid_at
+from counterpart_core.records import Record, record_kind
+from counterpart_core.timeutil import from_timestamp, to_timestamp
 
 DEFAULT_CHECKPOINT_VALIDITY = timedelta(days=7)
 WITHHELD = "withheld"

@@ -35,6 +35,10 @@ from rich.text import Text
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, records_pb2
+from counterpart_core import access
+from counterpart_core import federation as fed
+from counterpart_core.errors import CounterpartError
+from counterpart_core.timeutil import from_timestamp, utcnow
 from directory_client.client import (
     DEFAULT_TARGET,
     NOT_TRUSTED_HINT,
@@ -48,10 +52,6 @@ from directory_client.client import (
 )
 from directory_client.errors import ClientError, InvalidName, NotTrusted, ServerError
 from directory_client.verify import Record, Verification
-from directory_server.domain import access
-from directory_server.domain import federation as fed
-from directory_server.domain.errors import CounterpartError
-from directory_server.domain.timeutil import from_timestamp, utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
