@@ -20,14 +20,7 @@ import click
 from google.protobuf import json_format
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from counterpart.v1 import federation_pb2
@@ -46,6 +39,7 @@ from directory_server import security
 from directory_server.config import CONFIG_NAME, NodeConfig, load_config
 from directory_server.lock import NodeLock
 from directory_server.node import Node, PublishPlan
+from directory_server.progress import bar as progress_bar
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console(soft_wrap=True)
@@ -343,10 +337,7 @@ class _PublishProgress:
     def __init__(self, console: Console) -> None:
         self.bar: Progress | None = None
         if console.is_terminal:
-            self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=console, transient=True,
-            )
+            self.bar = progress_bar(console)
         self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, phase: str, done: int, total: int) -> None:

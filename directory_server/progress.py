@@ -45,7 +45,8 @@ def on_terminal(console: Console) -> bool:
         return False
 
 
-def _bar(console: Console) -> Progress:
+def bar(console: Console) -> Progress:
+    """The one progress bar every long command shows (publish, verify, rebuild, first sync)."""
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), console=console, transient=True,
@@ -61,7 +62,7 @@ class Meter:
         self.description = description
         self.total = total
         self.done = 0
-        self._bar: Progress | None = _bar(console) if on_terminal(console) else None
+        self._bar: Progress | None = bar(console) if on_terminal(console) else None
         self._task: TaskID | None = None
         self._start = self._last_line = time.monotonic()
 
@@ -149,7 +150,7 @@ class FirstSync:
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         if self.waiting and on_terminal(console):
-            self._bar = _bar(console)
+            self._bar = bar(console)
             self._bar.start()
             self._task = self._bar.add_task(self._describe(), total=self.total)
 
