@@ -239,6 +239,48 @@ class Directory:
         ordered = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
         return ordered[offset : offset + limit]
 
+    # --- history -----------------------------------------------------------------------
+
+    def revisions(
+        self, name: str, size: int, token: str, caller: Caller = ANONYMOUS
+    ) -> tuple[list[ds.RecordRevision], str, ds.Provenance]:
+        """Every version of a record, newest first, deletions included, each with its signed
+        entry and inclusion proof. Members-only versions exist only for callers who may see
+        them; a record with no version the caller may see does not exist."""
+        parsed = names.parse_record_name(name)
+        limit = page_size(size, 50, 500)
+        scope = f"revisions|{parsed}"
+        before_text = decode_page_token(token, scope)
+        before = int(before_text) if before_text.isdigit() else None
+        snap = _Snapshot(self)
+        _, tree = snap.tree(parsed.member)
+        rows = [
+            r for r in self.store.revisions(str(parsed), before, limit + 1)
+            if r.member == parsed.member and r.seq <= tree.size and (not r.restricted or caller.sees_members_only)
+        ]
+        if not rows and before is None:
+            raise NotFoundError(f"{name} has no published version", reason="RECORD_NOT_FOUND")
+        more = len(rows) > limit
+        rows = rows[:limit]
+        envelopes = self.store.envelopes_at([(r.member, r.seq) for r in rows])
+        out = []
+        for r in rows:
+            proof = ds.RecordProof(
+                name=r.name, signed_entry=envelopes[(r.member, r.seq)], leaf_index=r.seq - 1, tree_size=tree.size,
+                inclusion_path=tree.inclusion_path(r.seq - 1),
+            )
+            revision = ds.RecordRevision(
+                revision_name=f"{r.name}@{r.seq}", seq=r.seq, deleted=r.kind == "deletion", proof=proof,
+            )
+            if r.publish_time is not None:
+                revision.publish_time.FromDatetime(r.publish_time)
+            out.append(revision)
+        restricted = [f"{r.name}@{r.seq}" for r in rows if r.restricted]
+        if restricted:
+            self.store.audit(caller.describe(), "ListRecordRevisions", restricted, self.clock())
+        next_token = encode_page_token(scope, str(rows[-1].seq)) if more and rows else ""
+        return out, next_token, self._provenance(parsed.member, snap)
+
     # --- members -----------------------------------------------------------------------
 
     def member_info(self, code: str, caller: Caller = ANONYMOUS) -> ds.MemberInfo:

@@ -44,6 +44,7 @@ import grpc
 
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from counterpart_core import federation as fed
 from counterpart_core import log, merkle
 from counterpart_core import replication as rep
 from counterpart_core.errors import ConflictError, CounterpartError, VerificationError
@@ -125,6 +126,7 @@ class Syncer:
         self._channels: dict[str, tuple[tuple[int, int], grpc.Channel]] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
+        self._ever: tuple[int, set[str]] = (0, set())  # (chain length, members any version listed)
 
     def close(self) -> None:
         with self._lock:
@@ -178,19 +180,28 @@ class Syncer:
             return report
         if vector.federation_version > self.node.federation().version:
             self._sync_federation(stub, report)
-        members = len(self.node.federation().members())
-        if len(vector.signed_checkpoints) > members:
+        federation = self.node.federation()
+        offered_list = list(vector.signed_checkpoints)
+        counted = offered_list
+        if vector.federation_version < federation.version:
+            # a peer that has not yet followed a version that removed a member still offers
+            # that member's checkpoint: the bound below does not count it (each is refused
+            # below as UNKNOWN_MEMBER, as any checkpoint of a non-member is)
+            removed = self._members_ever() - {m.code for m in federation.members()}
+            counted = [e for e in offered_list if rep.claimed_code(e) not in removed]
+        members = len(federation.members())
+        if len(counted) > members:
             # one checkpoint per member at most: refuse the whole reply with one count, not
             # one database write per bogus checkpoint
             self._reject(report, "", rep.Rejected(
-                f"the peer sent {len(vector.signed_checkpoints)} checkpoints; the federation has {members} members",
+                f"the peer sent {len(counted)} checkpoints; the federation has {members} members",
                 reason="TOO_MANY_CHECKPOINTS",
             ))
             return report
         peer_sizes = self.node.store.peer_sizes(peer)
         synced: dict[str, int] = {}
         fillable: dict[str, int] = {}  # member -> the size of the peer's verified checkpoint
-        for envelope in vector.signed_checkpoints:
+        for envelope in offered_list:
             try:
                 offered = rep.verify_offered_checkpoint(envelope, self.node.federation())
             except VerificationError as e:
@@ -480,6 +491,17 @@ class Syncer:
                 "equivocation: the member signed two inconsistent checkpoints; keeping the history verified first",
                 extra={"peer": report.peer, "member": offered.member, "held_size": held.size, "offered_size": offered.size},
             )
+
+    def _members_ever(self) -> set[str]:
+        """Every member any accepted version of the federation document listed."""
+        chain = self.node.store.federation_chain()
+        with self._lock:
+            if self._ever[0] != len(chain):
+                codes: set[str] = set()
+                for envelope in chain:
+                    codes |= {m.code for m in fed.parse_document(envelope)[1].members}
+                self._ever = (len(chain), codes)
+            return set(self._ever[1])
 
     # --- bookkeeping ---------------------------------------------------------------------
 

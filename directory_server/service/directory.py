@@ -110,5 +110,12 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
         )
 
     @handle_errors
+    def ListRecordRevisions(
+        self, request: ds.ListRecordRevisionsRequest, context: grpc.ServicerContext
+    ) -> ds.ListRecordRevisionsResponse:
+        revisions, token, prov = self.d.revisions(request.name, request.page_size, request.page_token, current())
+        return ds.ListRecordRevisionsResponse(revisions=revisions, next_page_token=token, provenance=prov)
+
+    @handle_errors
     def FindCounterpart(self, request: ds.FindCounterpartRequest, context: grpc.ServicerContext) -> ds.FindCounterpartResponse:
         return self.d.find_counterpart(request, current())

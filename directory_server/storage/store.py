@@ -173,6 +173,18 @@ class Store:
                 q = q.where(EntryRow.seq <= upto)
             return [bytes(h) for h in s.scalars(q.order_by(EntryRow.seq))]
 
+    def revisions(self, name: str, before: int | None, limit: int) -> list[EntryRow]:
+        """The entries of one record name (every version, deletions included), newest first,
+        below ``before`` (a seq) when given."""
+        with self._session() as s:
+            q = select(EntryRow).where(EntryRow.name == name)
+            if before is not None:
+                q = q.where(EntryRow.seq < before)
+            rows = list(s.scalars(q.order_by(EntryRow.seq.desc()).limit(limit)))
+        for r in rows:
+            r.publish_time = _aware(r.publish_time) if r.publish_time else None
+        return rows
+
     def log_rows(self, member: str, start: int = 1, end: int | None = None) -> list[StoredEntry]:
         """Every entry of a member's log in ``start..end`` as stored, withheld ones included."""
         with self._session() as s:

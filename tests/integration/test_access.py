@@ -69,6 +69,8 @@ def methods(log_size: int) -> list[Method]:
             member="GE", first_size=1, second_size=log_size).SerializeToString()),
         Method(r + "WatchCheckpoints", rs.WatchCheckpointsRequest().SerializeToString(), stream=True),
         Method(r + "GetFederation", rs.GetFederationRequest(from_version=1).SerializeToString()),
+        Method(d + "ListRecordRevisions", ds.ListRecordRevisionsRequest(name=RESTRICTED).SerializeToString(),
+               restricted=True),
     ]
 
 
@@ -183,7 +185,7 @@ def test_signed_in_user_of_any_member_sees_members_only_contacts(world: World, w
             if leaked(out.body):
                 seen.add(m.path.rsplit("/", 1)[1])
         # users see members-only records through lookups; full log entries go to nodes only
-        assert {"GetContact", "ListContacts", "FindCounterpart"} <= seen
+        assert {"GetContact", "ListContacts", "FindCounterpart", "ListRecordRevisions"} <= seen
         assert "GetEntries" not in seen
     audit = world.node.store.audit_rows(1000)
     assert {r.record for r in audit} >= {RESTRICTED}

@@ -604,6 +604,7 @@ GROUPS: dict[str, dict[str, type[pb_message.Message]]] = {
         DS + "GetTreaty": ds.GetTreatyRequest,
         DS + "GetPlace": ds.GetPlaceRequest,
         DS + "GetMember": ds.GetMemberRequest,
+        DS + "ListRecordRevisions": ds.ListRecordRevisionsRequest,
     },
     "list": {
         DS + "ListAuthorities": ds.ListAuthoritiesRequest,

@@ -34,8 +34,8 @@ from rich.console import Console
 from rich.text import Text
 
 from counterpart.v1 import directory_service_pb2 as ds
-from counterpart.v1 import federation_pb2, records_pb2
-from counterpart_core import access
+from counterpart.v1 import federation_pb2, log_pb2, records_pb2
+from counterpart_core import access, signing
 from counterpart_core import federation as fed
 from counterpart_core.errors import CounterpartError
 from counterpart_core.timeutil import from_timestamp, utcnow
@@ -1193,6 +1193,41 @@ def show(settings: Settings, name: str) -> None:
     proof = getattr(response, "proof", None)
     if isinstance(proof, ds.RecordProof) and proof.name:
         s.say(f"signed entry: seq {proof.leaf_index + 1} of {proof.tree_size}")
+    s.blank()
+    _print_session(s, client)
+    _print_verification(s, verification)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--page-size", type=click.IntRange(min=0, max=500), default=0, help="At most this many versions.")
+@click.option("--page-token", default="", help="Continue with older versions.")
+@with_settings()
+@handle_errors
+def history(settings: Settings, name: str, page_size: int, page_token: str) -> None:
+    """Every version of a record, newest first, deletions included: who was competent, by
+    which rule, before it changed (members/GE/rules/mla.general@7 is the version entry 7 made)."""
+    with settings.client() as client:
+        response, verification = client.history(name, page_size, page_token)
+    if settings.fmt == "json":
+        _print_json(_document(response, verification, client))
+        return
+    s = Screen(_console())
+    s.say(Whole(name, "bold"), (f": {len(response.revisions)} version(s), newest first", "bold"))
+    for r in response.revisions:
+        when = _iso(from_timestamp(r.publish_time)) if r.HasField("publish_time") else NOT_STATED
+        entry = log_pb2.Entry.FromString(signing.parse_envelope(bytes(r.proof.signed_entry)).payload)
+        body = entry.WhichOneof("body")
+        if r.deleted:
+            what = f"deleted ({entry.deletion.reason})" if entry.deletion.reason else "deleted"
+        else:
+            record = getattr(entry, body) if body else None
+            texts = getattr(record, "display_names", None) or getattr(record, "names", None) or []
+            what = f"published: {_english(texts) or body}"
+        s.say(Whole(r.revision_name), indent=2)
+        s.field(when, what, indent=4)
+    if response.next_page_token:
+        s.say("older versions: --page-token ", Whole(response.next_page_token))
     s.blank()
     _print_session(s, client)
     _print_verification(s, verification)

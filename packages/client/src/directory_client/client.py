@@ -483,6 +483,17 @@ class DirectoryClient:
             self._call("SearchAuthorities", request, ds.SearchAuthoritiesResponse)
         )
 
+    def history(
+        self, name: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[ds.ListRecordRevisionsResponse, Verification | None]:
+        """Every version of a record, newest first, deletions included, each verified."""
+        try:
+            names.parse_record_name(name)
+        except CounterpartError as e:
+            raise InvalidName(e.message) from e
+        request = ds.ListRecordRevisionsRequest(name=name, page_size=page_size, page_token=page_token)
+        return self._checked(self._call("ListRecordRevisions", request, ds.ListRecordRevisionsResponse))
+
     def members(
         self, page_size: int = 0, page_token: str = ""
     ) -> tuple[ds.ListMembersResponse, Verification | None]:

@@ -131,8 +131,10 @@ def _verify_proofs(
     federation: Federation,
     proofs: Sequence[ds.RecordProof],
     checkpoints: dict[str, log.LogCheckpoint],
+    deletions: bool = False,
 ) -> dict[str, list[log.LogEntry]]:
-    """Verify each proof's entry and inclusion; return the verified entries by name."""
+    """Verify each proof's entry and inclusion; return the verified entries by name. A
+    deletion entry proves a record only in a history (``deletions``)."""
     entries: dict[str, list[log.LogEntry]] = {}
     for proof in proofs:
         what = f"proof of {proof.name or '(unnamed record)'}"
@@ -162,7 +164,7 @@ def _verify_proofs(
         if entry.name != proof.name:
             raise _fail(what, f"the signed entry ({member} seq {entry.seq}) is about "
                               f"{entry.name!r}")
-        if entry.kind != parsed.kind:
+        if entry.kind != parsed.kind and not (deletions and entry.kind == "deletion"):
             raise _fail(what, f"the signed entry ({member} seq {entry.seq}) is a "
                               f"{entry.kind} entry, not one of kind {parsed.kind!r}")
         entries.setdefault(proof.name, []).append(entry)
@@ -207,9 +209,10 @@ def _verify(
     provenances: Sequence[ds.Provenance],
     records: Sequence[Message],
     now: datetime,
+    deletions: bool = False,
 ) -> tuple[Verification, dict[str, list[log.LogEntry]]]:
     checkpoints = _verify_provenances(federation, provenances, now)
-    entries = _verify_proofs(federation, proofs, checkpoints)
+    entries = _verify_proofs(federation, proofs, checkpoints, deletions)
     _check_records(records, entries)
     verified = Verification(
         records_checked=sum(len(v) for v in entries.values()),
@@ -282,6 +285,8 @@ def _evidence(response: Message) -> tuple[list[ds.RecordProof], list[ds.Provenan
         if not response.HasField("provenance"):
             raise VerificationFailed("the answer carries no signed checkpoint")
         return [response.proof], [response.provenance]
+    if isinstance(response, ds.ListRecordRevisionsResponse):
+        return [r.proof for r in response.revisions], [response.provenance] if response.HasField("provenance") else []
     if isinstance(response, ds.ListMembersResponse):
         return [], [m.provenance for m in response.members if m.HasField("provenance")]
     if isinstance(response, ds.GetMemberResponse):
@@ -306,10 +311,35 @@ def verify_response(
     """
     proofs, provenances = _evidence(response)
     records = records_in(response)
-    verified, entries = _verify(federation, proofs, provenances, records, now)
+    revisions = isinstance(response, ds.ListRecordRevisionsResponse)
+    verified, entries = _verify(federation, proofs, provenances, records, now, deletions=revisions)
     if isinstance(response, ds.FindCounterpartResponse):
         _check_find(response, entries, request)
+    if isinstance(response, ds.ListRecordRevisionsResponse):
+        _check_revisions(response, entries)
     return verified
+
+
+def _check_revisions(response: ds.ListRecordRevisionsResponse, entries: dict[str, list[log.LogEntry]]) -> None:
+    """What a revision states beside its proof must be what the signed entry says: one record,
+    newest first, each version's position, deletion and publish time."""
+    names_seen = {r.proof.name for r in response.revisions}
+    if len(names_seen) > 1:
+        raise _fail("history", f"the answer mixes the versions of several records: {', '.join(sorted(names_seen))}")
+    by_seq = {e.seq: e for versions in entries.values() for e in versions}
+    last = None
+    for r in response.revisions:
+        entry = by_seq.get(r.proof.leaf_index + 1)
+        what = f"revision {r.revision_name or '(unnamed)'}"
+        if entry is None or r.seq != entry.seq or r.revision_name != f"{entry.name}@{entry.seq}":
+            raise _fail(what, "its name or position is not that of its signed entry")
+        if r.deleted != (entry.kind == "deletion"):
+            raise _fail(what, "it says deleted where the signed entry does not, or the reverse")
+        if r.HasField("publish_time") and from_timestamp(r.publish_time) != entry.publish_time:
+            raise _fail(what, "its publish time is not the one the member signed")
+        if last is not None and r.seq >= last:
+            raise _fail(what, "the revisions are not newest first")
+        last = r.seq
 
 
 def _in_force_treaty(entries: dict[str, list[log.LogEntry]], name: str) -> records_pb2.Treaty | None:

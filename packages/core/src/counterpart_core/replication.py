@@ -80,6 +80,15 @@ def claimed_member(envelope: bytes, federation: Federation) -> str:
     return code if federation.member(code) is not None else ""
 
 
+def claimed_code(envelope: bytes) -> str:
+    """The member code a checkpoint names, parsed but not verified ("" if unparseable): only to
+    set aside checkpoints of removed members, never trusted for anything else."""
+    try:
+        return _claimed_member(signing.parse_envelope(envelope, signing.CHECKPOINT_TYPE).payload)
+    except VerificationError:
+        return ""
+
+
 def _claimed_member(payload: bytes) -> str:
     cp = log_pb2.Checkpoint()
     try:

@@ -1352,3 +1352,109 @@ class FindCounterpartResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FindCounterpartResponse: _TypeAlias = FindCounterpartResponse  # noqa: Y015
+
+@_typing.final
+class ListRecordRevisionsRequest(_message.Message):
+    """Request for ListRecordRevisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """members/{member}/{collection}/{id}"""
+    page_size: _builtins.int
+    """At most this many revisions (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecordRevisionsRequest: _TypeAlias = ListRecordRevisionsRequest  # noqa: Y015
+
+@_typing.final
+class RecordRevision(_message.Message):
+    """One version of a record: what one entry of the member's log made of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_NAME_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    revision_name: _builtins.str
+    """{name}@{seq}, e.g. members/GE/rules/mla.general@7."""
+    seq: _builtins.int
+    """Position of the entry in the member's log."""
+    deleted: _builtins.bool
+    """This version deleted the record (a signed tombstone)."""
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When the member published it (the entry's signed publish time)."""
+
+    @_builtins.property
+    def proof(self) -> Global___RecordProof:
+        """The signed entry (its body is the record as published) and its inclusion proof."""
+
+    def __init__(
+        self,
+        *,
+        revision_name: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+        deleted: _builtins.bool = ...,
+        proof: Global___RecordProof | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof", "publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "proof", b"proof", "publish_time", b"publish_time", "revision_name", b"revision_name", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRevision: _TypeAlias = RecordRevision  # noqa: Y015
+
+@_typing.final
+class ListRecordRevisionsResponse(_message.Message):
+    """Response of ListRecordRevisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page (older revisions); empty on the last."""
+    @_builtins.property
+    def revisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordRevision]:
+        """The revisions, newest first."""
+
+    @_builtins.property
+    def provenance(self) -> Global___Provenance:
+        """Provenance of the member's data."""
+
+    def __init__(
+        self,
+        *,
+        revisions: _abc.Iterable[Global___RecordRevision] | None = ...,
+        next_page_token: _builtins.str = ...,
+        provenance: Global___Provenance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "provenance", b"provenance", "revisions", b"revisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecordRevisionsResponse: _TypeAlias = ListRecordRevisionsResponse  # noqa: Y015

@@ -109,6 +109,11 @@ class DirectoryServiceStub:
                 request_serializer=counterpart_dot_v1_dot_directory__service__pb2.FindCounterpartRequest.SerializeToString,
                 response_deserializer=counterpart_dot_v1_dot_directory__service__pb2.FindCounterpartResponse.FromString,
                 _registered_method=True)
+        self.ListRecordRevisions = channel.unary_unary(
+                '/counterpart.v1.DirectoryService/ListRecordRevisions',
+                request_serializer=counterpart_dot_v1_dot_directory__service__pb2.ListRecordRevisionsRequest.SerializeToString,
+                response_deserializer=counterpart_dot_v1_dot_directory__service__pb2.ListRecordRevisionsResponse.FromString,
+                _registered_method=True)
 
 
 class DirectoryServiceServicer:
@@ -217,6 +222,14 @@ class DirectoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRecordRevisions(self, request, context):
+        """Lists every version of one record, newest first, deletions included
+        (AIP-162 revisions: members/GE/rules/mla.general@7).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DirectoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -289,6 +302,11 @@ def add_DirectoryServiceServicer_to_server(servicer, server):
                     servicer.FindCounterpart,
                     request_deserializer=counterpart_dot_v1_dot_directory__service__pb2.FindCounterpartRequest.FromString,
                     response_serializer=counterpart_dot_v1_dot_directory__service__pb2.FindCounterpartResponse.SerializeToString,
+            ),
+            'ListRecordRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecordRevisions,
+                    request_deserializer=counterpart_dot_v1_dot_directory__service__pb2.ListRecordRevisionsRequest.FromString,
+                    response_serializer=counterpart_dot_v1_dot_directory__service__pb2.ListRecordRevisionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +692,33 @@ class DirectoryService:
             '/counterpart.v1.DirectoryService/FindCounterpart',
             counterpart_dot_v1_dot_directory__service__pb2.FindCounterpartRequest.SerializeToString,
             counterpart_dot_v1_dot_directory__service__pb2.FindCounterpartResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecordRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/counterpart.v1.DirectoryService/ListRecordRevisions',
+            counterpart_dot_v1_dot_directory__service__pb2.ListRecordRevisionsRequest.SerializeToString,
+            counterpart_dot_v1_dot_directory__service__pb2.ListRecordRevisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,10 @@ class DirectoryServiceStub:
     """Lists members of the federation."""
     FindCounterpart: _grpc.UnaryUnaryMultiCallable[_directory_service_pb2.FindCounterpartRequest, _directory_service_pb2.FindCounterpartResponse]
     """Answers "whom do I send this request to?"."""
+    ListRecordRevisions: _grpc.UnaryUnaryMultiCallable[_directory_service_pb2.ListRecordRevisionsRequest, _directory_service_pb2.ListRecordRevisionsResponse]
+    """Lists every version of one record, newest first, deletions included
+    (AIP-162 revisions: members/GE/rules/mla.general@7).
+    """
 
 @_typing.type_check_only
 class DirectoryServiceAsyncStub(DirectoryServiceStub):
@@ -105,6 +109,10 @@ class DirectoryServiceAsyncStub(DirectoryServiceStub):
     """Lists members of the federation."""
     FindCounterpart: _aio.UnaryUnaryMultiCallable[_directory_service_pb2.FindCounterpartRequest, _directory_service_pb2.FindCounterpartResponse]  # type: ignore[assignment]
     """Answers "whom do I send this request to?"."""
+    ListRecordRevisions: _aio.UnaryUnaryMultiCallable[_directory_service_pb2.ListRecordRevisionsRequest, _directory_service_pb2.ListRecordRevisionsResponse]  # type: ignore[assignment]
+    """Lists every version of one record, newest first, deletions included
+    (AIP-162 revisions: members/GE/rules/mla.general@7).
+    """
 
 class DirectoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read-only lookups over the node's verified records.
@@ -225,5 +233,15 @@ class DirectoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_directory_service_pb2.FindCounterpartResponse, _abc.Awaitable[_directory_service_pb2.FindCounterpartResponse]]:
         """Answers "whom do I send this request to?"."""
+
+    @_abc_1.abstractmethod
+    def ListRecordRevisions(
+        self,
+        request: _directory_service_pb2.ListRecordRevisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_directory_service_pb2.ListRecordRevisionsResponse, _abc.Awaitable[_directory_service_pb2.ListRecordRevisionsResponse]]:
+        """Lists every version of one record, newest first, deletions included
+        (AIP-162 revisions: members/GE/rules/mla.general@7).
+        """
 
 def add_DirectoryServiceServicer_to_server(servicer: DirectoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
