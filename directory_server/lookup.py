@@ -7,7 +7,6 @@ what matches and how it ranks is made here or in the pure helpers of the domain.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, field
@@ -34,9 +33,6 @@ from directory_server.storage.store import Store
 
 log = logging.getLogger("counterpart.access")
 MAX_PLACE_TERMS = 16  # names of a place a search also looks for
-_SUBDIVISION_RE = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
-_POSTAL_RE = re.compile(r"^[0-9][0-9A-Z\- ]{1,9}$")
-_LANG_RE = re.compile(r"^[a-zA-Z]{2,3}(?:-[a-zA-Z0-9]{1,8})*$")
 
 _KIND_CLASS: dict[str, type[Record]] = {
     "authority": records_pb2.Authority,
@@ -360,7 +356,7 @@ class Directory:
                 reason="UNKNOWN_OFFENCE_CATEGORY",
             )
         for tag in req.preferred_languages:
-            if not _LANG_RE.match(tag):
+            if not names.LANGUAGE_TAG_RE.match(tag):
                 raise InvalidArgumentError(f"{quote(tag)} is not a BCP 47 language tag", reason="INVALID_LANGUAGE")
         snap = _Snapshot(self)
         snap.tree(member)  # NOT_FOUND when the node holds nothing of the member

@@ -19,6 +19,7 @@ import grpc
 
 from counterpart_core.errors import InvalidArgumentError
 from directory_server.service.errors import to_status
+from directory_server.service.interceptors import Behaviour, rewrap
 
 log = logging.getLogger("counterpart.rpc")
 
@@ -82,43 +83,22 @@ class RequestGuard(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = str(details.method)
-        deserializer = guarded_deserializer(handler.request_deserializer)
-        serializer = handler.response_serializer
 
-        if handler.unary_unary is not None:
-            unary_unary = handler.unary_unary
-
-            def uu(request: Any, context: grpc.ServicerContext) -> Any:
+        def single(inner: Behaviour) -> Behaviour:
+            def checked(request: Any, context: grpc.ServicerContext) -> Any:
                 if isinstance(request, Undecodable):
                     _abort(context, method, request)
-                return unary_unary(request, context)
+                return inner(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(uu, deserializer, serializer)
+            return checked
 
-        if handler.unary_stream is not None:
-            unary_stream = handler.unary_stream
+        def stream(inner: Behaviour) -> Behaviour:
+            def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                return inner(_checked(requests, context, method), context)
 
-            def us(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, Undecodable):
-                    _abort(context, method, request)
-                return unary_stream(request, context)
+            return checked
 
-            return grpc.unary_stream_rpc_method_handler(us, deserializer, serializer)
-
-        if handler.stream_unary is not None:
-            stream_unary = handler.stream_unary
-
-            def su(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-                return stream_unary(_checked(requests, context, method), context)
-
-            return grpc.stream_unary_rpc_method_handler(su, deserializer, serializer)
-
-        if handler.stream_stream is not None:
-            stream_stream = handler.stream_stream
-
-            def ss(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-                return stream_stream(_checked(requests, context, method), context)
-
-            return grpc.stream_stream_rpc_method_handler(ss, deserializer, serializer)
-
-        return handler
+        return rewrap(
+            handler, unary_unary=single, unary_stream=single, stream_unary=stream, stream_stream=stream,
+            request_deserializer=guarded_deserializer(handler.request_deserializer),
+        )

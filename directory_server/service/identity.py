@@ -18,6 +18,7 @@ from counterpart_core.errors import (
 )
 from counterpart_core.federation import Federation
 from directory_server.service.errors import to_status
+from directory_server.service.interceptors import Behaviour, rewrap
 
 _caller: ContextVar[Caller] = ContextVar("counterpart_caller", default=ANONYMOUS)
 
@@ -89,35 +90,28 @@ class Authenticator(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return None
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
 
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        def unary(inner: Behaviour) -> Behaviour:
+            def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
                 saved = self._enter(context)
                 try:
                     return inner(request, context)
                 finally:
                     _caller.reset(saved)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+            return authenticated
 
-            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def stream(inner: Behaviour) -> Behaviour:
+            def authenticated(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 saved = self._enter(context)
                 try:
-                    yield from inner_stream(request, context)
+                    yield from inner(request, context)
                 finally:
                     _caller.reset(saved)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+            return authenticated
+
+        return rewrap(handler, unary_unary=unary, unary_stream=stream)
 
     def _enter(self, context: grpc.ServicerContext) -> Token[Caller]:
         try:

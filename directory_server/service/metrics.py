@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from counterpart_core.timeutil import from_timestamp
 from directory_server.node import Node
+from directory_server.service.interceptors import Behaviour, rewrap, status_name
 from directory_server.sync import PeerReport
 
 log = logging.getLogger("counterpart.metrics")
@@ -166,12 +167,6 @@ class StoreCollector(Collector):
         yield from (version, expiry, served, size, withheld, age, stale, evidence)
 
 
-def _code(context: grpc.ServicerContext, default: str) -> str:
-    """The status code the handler set or aborted with (None until it sets one)."""
-    code = getattr(context, "code", lambda: None)()
-    return code.name if isinstance(code, grpc.StatusCode) else default
-
-
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Counts and times every call to a method the server implements, by method and status."""
 
@@ -184,48 +179,39 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             return None
         method = details.method.lstrip("/")
         observe = self.metrics.observe_rpc
-        deserializer, serializer = handler.request_deserializer, handler.response_serializer
 
-        def unary(inner: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def unary(inner: Behaviour) -> Behaviour:
             def timed(request: Any, context: grpc.ServicerContext) -> Any:
                 start = time.perf_counter()
                 code = "OK"
                 try:
                     response = inner(request, context)
-                    code = _code(context, "OK")
+                    code = status_name(context, "OK")
                     return response
                 except Exception:
-                    code = _code(context, "UNKNOWN")
+                    code = status_name(context, "UNKNOWN")
                     raise
                 finally:
                     observe(method, code, time.perf_counter() - start)
 
             return timed
 
-        def streaming(inner: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def streaming(inner: Behaviour) -> Behaviour:
             def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 start = time.perf_counter()
                 code = "OK"
                 try:
                     yield from inner(request, context)
-                    code = _code(context, "OK")
+                    code = status_name(context, "OK")
                 except GeneratorExit:  # the stream was closed before its end: the client went away
                     code = "CANCELLED"
                     raise
                 except Exception:
-                    code = _code(context, "UNKNOWN")
+                    code = status_name(context, "UNKNOWN")
                     raise
                 finally:
                     observe(method, code, time.perf_counter() - start)
 
             return timed
 
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), deserializer, serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), deserializer, serializer)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), deserializer, serializer)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), deserializer, serializer)
-        return handler
+        return rewrap(handler, unary_unary=unary, unary_stream=streaming, stream_unary=unary, stream_stream=streaming)

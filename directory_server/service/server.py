@@ -34,6 +34,7 @@ from directory_server.security import TlsIdentity
 from directory_server.service.directory import DirectoryServicer
 from directory_server.service.guard import RequestGuard
 from directory_server.service.identity import Authenticator
+from directory_server.service.interceptors import Behaviour, rewrap, status_name
 from directory_server.service.metrics import NodeMetrics
 from directory_server.service.replication import Broadcaster, ReplicationServicer
 from directory_server.sync import PeerReport, SyncEngine, peers_of
@@ -93,26 +94,25 @@ class _AccessLog(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
+        if handler is None:
+            return None
         method = details.method
 
-        def logged(request: Any, context: grpc.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                return inner(request, context)
-            except Exception:
-                status = getattr(context, "code", lambda: None)()
-                code = status.name if status is not None else "UNKNOWN"
-                raise
-            finally:
-                log.info("rpc", extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1000, 2)})
+        def logging(inner: Behaviour) -> Behaviour:
+            def logged(request: Any, context: grpc.ServicerContext) -> Any:
+                start = time.perf_counter()
+                code = "OK"
+                try:
+                    return inner(request, context)
+                except Exception:
+                    code = status_name(context, "UNKNOWN")
+                    raise
+                finally:
+                    log.info("rpc", extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1000, 2)})
 
-        return grpc.unary_unary_rpc_method_handler(
-            logged, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+            return logged
+
+        return rewrap(handler, unary_unary=logging)
 
 
 def listen_error(address: str, what: str = "") -> CounterpartError:

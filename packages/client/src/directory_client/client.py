@@ -357,9 +357,7 @@ class DirectoryClient:
             target, federation, tls=tls, server_member=server_member, credentials=credentials, options=options
         )
         self._metadata: tuple[tuple[str, str], ...] = ()
-        if token:
-            if not self.tls and not tls_names.is_loopback(target):  # connect() refuses it already
-                raise ClientError(f"refusing to send the access token in plaintext to {target}")
+        if token:  # connect() refused plaintext beyond loopback: a token never travels unprotected
             self._metadata = (("authorization", f"Bearer {token}"),)
         self.signed_in = bool(token)
         self._stub = ds_grpc.DirectoryServiceStub(self._channel)

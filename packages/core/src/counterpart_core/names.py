@@ -13,6 +13,11 @@ MEMBER_RE = re.compile(r"^[A-Z][A-Z0-9]{1,15}$")
 # Record ids: lower-case words; rules and treaties use vocabulary codes, which may hold dots.
 ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?$")
 
+# An ISO 3166-2 subdivision code (GE-AJ); group 1 is the country.
+SUBDIVISION_RE = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
+# The shape of a BCP 47 language tag (ka, sr-Latn); records check tags against the registry too.
+LANGUAGE_TAG_RE = re.compile(r"^[a-zA-Z]{2,3}(?:-[a-zA-Z0-9]{1,8})*$")
+
 COLLECTIONS = {
     "authorities": "authority", "contacts": "contact", "rules": "rule", "treaties": "treaty", "places": "place",
 }

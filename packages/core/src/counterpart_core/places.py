@@ -23,8 +23,8 @@ from counterpart_core.index import (
     PLACE_SUBDIVISION,
     fold,
 )
+from counterpart_core.names import SUBDIVISION_RE
 
-SUBDIVISION_RE = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
 POSTAL_RE = re.compile(r"^[0-9][0-9A-Z\- ]{1,9}$")
 
 # A typo is read as the closest place when it is at least this similar (0-100, Levenshtein

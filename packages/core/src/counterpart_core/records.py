@@ -28,7 +28,14 @@ from google.protobuf.message import Message
 
 from counterpart.v1 import records_pb2
 from counterpart_core.errors import InvalidArgumentError, ValidationError, quote
-from counterpart_core.names import ID_RE, MEMBER_RE, RecordName, parse_record_name
+from counterpart_core.names import (
+    ID_RE,
+    LANGUAGE_TAG_RE,
+    MEMBER_RE,
+    SUBDIVISION_RE,
+    RecordName,
+    parse_record_name,
+)
 from counterpart_core.vocab import Vocabulary
 
 Record = records_pb2.Authority | records_pb2.Contact | records_pb2.Rule | records_pb2.Treaty | records_pb2.Place
@@ -58,8 +65,6 @@ REFERENCES: dict[type[Message], dict[str, str]] = {
     records_pb2.Place: {},
 }
 
-_LANG_RE = re.compile(r"^[a-zA-Z]{2,3}(?:-[a-zA-Z0-9]{1,8})*$")
-_SUBDIVISION_RE = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _PARTIAL_DATE_RE = re.compile(r"^\d{4}(?:-\d{2}(?:-\d{2})?)?$")
@@ -547,11 +552,11 @@ class _Checker:
             )
 
     def language(self, field: str, tag: str) -> None:
-        if not _LANG_RE.match(tag):
+        if not LANGUAGE_TAG_RE.match(tag):
             self.fail(field, f"{tag!r} is not a BCP 47 language tag (e.g. 'ka', 'sr-Latn')", "INVALID_LANGUAGE")
 
     def subdivision(self, field: str, code: str) -> None:
-        m = _SUBDIVISION_RE.match(code)
+        m = SUBDIVISION_RE.match(code)
         if not m:
             self.fail(field, f"{code!r} is not an ISO 3166-2 code (e.g. 'GE-AJ')", "INVALID_SUBDIVISION")
         elif len(self.name.member) == 2 and m.group(1) != self.name.member:

@@ -55,6 +55,7 @@ from google.protobuf.message import Message
 from counterpart.v1 import records_pb2
 from counterpart_core.diff import diff_records
 from counterpart_core.errors import ValidationError, quote
+from counterpart_core.names import SUBDIVISION_RE
 from counterpart_core.records import (
     REFERENCES,
     SECTIONS,
@@ -86,7 +87,6 @@ _LINE_FORMS = {
 _LANG_LINE_RE = re.compile(r"^([A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*)\s*:[ \t]?(.*)$", re.DOTALL)
 _CHANNEL_LINE_RE = re.compile(r"^([a-z0-9][a-z0-9.-]*)\s*:[ \t]?(.*)$", re.DOTALL)
 _RANGE_RE = re.compile(r"^(.*?)\s*\.\.\s*(.*)$")
-_SUBDIVISION_RE = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}$")
 _JSON_EXAMPLES = {
     "executing_by_subdivision": '[{"subdivisions": ["GE-AJ"], "authority": "members/GE/authorities/ajara-po"}]',
     "transmission_keys": '[{"kind": "openpgp", "fingerprint": "…", "uri": "https://…"}]',
@@ -337,7 +337,7 @@ def _municipality(line: str) -> dict[str, Any]:
     """``GE-AJ | ka: ბათუმი | en: Batumi`` (the subdivision first, if any)."""
     segments = [segment.strip() for segment in line.split("|")]
     out: dict[str, Any] = {}
-    if segments and _SUBDIVISION_RE.match(segments[0]):
+    if segments and SUBDIVISION_RE.match(segments[0]):
         out["subdivision"] = segments.pop(0)
     out["names"] = [_localized(segment, line) for segment in segments if segment]
     return out
