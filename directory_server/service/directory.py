@@ -11,6 +11,7 @@ from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
 from counterpart.v1 import records_pb2
 from counterpart_core.names import parse_member_name
 from counterpart_core.records import Record
+from directory_server.asof import AsOfViews, requested
 from directory_server.lookup import Directory
 from directory_server.service.errors import handle_errors
 from directory_server.service.identity import current
@@ -28,72 +29,98 @@ def _typed(kind: type[R], record: Record) -> R:
 class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
     def __init__(self, directory: Directory) -> None:
         self.d = directory
+        self.views = AsOfViews(directory.store, directory.federation, directory.clock)
+
+    def _at(self, as_of: ds.AsOf | None) -> tuple[Directory, ds.AsOf | None]:
+        """The directory that answers: the current one, or the view of the instant asked for
+        (and the AsOf the response then states)."""
+        if as_of is None:
+            return self.d, None
+        instant = requested(as_of, self.d.clock())
+        return self.views.view(instant), instant.message()
 
     @handle_errors
     def GetAuthority(self, request: ds.GetAuthorityRequest, context: grpc.ServicerContext) -> ds.GetAuthorityResponse:
-        loaded, prov = self.d.get(request.name, "authorities", current())
-        return ds.GetAuthorityResponse(authority=_typed(records_pb2.Authority, loaded.record), proof=loaded.proof, provenance=prov)
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        loaded, prov = d.get(request.name, "authorities", current())
+        return ds.GetAuthorityResponse(authority=_typed(records_pb2.Authority, loaded.record), proof=loaded.proof, provenance=prov, as_of=as_of)
 
     @handle_errors
     def ListAuthorities(self, request: ds.ListAuthoritiesRequest, context: grpc.ServicerContext) -> ds.ListAuthoritiesResponse:
-        items, token, provs = self.d.list_records("authority", request.parent, request.page_size, request.page_token, request.filter, current())
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        items, token, provs = d.list_records("authority", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListAuthoritiesResponse(
-            authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
+            as_of=as_of,
         )
 
     @handle_errors
     def SearchAuthorities(self, request: ds.SearchAuthoritiesRequest, context: grpc.ServicerContext) -> ds.SearchAuthoritiesResponse:
-        items, token, provs = self.d.search(request.query, request.member, request.page_size, request.page_token)
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        items, token, provs = d.search(request.query, request.member, request.page_size, request.page_token)
         return ds.SearchAuthoritiesResponse(
-            authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
+            as_of=as_of,
         )
 
     @handle_errors
     def GetContact(self, request: ds.GetContactRequest, context: grpc.ServicerContext) -> ds.GetContactResponse:
-        loaded, prov = self.d.get(request.name, "contacts", current())
-        return ds.GetContactResponse(contact=_typed(records_pb2.Contact, loaded.record), proof=loaded.proof, provenance=prov)
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        loaded, prov = d.get(request.name, "contacts", current())
+        return ds.GetContactResponse(contact=_typed(records_pb2.Contact, loaded.record), proof=loaded.proof, provenance=prov, as_of=as_of)
 
     @handle_errors
     def ListContacts(self, request: ds.ListContactsRequest, context: grpc.ServicerContext) -> ds.ListContactsResponse:
-        items, token, provs = self.d.list_records("contact", request.parent, request.page_size, request.page_token, request.filter, current())
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        items, token, provs = d.list_records("contact", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListContactsResponse(
-            contacts=[_typed(records_pb2.Contact, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            contacts=[_typed(records_pb2.Contact, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
+            as_of=as_of,
         )
 
     @handle_errors
     def GetRule(self, request: ds.GetRuleRequest, context: grpc.ServicerContext) -> ds.GetRuleResponse:
-        loaded, prov = self.d.get(request.name, "rules", current())
-        return ds.GetRuleResponse(rule=_typed(records_pb2.Rule, loaded.record), proof=loaded.proof, provenance=prov)
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        loaded, prov = d.get(request.name, "rules", current())
+        return ds.GetRuleResponse(rule=_typed(records_pb2.Rule, loaded.record), proof=loaded.proof, provenance=prov, as_of=as_of)
 
     @handle_errors
     def ListRules(self, request: ds.ListRulesRequest, context: grpc.ServicerContext) -> ds.ListRulesResponse:
-        items, token, provs = self.d.list_records("rule", request.parent, request.page_size, request.page_token, request.filter, current())
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        items, token, provs = d.list_records("rule", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListRulesResponse(
-            rules=[_typed(records_pb2.Rule, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            rules=[_typed(records_pb2.Rule, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
+            as_of=as_of,
         )
 
     @handle_errors
     def GetTreaty(self, request: ds.GetTreatyRequest, context: grpc.ServicerContext) -> ds.GetTreatyResponse:
-        loaded, prov = self.d.get(request.name, "treaties", current())
-        return ds.GetTreatyResponse(treaty=_typed(records_pb2.Treaty, loaded.record), proof=loaded.proof, provenance=prov)
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        loaded, prov = d.get(request.name, "treaties", current())
+        return ds.GetTreatyResponse(treaty=_typed(records_pb2.Treaty, loaded.record), proof=loaded.proof, provenance=prov, as_of=as_of)
 
     @handle_errors
     def ListTreaties(self, request: ds.ListTreatiesRequest, context: grpc.ServicerContext) -> ds.ListTreatiesResponse:
-        items, token, provs = self.d.list_records("treaty", request.parent, request.page_size, request.page_token, request.filter, current())
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        items, token, provs = d.list_records("treaty", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListTreatiesResponse(
-            treaties=[_typed(records_pb2.Treaty, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            treaties=[_typed(records_pb2.Treaty, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
+            as_of=as_of,
         )
 
     @handle_errors
     def GetPlace(self, request: ds.GetPlaceRequest, context: grpc.ServicerContext) -> ds.GetPlaceResponse:
-        loaded, prov = self.d.get(request.name, "places", current())
-        return ds.GetPlaceResponse(place=_typed(records_pb2.Place, loaded.record), proof=loaded.proof, provenance=prov)
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        loaded, prov = d.get(request.name, "places", current())
+        return ds.GetPlaceResponse(place=_typed(records_pb2.Place, loaded.record), proof=loaded.proof, provenance=prov, as_of=as_of)
 
     @handle_errors
     def ListPlaces(self, request: ds.ListPlacesRequest, context: grpc.ServicerContext) -> ds.ListPlacesResponse:
-        items, token, provs = self.d.list_records("place", request.parent, request.page_size, request.page_token, request.filter, current())
+        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        items, token, provs = d.list_records("place", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListPlacesResponse(
-            places=[_typed(records_pb2.Place, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
+            places=[_typed(records_pb2.Place, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
+            as_of=as_of,
         )
 
     @handle_errors
@@ -118,4 +145,4 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
 
     @handle_errors
     def FindCounterpart(self, request: ds.FindCounterpartRequest, context: grpc.ServicerContext) -> ds.FindCounterpartResponse:
-        return self.d.find_counterpart(request, current())
+        return self.views.find_counterpart(self.d, request, current())

@@ -482,6 +482,16 @@ BAD_INPUTS = {
         ["bad.yaml", "members/GE/authorities/pgo", "urgent_contact.phone", "'+995 32 24' is not a phone number",
          "not a valid number for GE"],
     ),
+    "effective_until_before_from": (
+        GOOD_RECORDS.replace("    kind: prosecution-office\n    parent: pgo", "    kind: prosecution-office\n"
+                             "    effective: {from: 2027-01-01, until: 2026-06-01}\n    parent: pgo"),
+        ["bad.yaml", "members/GE/authorities/ajara", "effective.until", "'until' must be later than 'from'"],
+    ),
+    "effective_not_a_date": (
+        GOOD_RECORDS.replace("    kind: prosecution-office\n    parent: pgo", "    kind: prosecution-office\n"
+                             "    effective: {from: next spring}\n    parent: pgo"),
+        ["bad.yaml", "members/GE/authorities/ajara", "effective.from", "'next spring' is not a date or time"],
+    ),
     "duplicate_name": (
         GOOD_RECORDS + "\n",  # the same file twice in the folder
         ["members/GE/authorities/pgo", "defined twice"],

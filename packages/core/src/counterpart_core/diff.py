@@ -89,6 +89,11 @@ def _diff(old: Message, new: Message, prefix: str, out: list[FieldChange]) -> No
             had, has = old.HasField(fd.name), new.HasField(fd.name)
             if not had and not has:
                 continue
+            if fd.message_type is not None and fd.message_type.full_name == "google.protobuf.Timestamp":  # effective dates: one value
+                if a != b or had != has:
+                    out.append(FieldChange(path, a.ToJsonString() if had else NOT_SET,
+                                           b.ToJsonString() if has else NOT_SET))
+                continue
             if had != has and a == b:  # set or cleared without content: only its presence changed
                 out.append(FieldChange(path, render(fd, a) if had else NOT_SET, render(fd, b) if has else NOT_SET))
             elif a != b:

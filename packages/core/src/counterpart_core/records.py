@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from counterpart.v1 import records_pb2
+from counterpart_core import effective
 from counterpart_core.errors import InvalidArgumentError, ValidationError, quote
 from counterpart_core.names import (
     ID_RE,
@@ -346,6 +347,7 @@ def build_record(
             field="name",
         )
     expand_references(raw, member, cls)
+    _effective_to_wire(raw, file, name)
     raw["name"] = name
     record = cls()
     try:
@@ -359,6 +361,35 @@ def build_record(
     validate_record(record, parsed, vocab, file=file)  # type: ignore[arg-type]
     check_registries(record, parsed, file)  # type: ignore[arg-type]
     return SourcedRecord(name, record, file, where)  # type: ignore[arg-type]
+
+
+def _effective_to_wire(raw: dict[str, Any], file: str, label: str) -> None:
+    """``effective: {from: 2027-01-01, until: ...}`` (dates mean 00:00 UTC, or RFC 3339
+    times) becomes the record's EffectivePeriod in its JSON form."""
+    value = raw.get("effective")
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ValidationError(
+            "'effective' must be a mapping such as {from: 2027-01-01, until: 2028-01-01}",
+            reason="WRONG_TYPE", file=file, record=label, field="effective",
+        )
+    unknown = sorted(set(value) - {"from", "until"})
+    if unknown:
+        raise ValidationError(
+            f"'effective' takes only 'from' and 'until', not {', '.join(map(repr, unknown))}",
+            reason="SCHEMA_VIOLATION", file=file, record=label, field=f"effective.{unknown[0]}",
+        )
+    wire: dict[str, str] = {}
+    for key, target in (("from", "startTime"), ("until", "endTime")):
+        if value.get(key) in (None, ""):
+            continue
+        try:
+            instant = effective.parse_instant(value[key])
+        except ValueError as e:
+            raise ValidationError(str(e), reason="INVALID_DATE", file=file, record=label, field=f"effective.{key}") from e
+        wire[target] = instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+    raw["effective"] = wire
 
 
 def _field_of_parse_error(text: str) -> str:
@@ -628,6 +659,14 @@ def validate_record(record: Record, name: RecordName, vocab: Vocabulary, file: s
     """Check one record against the schema rules and the vocabularies."""
     c = _Checker(name, vocab, file)
     _walk_sizes(record, "", c.fail)
+    start, end = effective.period_of(record)
+    if start is not None and end is not None and end <= start:
+        c.fail(
+            "effective.until",
+            f"the period ends ({effective.format_instant(end)}) before or when it starts "
+            f"({effective.format_instant(start)}): 'until' must be later than 'from'",
+            "INVALID_PERIOD",
+        )
     if isinstance(record, records_pb2.Authority):
         c.required("display_names", len(record.display_names) > 0)
         c.localized("display_names", record.display_names)

@@ -22,6 +22,7 @@ are required: ``member`` and the record's key (``id``; ``request_type`` for rule
   YAML field names; any list cell may hold a JSON list instead of the forms above, and the
   export writes one where a value would not survive them (a text spanning lines, a ``;``
   inside an item).
+- ``effective.from`` / ``effective.until``: a date (00:00 UTC) or an RFC 3339 time.
 - References to a record of the same member: its id (``pgo``) or its full name.
 - Cells are trimmed, empty cells and empty rows are ignored, and every row must have as many
   cells as the header has columns.
@@ -65,6 +66,7 @@ from counterpart_core.records import (
     expand_references,
     short_reference,
 )
+from counterpart_core.timeutil import from_timestamp
 from counterpart_core.vocab import Vocabulary
 
 KINDS = tuple(SECTIONS)  # authorities, contacts, rules, treaties, places: sheet and CSV file names
@@ -79,6 +81,8 @@ _FALSE = {"no", "n", "false", "0"}
 SCALAR, BOOL, NUMBER, ENUM, LIST, TEXTS, CHANNELS, RANGES, COMPETENCES, MUNICIPALITIES, JSON = (
     "scalar", "bool", "number", "enum", "list", "texts", "channels", "ranges", "competences", "municipalities", "json",
 )
+INSTANT = "instant"  # effective.from / effective.until: a date (00:00 UTC) or an RFC 3339 time
+_PERIOD_COLUMNS = (("from", "start_time"), ("until", "end_time"))
 _LINE_FORMS = {
     "counterpart.v1.LocalizedText": TEXTS, "counterpart.v1.Channel": CHANNELS,
     "counterpart.v1.PostalCodeRange": RANGES, "counterpart.v1.Competence": COMPETENCES,
@@ -155,6 +159,9 @@ def _walk(desc: Any, parents: tuple[Any, ...], prefix: str, out: list[Column], s
                 out.append(Column(path, chain, LIST))
             else:
                 out.append(Column(path, chain, _LINE_FORMS.get(fd.message_type.full_name, JSON)))
+        elif fd.message_type is not None and fd.message_type.full_name == "counterpart.v1.EffectivePeriod":
+            for column, field_name in _PERIOD_COLUMNS:  # the words of member files, not the wire's
+                out.append(Column(f"{path}.{column}", (*chain, fd.message_type.fields_by_name[field_name]), INSTANT))
         elif fd.message_type is not None:
             _walk(fd.message_type, chain, f"{path}.", out, skip)
         elif fd.type == FieldDescriptor.TYPE_BOOL:
@@ -222,7 +229,7 @@ def decode_cell(col: Column, cell: str) -> Any | None:
     if not text:
         return None
     fd = col.fields[-1] if col.fields else None
-    if col.form in (SCALAR, "id"):
+    if col.form in (SCALAR, "id", INSTANT):
         return text
     if col.form == BOOL:
         low = text.lower()
@@ -365,7 +372,7 @@ def row_to_raw(cols: Sequence[Column], cells: Sequence[str]) -> tuple[dict[str, 
         target = raw
         for parent in col.fields[:-1]:
             target = target.setdefault(parent.name, {})
-        target[col.fields[-1].name] = value
+        target[col.name.rsplit(".", 1)[1] if col.form == INSTANT else col.fields[-1].name] = value
     return raw, members
 
 
@@ -396,6 +403,11 @@ def encode_cell(col: Column, record: Message, member: str) -> str:
         holder = getattr(holder, parent.name)
     fd = col.fields[-1]
     value = getattr(holder, fd.name)
+    if col.form == INSTANT:
+        if not holder.HasField(fd.name):
+            return ""
+        at = from_timestamp(value)
+        return at.strftime("%Y-%m-%d" if at.time() == time(0) else "%Y-%m-%dT%H:%M:%SZ")
     if col.form == SCALAR:
         refs = REFERENCES[type(record)] if not col.nested else {}
         return short_reference(value, member, refs[fd.name]) if fd.name in refs else str(value)

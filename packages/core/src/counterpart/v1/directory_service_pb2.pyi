@@ -23,6 +23,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _AsOfReading:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AsOfReadingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AsOfReading.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AS_OF_READING_UNSPECIFIED: _AsOfReading.ValueType  # 0
+    """Not set: AS_OF_READING_IN_EFFECT when a time is given."""
+    AS_OF_READING_IN_EFFECT: _AsOfReading.ValueType  # 1
+    """In effect then, by today's knowledge (retroactive corrections count)."""
+    AS_OF_READING_PUBLISHED: _AsOfReading.ValueType  # 2
+    """What the directory said at that instant (only versions published by then)."""
+
+class AsOfReading(_AsOfReading, metaclass=_AsOfReadingEnumTypeWrapper):
+    """How an as-of answer reads the log."""
+
+AS_OF_READING_UNSPECIFIED: AsOfReading.ValueType  # 0
+"""Not set: AS_OF_READING_IN_EFFECT when a time is given."""
+AS_OF_READING_IN_EFFECT: AsOfReading.ValueType  # 1
+"""In effect then, by today's knowledge (retroactive corrections count)."""
+AS_OF_READING_PUBLISHED: AsOfReading.ValueType  # 2
+"""What the directory said at that instant (only versions published by then)."""
+Global___AsOfReading: _TypeAlias = AsOfReading  # noqa: Y015
+
 class _CoverageLevel:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -148,22 +172,56 @@ class Provenance(_message.Message):
 Global___Provenance: _TypeAlias = Provenance  # noqa: Y015
 
 @_typing.final
+class AsOf(_message.Message):
+    """The answer the directory would have given at an instant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    READING_FIELD_NUMBER: _builtins.int
+    reading: Global___AsOfReading.ValueType
+    """The reading."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """The instant (not in the future)."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        reading: Global___AsOfReading.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reading", b"reading", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AsOf: _TypeAlias = AsOf  # noqa: Y015
+
+@_typing.final
 class GetAuthorityRequest(_message.Message):
     """Request for GetAuthority."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """members/{member}/authorities/{authority}"""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -178,6 +236,7 @@ class GetAuthorityResponse(_message.Message):
     AUTHORITY_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def authority(self) -> _records_pb2.Authority:
         """The authority."""
@@ -190,16 +249,21 @@ class GetAuthorityResponse(_message.Message):
     def provenance(self) -> Global___Provenance:
         """Provenance of the member's data."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
         authority: _records_pb2.Authority | None = ...,
         proof: Global___RecordProof | None = ...,
         provenance: Global___Provenance | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "authority", b"authority", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "authority", b"authority", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -215,6 +279,7 @@ class ListAuthoritiesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """members/{member}; "members/-" for every member."""
     page_size: _builtins.int
@@ -223,6 +288,10 @@ class ListAuthoritiesRequest(_message.Message):
     """From a previous response."""
     filter: _builtins.str
     """AIP-160 filter, e.g. `kind = "prosecution-office" AND languages:"en"`."""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -230,10 +299,11 @@ class ListAuthoritiesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -249,6 +319,7 @@ class ListAuthoritiesResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PROOFS_FIELD_NUMBER: _builtins.int
     PROVENANCES_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last."""
     @_builtins.property
@@ -263,6 +334,10 @@ class ListAuthoritiesResponse(_message.Message):
     def provenances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provenance]:
         """Provenance of each member named in the page."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -270,10 +345,11 @@ class ListAuthoritiesResponse(_message.Message):
         next_page_token: _builtins.str = ...,
         proofs: _abc.Iterable[Global___RecordProof] | None = ...,
         provenances: _abc.Iterable[Global___Provenance] | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorities", b"authorities", "next_page_token", b"next_page_token", "proofs", b"proofs", "provenances", b"provenances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "authorities", b"authorities", "next_page_token", b"next_page_token", "proofs", b"proofs", "provenances", b"provenances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -289,6 +365,7 @@ class SearchAuthoritiesRequest(_message.Message):
     MEMBER_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """Text to find in names and places, any script."""
     member: _builtins.str
@@ -297,6 +374,10 @@ class SearchAuthoritiesRequest(_message.Message):
     """At most this many results (default 20, at most 100)."""
     page_token: _builtins.str
     """From a previous response."""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -304,10 +385,11 @@ class SearchAuthoritiesRequest(_message.Message):
         member: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "page_size", b"page_size", "page_token", b"page_token", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "member", b"member", "page_size", b"page_size", "page_token", b"page_token", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,6 +405,7 @@ class SearchAuthoritiesResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PROOFS_FIELD_NUMBER: _builtins.int
     PROVENANCES_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last."""
     @_builtins.property
@@ -337,6 +420,10 @@ class SearchAuthoritiesResponse(_message.Message):
     def provenances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provenance]:
         """Provenance of each member named in the page."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -344,10 +431,11 @@ class SearchAuthoritiesResponse(_message.Message):
         next_page_token: _builtins.str = ...,
         proofs: _abc.Iterable[Global___RecordProof] | None = ...,
         provenances: _abc.Iterable[Global___Provenance] | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorities", b"authorities", "next_page_token", b"next_page_token", "proofs", b"proofs", "provenances", b"provenances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "authorities", b"authorities", "next_page_token", b"next_page_token", "proofs", b"proofs", "provenances", b"provenances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -360,16 +448,22 @@ class GetContactRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """members/{member}/contacts/{contact}"""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -384,6 +478,7 @@ class GetContactResponse(_message.Message):
     CONTACT_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def contact(self) -> _records_pb2.Contact:
         """The contact point."""
@@ -396,16 +491,21 @@ class GetContactResponse(_message.Message):
     def provenance(self) -> Global___Provenance:
         """Provenance of the member's data."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
         contact: _records_pb2.Contact | None = ...,
         proof: Global___RecordProof | None = ...,
         provenance: Global___Provenance | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "contact", b"contact", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "contact", b"contact", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -421,6 +521,7 @@ class ListContactsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """members/{member}; "members/-" for every member."""
     page_size: _builtins.int
@@ -429,6 +530,10 @@ class ListContactsRequest(_message.Message):
     """From a previous response."""
     filter: _builtins.str
     """AIP-160 filter, e.g. `role = "24-7-point"`."""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -436,10 +541,11 @@ class ListContactsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -455,6 +561,7 @@ class ListContactsResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PROOFS_FIELD_NUMBER: _builtins.int
     PROVENANCES_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last."""
     @_builtins.property
@@ -469,6 +576,10 @@ class ListContactsResponse(_message.Message):
     def provenances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provenance]:
         """Provenance of each member named in the page."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -476,10 +587,11 @@ class ListContactsResponse(_message.Message):
         next_page_token: _builtins.str = ...,
         proofs: _abc.Iterable[Global___RecordProof] | None = ...,
         provenances: _abc.Iterable[Global___Provenance] | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts", "next_page_token", b"next_page_token", "proofs", b"proofs", "provenances", b"provenances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "contacts", b"contacts", "next_page_token", b"next_page_token", "proofs", b"proofs", "provenances", b"provenances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -492,16 +604,22 @@ class GetRuleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """members/{member}/rules/{request_type}"""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -516,6 +634,7 @@ class GetRuleResponse(_message.Message):
     RULE_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def rule(self) -> _records_pb2.Rule:
         """The rule."""
@@ -528,16 +647,21 @@ class GetRuleResponse(_message.Message):
     def provenance(self) -> Global___Provenance:
         """Provenance of the member's data."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
         rule: _records_pb2.Rule | None = ...,
         proof: Global___RecordProof | None = ...,
         provenance: Global___Provenance | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof", "provenance", b"provenance", "rule", b"rule"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "proof", b"proof", "provenance", b"provenance", "rule", b"rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof", "provenance", b"provenance", "rule", b"rule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "proof", b"proof", "provenance", b"provenance", "rule", b"rule"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -553,6 +677,7 @@ class ListRulesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """members/{member}; "members/-" for every member."""
     page_size: _builtins.int
@@ -561,6 +686,10 @@ class ListRulesRequest(_message.Message):
     """From a previous response."""
     filter: _builtins.str
     """AIP-160 filter, e.g. `request_type = "extradition"`."""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -568,10 +697,11 @@ class ListRulesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -587,6 +717,7 @@ class ListRulesResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PROOFS_FIELD_NUMBER: _builtins.int
     PROVENANCES_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last."""
     @_builtins.property
@@ -601,6 +732,10 @@ class ListRulesResponse(_message.Message):
     def provenances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provenance]:
         """Provenance of each member named in the page."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -608,10 +743,11 @@ class ListRulesResponse(_message.Message):
         next_page_token: _builtins.str = ...,
         proofs: _abc.Iterable[Global___RecordProof] | None = ...,
         provenances: _abc.Iterable[Global___Provenance] | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "proofs", b"proofs", "provenances", b"provenances", "rules", b"rules"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "next_page_token", b"next_page_token", "proofs", b"proofs", "provenances", b"provenances", "rules", b"rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -624,16 +760,22 @@ class GetTreatyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """members/{member}/treaties/{instrument}"""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -648,6 +790,7 @@ class GetTreatyResponse(_message.Message):
     TREATY_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def treaty(self) -> _records_pb2.Treaty:
         """The treaty participation."""
@@ -660,16 +803,21 @@ class GetTreatyResponse(_message.Message):
     def provenance(self) -> Global___Provenance:
         """Provenance of the member's data."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
         treaty: _records_pb2.Treaty | None = ...,
         proof: Global___RecordProof | None = ...,
         provenance: Global___Provenance | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof", "provenance", b"provenance", "treaty", b"treaty"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "proof", b"proof", "provenance", b"provenance", "treaty", b"treaty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof", "provenance", b"provenance", "treaty", b"treaty"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "proof", b"proof", "provenance", b"provenance", "treaty", b"treaty"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -685,6 +833,7 @@ class ListTreatiesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """members/{member}; "members/-" for every member."""
     page_size: _builtins.int
@@ -693,6 +842,10 @@ class ListTreatiesRequest(_message.Message):
     """From a previous response."""
     filter: _builtins.str
     """AIP-160 filter, e.g. `status = "TREATY_STATUS_IN_FORCE"`."""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -700,10 +853,11 @@ class ListTreatiesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -719,6 +873,7 @@ class ListTreatiesResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PROOFS_FIELD_NUMBER: _builtins.int
     PROVENANCES_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last."""
     @_builtins.property
@@ -733,6 +888,10 @@ class ListTreatiesResponse(_message.Message):
     def provenances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provenance]:
         """Provenance of each member named in the page."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -740,10 +899,11 @@ class ListTreatiesResponse(_message.Message):
         next_page_token: _builtins.str = ...,
         proofs: _abc.Iterable[Global___RecordProof] | None = ...,
         provenances: _abc.Iterable[Global___Provenance] | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "proofs", b"proofs", "provenances", b"provenances", "treaties", b"treaties"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "next_page_token", b"next_page_token", "proofs", b"proofs", "provenances", b"provenances", "treaties", b"treaties"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -756,16 +916,22 @@ class GetPlaceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """members/{member}/places/{place}"""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -780,6 +946,7 @@ class GetPlaceResponse(_message.Message):
     PLACE_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def place(self) -> _records_pb2.Place:
         """The place."""
@@ -792,16 +959,21 @@ class GetPlaceResponse(_message.Message):
     def provenance(self) -> Global___Provenance:
         """Provenance of the member's data."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
         place: _records_pb2.Place | None = ...,
         proof: Global___RecordProof | None = ...,
         provenance: Global___Provenance | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["place", b"place", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "place", b"place", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["place", b"place", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "place", b"place", "proof", b"proof", "provenance", b"provenance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -817,6 +989,7 @@ class ListPlacesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """members/{member}; "members/-" for every member."""
     page_size: _builtins.int
@@ -825,6 +998,10 @@ class ListPlacesRequest(_message.Message):
     """From a previous response."""
     filter: _builtins.str
     """AIP-160 filter, e.g. `kind = "PLACE_KIND_SUBDIVISION"`."""
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -832,10 +1009,11 @@ class ListPlacesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: _builtins.str = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -851,6 +1029,7 @@ class ListPlacesResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PROOFS_FIELD_NUMBER: _builtins.int
     PROVENANCES_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last."""
     @_builtins.property
@@ -865,6 +1044,10 @@ class ListPlacesResponse(_message.Message):
     def provenances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provenance]:
         """Provenance of each member named in the page."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -872,10 +1055,11 @@ class ListPlacesResponse(_message.Message):
         next_page_token: _builtins.str = ...,
         proofs: _abc.Iterable[Global___RecordProof] | None = ...,
         provenances: _abc.Iterable[Global___Provenance] | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "places", b"places", "proofs", b"proofs", "provenances", b"provenances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "next_page_token", b"next_page_token", "places", b"places", "proofs", b"proofs", "provenances", b"provenances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1069,6 +1253,7 @@ class FindCounterpartRequest(_message.Message):
     REQUESTING_MEMBER_FIELD_NUMBER: _builtins.int
     URGENT_FIELD_NUMBER: _builtins.int
     PREFERRED_LANGUAGES_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     requested_member: _builtins.str
     """Code of the requested member (where the measure is to be taken), e.g. "GE"."""
     request_type: _builtins.str
@@ -1087,6 +1272,10 @@ class FindCounterpartRequest(_message.Message):
     def preferred_languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """BCP 47 tags the requester can write in, preferred first."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading to answer as of (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -1098,10 +1287,11 @@ class FindCounterpartRequest(_message.Message):
         requesting_member: _builtins.str = ...,
         urgent: _builtins.bool = ...,
         preferred_languages: _abc.Iterable[_builtins.str] | None = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offence_category", b"offence_category", "place", b"place", "preferred_languages", b"preferred_languages", "request_type", b"request_type", "requested_member", b"requested_member", "requesting_member", b"requesting_member", "stage", b"stage", "urgent", b"urgent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "offence_category", b"offence_category", "place", b"place", "preferred_languages", b"preferred_languages", "request_type", b"request_type", "requested_member", b"requested_member", "requesting_member", b"requesting_member", "stage", b"stage", "urgent", b"urgent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1283,6 +1473,7 @@ class FindCounterpartResponse(_message.Message):
     PROOFS_FIELD_NUMBER: _builtins.int
     PROVENANCES_FIELD_NUMBER: _builtins.int
     WITHHELD_CONTACTS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     route: _records_pb2.TransmissionRoute.ValueType
     """The route the request should take."""
     withheld_contacts: _builtins.int
@@ -1329,6 +1520,10 @@ class FindCounterpartResponse(_message.Message):
     def provenances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provenance]:
         """Provenance of each member whose records were used."""
 
+    @_builtins.property
+    def as_of(self) -> Global___AsOf:
+        """The instant and reading the answer used (unset: now, in effect)."""
+
     def __init__(
         self,
         *,
@@ -1344,10 +1539,11 @@ class FindCounterpartResponse(_message.Message):
         proofs: _abc.Iterable[Global___RecordProof] | None = ...,
         provenances: _abc.Iterable[Global___Provenance] | None = ...,
         withheld_contacts: _builtins.int = ...,
+        as_of: Global___AsOf | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["place", b"place", "rule", b"rule"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "place", b"place", "rule", b"rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "contacts", b"contacts", "languages", b"languages", "legal_bases", b"legal_bases", "place", b"place", "proofs", b"proofs", "provenances", b"provenances", "route", b"route", "rule", b"rule", "urgent_contacts", b"urgent_contacts", "warnings", b"warnings", "withheld_contacts", b"withheld_contacts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "candidates", b"candidates", "contacts", b"contacts", "languages", b"languages", "legal_bases", b"legal_bases", "place", b"place", "proofs", b"proofs", "provenances", b"provenances", "route", b"route", "rule", b"rule", "urgent_contacts", b"urgent_contacts", "warnings", b"warnings", "withheld_contacts", b"withheld_contacts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

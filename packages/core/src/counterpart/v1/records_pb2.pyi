@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -214,6 +215,38 @@ TREATY_STATUS_NOT_PARTY: TreatyStatus.ValueType  # 3
 TREATY_STATUS_DENOUNCED: TreatyStatus.ValueType  # 4
 """Denounced or withdrawn."""
 Global___TreatyStatus: _TypeAlias = TreatyStatus  # noqa: Y015
+
+@_typing.final
+class EffectivePeriod(_message.Message):
+    """When a record is in effect: an office that takes over a region on 1 January can be
+    published in December. Either end may be unset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Takes effect from this instant (unset: from the version's publication)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """No longer in effect from this instant (unset: open-ended)."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EffectivePeriod: _TypeAlias = EffectivePeriod  # noqa: Y015
 
 @_typing.final
 class LocalizedText(_message.Message):
@@ -560,6 +593,7 @@ class Authority(_message.Message):
     WEBSITE_FIELD_NUMBER: _builtins.int
     REVIEW_DATE_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name."""
     kind: _builtins.str
@@ -610,6 +644,12 @@ class Authority(_message.Message):
     def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalizedText]:
         """Notes per language (uncertainties of the data are stated here)."""
 
+    @_builtins.property
+    def effective(self) -> Global___EffectivePeriod:
+        """When this version takes effect and stops being in effect (unset: from
+        its publication, and open-ended).
+        """
+
     def __init__(
         self,
         *,
@@ -628,10 +668,11 @@ class Authority(_message.Message):
         website: _builtins.str = ...,
         review_date: _builtins.str = ...,
         notes: _abc.Iterable[Global___LocalizedText] | None = ...,
+        effective: Global___EffectivePeriod | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "coverage", b"coverage", "office_hours", b"office_hours", "urgent_contact", b"urgent_contact"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "coverage", b"coverage", "effective", b"effective", "office_hours", b"office_hours", "urgent_contact", b"urgent_contact"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "channels", b"channels", "competences", b"competences", "coverage", b"coverage", "display_names", b"display_names", "kind", b"kind", "languages", b"languages", "name", b"name", "notes", b"notes", "office_hours", b"office_hours", "parent", b"parent", "review_date", b"review_date", "transmission_keys", b"transmission_keys", "urgent_contact", b"urgent_contact", "website", b"website"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "channels", b"channels", "competences", b"competences", "coverage", b"coverage", "display_names", b"display_names", "effective", b"effective", "kind", b"kind", "languages", b"languages", "name", b"name", "notes", b"notes", "office_hours", b"office_hours", "parent", b"parent", "review_date", b"review_date", "transmission_keys", b"transmission_keys", "urgent_contact", b"urgent_contact", "website", b"website"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -654,6 +695,7 @@ class Contact(_message.Message):
     VISIBILITY_FIELD_NUMBER: _builtins.int
     REVIEW_DATE_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name."""
     authority: _builtins.str
@@ -682,6 +724,12 @@ class Contact(_message.Message):
     def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalizedText]:
         """Notes per language."""
 
+    @_builtins.property
+    def effective(self) -> Global___EffectivePeriod:
+        """When this version takes effect and stops being in effect (unset: from
+        its publication, and open-ended).
+        """
+
     def __init__(
         self,
         *,
@@ -696,10 +744,11 @@ class Contact(_message.Message):
         visibility: Global___Visibility.ValueType = ...,
         review_date: _builtins.str = ...,
         notes: _abc.Iterable[Global___LocalizedText] | None = ...,
+        effective: Global___EffectivePeriod | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective", b"effective"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "availability", b"availability", "display_names", b"display_names", "email", b"email", "languages", b"languages", "name", b"name", "notes", b"notes", "phone", b"phone", "review_date", b"review_date", "role", b"role", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "availability", b"availability", "display_names", b"display_names", "effective", b"effective", "email", b"email", "languages", b"languages", "name", b"name", "notes", b"notes", "phone", b"phone", "review_date", b"review_date", "role", b"role", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -829,6 +878,7 @@ class Rule(_message.Message):
     REVIEW_DATE_FIELD_NUMBER: _builtins.int
     TERRITORIAL_EXECUTION_FIELD_NUMBER: _builtins.int
     EXECUTING_BY_SUBDIVISION_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name."""
     request_type: _builtins.str
@@ -906,6 +956,12 @@ class Rule(_message.Message):
     def executing_by_subdivision(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubdivisionAuthority]:
         """Executing authority per subdivision, where it is not executing_authority."""
 
+    @_builtins.property
+    def effective(self) -> Global___EffectivePeriod:
+        """When this version takes effect and stops being in effect (unset: from
+        its publication, and open-ended).
+        """
+
     def __init__(
         self,
         *,
@@ -933,10 +989,11 @@ class Rule(_message.Message):
         review_date: _builtins.str = ...,
         territorial_execution: _builtins.bool = ...,
         executing_by_subdivision: _abc.Iterable[Global___SubdivisionAuthority] | None = ...,
+        effective: Global___EffectivePeriod | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["asset_recovery", b"asset_recovery", "electronic_transmission", b"electronic_transmission", "extradition", b"extradition"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset_recovery", b"asset_recovery", "effective", b"effective", "electronic_transmission", b"electronic_transmission", "extradition", b"extradition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "asset_recovery", b"asset_recovery", "consultation_contact", b"consultation_contact", "dual_criminality", b"dual_criminality", "electronic_transmission", b"electronic_transmission", "evidence_use_limits", b"evidence_use_limits", "executing_authority", b"executing_authority", "executing_by_subdivision", b"executing_by_subdivision", "execution_deadline", b"execution_deadline", "extradition", b"extradition", "form_and_documents", b"form_and_documents", "informal_consultation_recommended", b"informal_consultation_recommended", "interpol_for_urgent", b"interpol_for_urgent", "languages", b"languages", "legal_frameworks", b"legal_frameworks", "name", b"name", "notes", b"notes", "possible", b"possible", "receiving_authority", b"receiving_authority", "request_type", b"request_type", "review_date", b"review_date", "routes", b"routes", "territorial_execution", b"territorial_execution", "urgent_procedure", b"urgent_procedure"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "asset_recovery", b"asset_recovery", "consultation_contact", b"consultation_contact", "dual_criminality", b"dual_criminality", "effective", b"effective", "electronic_transmission", b"electronic_transmission", "evidence_use_limits", b"evidence_use_limits", "executing_authority", b"executing_authority", "executing_by_subdivision", b"executing_by_subdivision", "execution_deadline", b"execution_deadline", "extradition", b"extradition", "form_and_documents", b"form_and_documents", "informal_consultation_recommended", b"informal_consultation_recommended", "interpol_for_urgent", b"interpol_for_urgent", "languages", b"languages", "legal_frameworks", b"legal_frameworks", "name", b"name", "notes", b"notes", "possible", b"possible", "receiving_authority", b"receiving_authority", "request_type", b"request_type", "review_date", b"review_date", "routes", b"routes", "territorial_execution", b"territorial_execution", "urgent_procedure", b"urgent_procedure"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -988,6 +1045,7 @@ class Place(_message.Message):
     CAPITAL_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
     REVIEW_DATE_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """members/{member}/places/{place}"""
     kind: Global___PlaceKind.ValueType
@@ -1016,6 +1074,12 @@ class Place(_message.Message):
     def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalizedText]:
         """Free-text notes per language."""
 
+    @_builtins.property
+    def effective(self) -> Global___EffectivePeriod:
+        """When this version takes effect and stops being in effect (unset: from
+        its publication, and open-ended).
+        """
+
     def __init__(
         self,
         *,
@@ -1028,10 +1092,11 @@ class Place(_message.Message):
         capital: _builtins.bool = ...,
         notes: _abc.Iterable[Global___LocalizedText] | None = ...,
         review_date: _builtins.str = ...,
+        effective: Global___EffectivePeriod | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective", b"effective"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capital", b"capital", "kind", b"kind", "name", b"name", "names", b"names", "notes", b"notes", "parent_subdivision", b"parent_subdivision", "postal_code_ranges", b"postal_code_ranges", "review_date", b"review_date", "subdivision", b"subdivision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capital", b"capital", "effective", b"effective", "kind", b"kind", "name", b"name", "names", b"names", "notes", b"notes", "parent_subdivision", b"parent_subdivision", "postal_code_ranges", b"postal_code_ranges", "review_date", b"review_date", "subdivision", b"subdivision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1051,6 +1116,7 @@ class Treaty(_message.Message):
     DECLARED_LANGUAGES_FIELD_NUMBER: _builtins.int
     CENTRAL_AUTHORITY_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name."""
     instrument: _builtins.str
@@ -1073,6 +1139,12 @@ class Treaty(_message.Message):
     def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalizedText]:
         """Notes per language."""
 
+    @_builtins.property
+    def effective(self) -> Global___EffectivePeriod:
+        """When this version takes effect and stops being in effect (unset: from
+        its publication, and open-ended).
+        """
+
     def __init__(
         self,
         *,
@@ -1084,10 +1156,11 @@ class Treaty(_message.Message):
         declared_languages: _abc.Iterable[_builtins.str] | None = ...,
         central_authority: _builtins.str = ...,
         notes: _abc.Iterable[Global___LocalizedText] | None = ...,
+        effective: Global___EffectivePeriod | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective", b"effective"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["central_authority", b"central_authority", "declared_languages", b"declared_languages", "in_force_date", b"in_force_date", "instrument", b"instrument", "name", b"name", "notes", b"notes", "reservations", b"reservations", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["central_authority", b"central_authority", "declared_languages", b"declared_languages", "effective", b"effective", "in_force_date", b"in_force_date", "instrument", b"instrument", "name", b"name", "notes", b"notes", "reservations", b"reservations", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

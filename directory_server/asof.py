@@ -1,0 +1,264 @@
+"""As-of answers: the directory as it stood at an instant (issue 10, item 2).
+
+Current answers read the derived state of each name's latest version. An as-of answer reads
+a VIEW instead: the same derived state, rebuilt (``index.derive``) from the versions the
+rule of ``counterpart_core.effective`` picks at the instant, in an in-memory SQLite store
+whose log methods (envelopes, leaf hashes, checkpoints, audit) are the node's own store. So
+the unchanged ``lookup.Directory`` answers over it with the real inclusion proofs against
+the current checkpoint, and the members-only rules of the current path apply unchanged
+(a view row is public exactly when the current row of that version would be).
+
+Views are cached, a few at a time, keyed by what they depend on: the log sizes held, the
+reading, and where the instant falls among the boundary instants (publications, starts,
+ends) of every version; two instants between the same boundaries get the same answer.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.pool import StaticPool
+
+from counterpart.v1 import directory_service_pb2 as ds
+from counterpart.v1 import log_pb2
+from counterpart_core import effective, signing
+from counterpart_core.access import ANONYMOUS, Caller
+from counterpart_core.errors import InvalidArgumentError
+from counterpart_core.federation import Federation
+from counterpart_core.index import derive
+from counterpart_core.log import LogEntry
+from counterpart_core.redaction import record_members_only
+from counterpart_core.timeutil import from_timestamp, to_timestamp, utcnow
+from directory_server.lookup import Directory
+from directory_server.storage.models import Base, EntryRow
+from directory_server.storage.store import Store
+
+MAX_VIEWS = 4  # each holds the derived rows of one instant; a handful covers a session's questions
+_READINGS = {
+    ds.AS_OF_READING_UNSPECIFIED: effective.IN_EFFECT,
+    ds.AS_OF_READING_IN_EFFECT: effective.IN_EFFECT,
+    ds.AS_OF_READING_PUBLISHED: effective.PUBLISHED,
+}
+_WIRE = {effective.IN_EFFECT: ds.AS_OF_READING_IN_EFFECT, effective.PUBLISHED: ds.AS_OF_READING_PUBLISHED}
+
+
+@dataclass(frozen=True)
+class Instant:
+    """What an answer is as of: the instant and the reading."""
+
+    at: datetime
+    reading: str
+
+    def message(self) -> ds.AsOf:
+        return ds.AsOf(time=to_timestamp(self.at), reading=_WIRE[self.reading])
+
+
+def requested(as_of: ds.AsOf, now: datetime) -> Instant:
+    """The instant a request asks for. A reading without a time, and a time in the future,
+    are refused: the directory cannot say what will be in effect (only what is scheduled,
+    which the current answer shows)."""
+    if as_of.reading not in _READINGS:
+        raise InvalidArgumentError(f"as_of.reading {as_of.reading} is not a known reading", reason="INVALID_AS_OF")
+    if not as_of.HasField("time"):
+        raise InvalidArgumentError(
+            "as_of.time is required when as_of is given (e.g. 2026-03-01T00:00:00Z)", reason="AS_OF_TIME_MISSING"
+        )
+    try:
+        at = from_timestamp(as_of.time)
+    except (ValueError, OverflowError) as e:
+        raise InvalidArgumentError(f"as_of.time is not a valid time: {e}", reason="INVALID_AS_OF") from e
+    if at > now:
+        raise InvalidArgumentError(
+            f"as_of.time {effective.format_instant(at)} is in the future; ask for the current answer "
+            "instead (it shows changes already scheduled)", reason="AS_OF_IN_FUTURE",
+        )
+    return Instant(at, _READINGS[as_of.reading])
+
+
+class _ViewStore(Store):
+    """Derived rows of one instant in memory; everything of the log is the node's store."""
+
+    def __init__(self, real: Store) -> None:
+        self.real = real
+        super().__init__("sqlite://", engine_options={"poolclass": StaticPool})
+
+    def migrate(self) -> None:
+        tables = [t for t in Base.metadata.sorted_tables if t.name != EntryRow.__tablename__]
+        Base.metadata.create_all(self.engine, tables=tables)
+
+    def load(self, entries: Sequence[LogEntry]) -> None:
+        with self.transaction() as s:
+            self._replace_derived(s, [], [derive(e) for e in entries])
+
+    # the log, checkpoints and audit: the node's own (proofs are the real ones)
+    def leaf_hashes(self, member: str, upto: int | None = None) -> list[bytes]:
+        return self.real.leaf_hashes(member, upto)
+
+    def envelopes_at(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+        return self.real.envelopes_at(keys)
+
+    def envelope(self, member: str, seq: int) -> bytes | None:
+        return self.real.envelope(member, seq)
+
+    def checkpoint(self, member: str) -> bytes | None:
+        return self.real.checkpoint(member)
+
+    def checkpoints(self) -> dict[str, bytes]:
+        return self.real.checkpoints()
+
+    def log_size(self, member: str) -> int:
+        return self.real.log_size(member)
+
+    def revisions(self, name: str, before: int | None, limit: int) -> list[EntryRow]:
+        return self.real.revisions(name, before, limit)
+
+    def audit(self, caller: str, method: str, records: Sequence[str], now: datetime) -> None:
+        self.real.audit(caller, method, records, now)
+
+
+@dataclass
+class _Log:
+    """One member's parsed entries, by name, for the size they were read at."""
+
+    size: int
+    by_name: dict[str, list[tuple[effective.Version, LogEntry]]]
+    dated: bool  # some version carries an effective period
+
+
+class AsOfViews:
+    """Builds and caches as-of views of one node's store."""
+
+    def __init__(self, store: Store, federation: Callable[[], Federation], clock: Callable[[], datetime] = utcnow) -> None:
+        self.store = store
+        self._federation = federation
+        self.clock = clock
+        self._logs: dict[str, _Log] = {}
+        self._views: OrderedDict[tuple[object, ...], Directory] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _log(self, member: str, size: int) -> _Log:
+        with self._lock:
+            cached = self._logs.get(member)
+        if cached is not None and cached.size == size:
+            return cached
+        by_name: dict[str, list[tuple[effective.Version, LogEntry]]] = {}
+        dated = False
+        for row in self.store.log_rows(member, 1, size):
+            if row.withheld or not row.envelope:
+                continue  # only its leaf hash is known here: no version to answer with
+            # the envelope was verified when it was stored; parse it, do not trust a re-encoding
+            entry = log_pb2.Entry.FromString(signing.parse_envelope(row.envelope).payload)
+            e = LogEntry(member, row.seq, row.name, row.kind, row.envelope, row.leaf_hash, entry)
+            version = effective.version_of(row.seq, e.publish_time, e.record)
+            dated = dated or version.start_time is not None or version.end_time is not None
+            by_name.setdefault(row.name, []).append((version, e))
+        log = _Log(size, by_name, dated)
+        with self._lock:
+            self._logs[member] = log
+        return log
+
+    def _sizes(self) -> dict[str, int]:
+        out = {}
+        for member, envelope in self.store.checkpoints().items():
+            cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(envelope).payload)
+            out[member] = int(cp.size)
+        return out
+
+    def dated(self, member: str) -> bool:
+        """Whether any version of the member's records carries an effective period (else a
+        current answer is the latest version of each name, and the fast path answers)."""
+        size = self._sizes().get(member)
+        return size is not None and self._log(member, size).dated
+
+    def versions(self, name: str, member: str) -> list[tuple[effective.Version, LogEntry]]:
+        size = self._sizes().get(member)
+        return [] if size is None else list(self._log(member, size).by_name.get(name, []))
+
+    def view(self, instant: Instant) -> Directory:
+        """A Directory answering as of the instant (cached while nothing it depends on changes)."""
+        now = self.clock()
+        known = effective.known_by(instant.at, instant.reading, now)
+        sizes = self._sizes()
+        logs = {m: self._log(m, size) for m, size in sorted(sizes.items())}
+        marks = sorted({b for log in logs.values() for vs in log.by_name.values() for b in effective.boundaries(v for v, _ in vs)})
+        position = (bisect.bisect_right(marks, instant.at), bisect.bisect_right(marks, known))
+        key: tuple[object, ...] = (tuple(sizes.items()), instant.reading, position)
+        with self._lock:
+            cached = self._views.get(key)
+            if cached is not None:
+                self._views.move_to_end(key)
+                return cached
+        chosen: list[LogEntry] = []
+        for log in logs.values():
+            for versions in log.by_name.values():
+                picked = effective.select((v for v, _ in versions), instant.at, known)
+                if picked is not None:
+                    chosen.append(next(e for v, e in versions if v.seq == picked.seq))
+        store = _ViewStore(self.store)
+        store.load(chosen)
+        directory = Directory(store, self._federation, self.clock)
+        with self._lock:
+            self._views[key] = directory
+            while len(self._views) > MAX_VIEWS:
+                # not closed here: an answer may still be reading it; memory goes with the last reference
+                self._views.popitem(last=False)
+        return directory
+
+    def find_counterpart(
+        self, current: Directory, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS
+    ) -> ds.FindCounterpartResponse:
+        """FindCounterpart as of the request's instant, or now (in effect) without one; the
+        answer always says which. A current answer over a member with dated records reads
+        the view of now, and shows each scheduled version next to the one in effect."""
+        now = self.clock()
+        if req.HasField("as_of"):
+            instant = requested(req.as_of, now)
+            resp = self.view(instant).find_counterpart(req, caller)
+        elif req.requested_member and self.dated(req.requested_member):
+            instant = Instant(now, effective.IN_EFFECT)
+            view = self.view(instant)
+            resp = view.find_counterpart(req, caller)
+            self._add_pending(view, resp, caller, now)
+        else:
+            instant = Instant(now, effective.IN_EFFECT)
+            resp = current.find_counterpart(req, caller)
+        resp.as_of.CopyFrom(instant.message())
+        return resp
+
+    def _add_pending(self, view: Directory, resp: ds.FindCounterpartResponse, caller: Caller, now: datetime) -> None:
+        """For each record shown whose latest version takes effect later, that version's proof
+        (against the same checkpoint) and a warning saying when the answer changes."""
+        sizes = {p.member: p.checkpoint_size for p in resp.provenances}
+        pending_proofs = []
+        for proof in list(resp.proofs):
+            member = proof.name.split("/")[1]
+            versions = self.versions(proof.name, member)
+            later = effective.pending([v for v, _ in versions], now)
+            if later is None or later.seq == proof.leaf_index + 1 or later.seq > sizes.get(member, 0):
+                continue
+            entry = next(e for v, e in versions if v.seq == later.seq)
+            if entry.record is not None and record_members_only(entry.record) and not caller.sees_members_only:
+                continue  # a members-only version stays invisible to this caller
+            checkpoint = self.store.checkpoint(member)
+            if checkpoint is None:
+                continue
+            _, tree = view._tree(member, checkpoint)
+            if tree.size != sizes.get(member):
+                continue  # published meanwhile: the next answer shows it
+            pending_proofs.append(ds.RecordProof(
+                name=proof.name, signed_entry=entry.envelope, leaf_index=later.seq - 1, tree_size=tree.size,
+                inclusion_path=tree.inclusion_path(later.seq - 1),
+            ))
+            resp.warnings.append(
+                f"{proof.name} changes on {effective.format_instant(later.start)} "
+                f"(published version @{later.seq} takes effect then)"
+            )
+        resp.proofs.extend(pending_proofs)
+
+
+__all__: Sequence[str] = ["MAX_VIEWS", "AsOfViews", "Instant", "requested"]
