@@ -26,11 +26,11 @@ from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from counterpart_core import effective, names
 from counterpart_core import federation as fed
-from counterpart_core import names
 from counterpart_core import tls as tls_names
 from counterpart_core.errors import CounterpartError
-from counterpart_core.timeutil import utcnow
+from counterpart_core.timeutil import to_timestamp, utcnow
 from directory_client.errors import ClientError, InvalidName, NotTrusted, ServerError, TrustRefused
 from directory_client.verify import Verification, verify_response
 
@@ -317,6 +317,17 @@ def connect(
 
 
 
+def as_of_message(at: datetime, reading: str = effective.IN_EFFECT) -> ds.AsOf:
+    """The AsOf of a request: the instant (naive means UTC) and the reading."""
+    if reading not in (effective.IN_EFFECT, effective.PUBLISHED):
+        raise ValueError(f"reading must be {effective.IN_EFFECT!r} or {effective.PUBLISHED!r}, not {reading!r}")
+    message = ds.AsOf(
+        reading=ds.AS_OF_READING_PUBLISHED if reading == effective.PUBLISHED else ds.AS_OF_READING_IN_EFFECT
+    )
+    message.time.CopyFrom(to_timestamp(effective.parse_instant(at)))
+    return message
+
+
 class DirectoryClient:
     """Calls one node's DirectoryService and verifies what it answers.
 
@@ -422,41 +433,51 @@ class DirectoryClient:
         return ServerError(code, reason, message)
 
     def _checked(
-        self, response: R, request: ds.FindCounterpartRequest | None = None
+        self, response: R, request: ds.FindCounterpartRequest | None = None, asked: ds.AsOf | None = None
     ) -> tuple[R, Verification | None]:
         """Verify a response unless verification is off."""
         if not self.verify:
             return response, None
         assert self.federation is not None  # guaranteed by __init__
-        return response, verify_response(self.federation, response, self.clock(), request)
+        return response, verify_response(self.federation, response, self.clock(), request, asked)
 
     # --- lookups ------------------------------------------------------------------------
 
     def find_counterpart(
-        self, request: ds.FindCounterpartRequest | None = None, /, **fields: Any
+        self, request: ds.FindCounterpartRequest | None = None, /, *, as_of: datetime | None = None,
+        reading: str = effective.IN_EFFECT, **fields: Any,
     ) -> tuple[ds.FindCounterpartResponse, Verification | None]:
-        """Answer "whom do I send this request to?"; pass a request or its fields."""
+        """Answer "whom do I send this request to?"; pass a request or its fields. With
+        ``as_of``, the answer the directory gives for that instant (``reading``:
+        ``effective.IN_EFFECT``, in effect then by today's knowledge, or
+        ``effective.PUBLISHED``, what it said then)."""
         if request is None:
             request = ds.FindCounterpartRequest(**fields)
         elif fields:
             raise TypeError("pass either a FindCounterpartRequest or its fields, not both")
+        if as_of is not None:
+            request.as_of.CopyFrom(as_of_message(as_of, reading))
         response = self._call("FindCounterpart", request, ds.FindCounterpartResponse)
         return self._checked(response, request)
 
-    def get(self, name: str) -> tuple[Message, Verification | None]:
-        """Get one record by name; the collection in the name picks the method."""
+    def get(
+        self, name: str, *, as_of: datetime | None = None, reading: str = effective.IN_EFFECT
+    ) -> tuple[Message, Verification | None]:
+        """Get one record by name; the collection in the name picks the method. With
+        ``as_of``: the version that answered then (see find_counterpart)."""
         try:
             parsed = names.parse_record_name(name)
         except CounterpartError as e:
             raise InvalidName(e.message) from e
         method, request_type = _GET_METHODS[parsed.collection]
         response_type = cast(type[Message], getattr(ds, method + "Response"))
-        response = self._call(method, request_type(name=name), response_type)
-        return self._checked(response)
+        asked = as_of_message(as_of, reading) if as_of is not None else None
+        response = self._call(method, request_type(name=name, as_of=asked), response_type)
+        return self._checked(response, asked=asked)
 
     def list(
         self, kind: str, parent: str = "members/-", filter: str = "", page_size: int = 0,
-        page_token: str = "",
+        page_token: str = "", *, as_of: datetime | None = None, reading: str = effective.IN_EFFECT,
     ) -> tuple[Message, Verification | None]:
         """List records of one kind ("authority" or "authorities", ...) under a parent."""
         if kind not in _LIST_METHODS:
@@ -465,20 +486,23 @@ class DirectoryClient:
             )
         method, request_type = _LIST_METHODS[kind]
         response_type = cast(type[Message], getattr(ds, method + "Response"))
+        asked = as_of_message(as_of, reading) if as_of is not None else None
         request = request_type(
-            parent=parent, filter=filter, page_size=page_size, page_token=page_token
+            parent=parent, filter=filter, page_size=page_size, page_token=page_token, as_of=asked
         )
-        return self._checked(self._call(method, request, response_type))
+        return self._checked(self._call(method, request, response_type), asked=asked)
 
     def search(
-        self, query: str, member: str = "", page_size: int = 0, page_token: str = ""
+        self, query: str, member: str = "", page_size: int = 0, page_token: str = "", *,
+        as_of: datetime | None = None, reading: str = effective.IN_EFFECT,
     ) -> tuple[ds.SearchAuthoritiesResponse, Verification | None]:
         """Search authorities by name or place, in any script."""
+        asked = as_of_message(as_of, reading) if as_of is not None else None
         request = ds.SearchAuthoritiesRequest(
-            query=query, member=member, page_size=page_size, page_token=page_token
+            query=query, member=member, page_size=page_size, page_token=page_token, as_of=asked
         )
         return self._checked(
-            self._call("SearchAuthorities", request, ds.SearchAuthoritiesResponse)
+            self._call("SearchAuthorities", request, ds.SearchAuthoritiesResponse), asked=asked
         )
 
     def history(

@@ -30,7 +30,7 @@ from google.protobuf.message import Message
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import records_pb2
-from counterpart_core import log, merkle, names
+from counterpart_core import effective, log, merkle, names
 from counterpart_core.errors import CounterpartError
 from counterpart_core.federation import Federation
 from counterpart_core.timeutil import from_timestamp
@@ -300,6 +300,7 @@ def verify_response(
     response: Message,
     now: datetime,
     request: ds.FindCounterpartRequest | None = None,
+    asked: ds.AsOf | None = None,
 ) -> Verification:
     """Verify any DirectoryService response: its records, proofs and checkpoints.
 
@@ -308,16 +309,73 @@ def verify_response(
     and each legal basis must rest on a verified treaty record in force. With the
     ``request``, every record must belong to the requested member, so a node cannot
     answer with another member's (validly signed) records.
+
+    An as-of answer (``asked``, or the request's as_of) must state the instant and reading
+    asked for, and every signed entry it rests on must answer at that instant
+    (``effective.holds_at``); a current FindCounterpart is checked at the instant it states
+    (not before its checkpoints were signed), where a scheduled version may be shown only
+    beside the version in effect, and only if it takes effect later.
     """
     proofs, provenances = _evidence(response)
     records = records_in(response)
     revisions = isinstance(response, ds.ListRecordRevisionsResponse)
     verified, entries = _verify(federation, proofs, provenances, records, now, deletions=revisions)
+    if request is not None and request.HasField("as_of"):
+        asked = request.as_of
+    if asked is not None or isinstance(response, ds.FindCounterpartResponse):
+        _check_as_of(response, records, entries, asked, provenances)
     if isinstance(response, ds.FindCounterpartResponse):
         _check_find(response, entries, request)
     if isinstance(response, ds.ListRecordRevisionsResponse):
         _check_revisions(response, entries)
     return verified
+
+
+_CLOCK_SLACK = timedelta(minutes=5)  # between the clocks of an origin and the node that answers
+
+
+def _check_as_of(
+    response: Message, records: Sequence[Record], entries: dict[str, list[log.LogEntry]],
+    asked: ds.AsOf | None, provenances: Sequence[ds.Provenance],
+) -> None:
+    """Every entry an as-of answer rests on answers at its instant (see verify_response)."""
+    stated: ds.AsOf | None = getattr(response, "as_of", None)
+    if stated is None or not response.HasField("as_of") or not stated.HasField("time"):
+        raise _fail("as of", "the answer does not say which instant and reading it used")
+    at = from_timestamp(stated.time)
+    reading = effective.PUBLISHED if stated.reading == ds.AS_OF_READING_PUBLISHED else effective.IN_EFFECT
+    if asked is not None:
+        wanted = effective.PUBLISHED if asked.reading == ds.AS_OF_READING_PUBLISHED else effective.IN_EFFECT
+        if from_timestamp(asked.time) != at or wanted != reading:
+            raise _fail("as of", f"the answer is as of {effective.format_instant(at)} ({reading}), "
+                                 f"not the instant and reading asked for")
+    else:
+        newest = max((from_timestamp(p.checkpoint_issue_time) for p in provenances
+                      if p.HasField("checkpoint_issue_time")), default=None)
+        if reading != effective.IN_EFFECT or (newest is not None and at < newest - _CLOCK_SLACK):
+            raise _fail("as of", f"a current answer is stated as of {effective.format_instant(at)} "
+                                 f"({reading}), before the checkpoints it rests on were signed")
+    for record in records:
+        kind = RECORD_KINDS[type(record)]
+        shown = record.SerializeToString(deterministic=True)
+        same = [e for e in entries.get(record.name, []) if e.kind == kind
+                and getattr(e.entry, kind).SerializeToString(deterministic=True) == shown]
+        reasons = [effective.holds_at(_version(e), at, reading) for e in same]
+        if same and all(reasons):
+            raise _fail(f"{kind} {record.name} (seq {same[0].seq})",
+                        f"shown as of {effective.format_instant(at)}, but {reasons[0]}")
+    for name, versions in sorted(entries.items()):
+        holding = [e for e in versions if not effective.holds_at(_version(e), at, reading)]
+        for e in versions:
+            why = effective.holds_at(_version(e), at, reading)
+            scheduled = _version(e).start > at and asked is None and bool(holding)
+            if why and not scheduled:
+                raise _fail(f"{e.kind} {name} (seq {e.seq})",
+                            f"the answer rests on it as of {effective.format_instant(at)}, but {why}")
+
+
+def _version(entry: log.LogEntry) -> effective.Version:
+    return effective.version_of(entry.seq, entry.publish_time, entry.record)
 
 
 def _check_revisions(response: ds.ListRecordRevisionsResponse, entries: dict[str, list[log.LogEntry]]) -> None:
