@@ -238,6 +238,11 @@ class AsOfViews:
         for proof in list(resp.proofs):
             member = proof.name.split("/")[1]
             versions = self.versions(proof.name, member)
+            shown = next((v for v, _ in versions if v.seq == proof.leaf_index + 1), None)
+            if shown is not None and shown.end_time is not None and shown.end_time > now:
+                resp.warnings.append(
+                    f"{proof.name} is no longer in effect from {effective.format_instant(shown.end_time)}"
+                )
             later = effective.pending([v for v, _ in versions], now)
             if later is None or later.seq == proof.leaf_index + 1 or later.seq > sizes.get(member, 0):
                 continue

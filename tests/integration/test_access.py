@@ -71,7 +71,22 @@ def methods(log_size: int) -> list[Method]:
         Method(r + "GetFederation", rs.GetFederationRequest(from_version=1).SerializeToString()),
         Method(d + "ListRecordRevisions", ds.ListRecordRevisionsRequest(name=RESTRICTED).SerializeToString(),
                restricted=True),
+        # as of now (after the sample was published): the as-of view keeps members-only records
+        # exactly as the current state does
+        Method(d + "GetContact", ds.GetContactRequest(name=RESTRICTED, as_of=_now()).SerializeToString(),
+               restricted=True),
+        Method(d + "ListContacts", ds.ListContactsRequest(parent="members/-", as_of=_now()).SerializeToString()),
+        Method(d + "FindCounterpart", ds.FindCounterpartRequest(
+            requested_member="GE", request_type="mla.general", urgent=True, as_of=_now()).SerializeToString()),
+        Method(d + "SearchAuthorities", ds.SearchAuthoritiesRequest(
+            query="prosecutor", as_of=_now(published=True)).SerializeToString()),
     ]
+
+
+def _now(published: bool = False) -> ds.AsOf:
+    as_of = ds.AsOf(reading=ds.AS_OF_READING_PUBLISHED if published else ds.AS_OF_READING_IN_EFFECT)
+    as_of.time.GetCurrentTime()
+    return as_of
 
 
 @dataclass

@@ -19,6 +19,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message as pb_message
+from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
@@ -310,6 +311,36 @@ def test_megabyte_names_come_back_short(
         ),
         (DS + "ListMembers", ds.ListMembersRequest(page_token="e30"), "INVALID_PAGE_TOKEN"),
         (
+            DS + "FindCounterpart",
+            ds.FindCounterpartRequest(requested_member="GE", request_type="mla.general",
+                                      as_of=ds.AsOf(time=timestamp_pb2.Timestamp(seconds=4_000_000_000))),
+            "AS_OF_IN_FUTURE",
+        ),
+        (
+            DS + "GetAuthority",
+            ds.GetAuthorityRequest(name="members/GE/authorities/pgo",
+                                   as_of=ds.AsOf(reading=ds.AS_OF_READING_PUBLISHED)),
+            "AS_OF_TIME_MISSING",
+        ),
+        (
+            DS + "ListAuthorities",
+            ds.ListAuthoritiesRequest(parent="members/GE", as_of=ds.AsOf(
+                time=timestamp_pb2.Timestamp(seconds=2**62), reading=ds.AS_OF_READING_IN_EFFECT)),
+            "INVALID_AS_OF",
+        ),
+        (
+            DS + "SearchAuthorities",
+            ds.SearchAuthoritiesRequest(query="batumi", as_of=ds.AsOf(
+                time=timestamp_pb2.Timestamp(seconds=1_700_000_000), reading=99)),  # type: ignore[arg-type]
+            "INVALID_AS_OF",
+        ),
+        (
+            DS + "GetRule",
+            ds.GetRuleRequest(name="members/GE/rules/mla.general", as_of=ds.AsOf(
+                time=timestamp_pb2.Timestamp(seconds=-2**62))),
+            "INVALID_AS_OF",
+        ),
+        (
             RS + "GetConsistencyProof",
             rs.GetConsistencyProofRequest(member="G" * MEGABYTE, first_size=1, second_size=2),
             "INVALID_MEMBER_CODE",
@@ -365,7 +396,7 @@ def test_page_size_over_the_maximum_is_clamped(node: Served) -> None:
     )
     assert out.code == grpc.StatusCode.OK
     resp = ds.ListAuthoritiesResponse.FromString(out.response)
-    assert len(resp.authorities) == 11 and not resp.next_page_token
+    assert len(resp.authorities) == 12 and not resp.next_page_token
 
 
 def test_page_tokens_still_page(node: Served) -> None:
@@ -387,7 +418,7 @@ def test_page_tokens_still_page(node: Served) -> None:
         assert len(token) < 200
         if not token:
             break
-    assert len(seen) == 11 == len(set(seen))
+    assert len(seen) == 12 == len(set(seen))
     first = ds.ListAuthoritiesResponse.FromString(
         call(
             channel,
@@ -550,6 +581,11 @@ PLAUSIBLE: dict[str, st.SearchStrategy[object]] = {
     "from_version": st.integers(0, 3),
     "first_size": st.integers(0, 60),
     "second_size": st.integers(0, 60),
+    # unset (the current answer) or an instant in the past, either reading
+    "as_of": st.one_of(st.none(), st.builds(
+        lambda s, r: ds.AsOf(time=timestamp_pb2.Timestamp(seconds=s), reading=r),
+        st.integers(0, 1_750_000_000), st.sampled_from([0, 1, 2]),
+    )),
 }
 
 _INT_RANGES = {
@@ -566,6 +602,13 @@ def _hostile(field: pb_descriptor.FieldDescriptor) -> st.SearchStrategy[object]:
         single: st.SearchStrategy[object] = HOSTILE_STRINGS
     elif field.type == pb_descriptor.FieldDescriptor.TYPE_BOOL:
         single = st.booleans()
+    elif field.message_type is not None and field.message_type.full_name == "counterpart.v1.AsOf":
+        single = st.builds(
+            lambda s, n, r, has_time: ds.AsOf(time=timestamp_pb2.Timestamp(seconds=s, nanos=n), reading=r)
+            if has_time else ds.AsOf(reading=r),
+            st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, -1, 2**40, -(2**40), 253402300800])),
+            st.integers(-(2**31), 2**31 - 1), st.integers(-(2**31), 2**31 - 1), st.booleans(),
+        )
     elif field.type in _INT_RANGES:
         lo, hi = _INT_RANGES[field.type]
         edges = [v for v in (lo, hi, -1, 0, 1, 2**31 - 1, 2**63 - 1) if lo <= v <= hi]

@@ -21,7 +21,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -35,7 +35,7 @@ from rich.text import Text
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, log_pb2, records_pb2
-from counterpart_core import access, signing
+from counterpart_core import access, effective, signing
 from counterpart_core import federation as fed
 from counterpart_core.errors import CounterpartError
 from counterpart_core.timeutil import from_timestamp, utcnow
@@ -61,7 +61,7 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 
 # Reasons the node gives for a question the caller must rephrase: a usage error (exit 2).
-_USAGE_REASONS = frozenset({"PLACE_AMBIGUOUS"})
+_USAGE_REASONS = frozenset({"PLACE_AMBIGUOUS", "AS_OF_IN_FUTURE", "AS_OF_TIME_MISSING", "INVALID_AS_OF"})
 
 _STAGES = {
     "pre-trial": records_pb2.PROCEEDING_STAGE_PRE_TRIAL,
@@ -517,6 +517,65 @@ def logout(settings: Settings) -> None:
         s.say("not signed in")
 
 
+# --- as of ------------------------------------------------------------------------------
+
+
+def _parse_as_of(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = effective.parse_instant(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if at > utcnow():
+        raise click.BadParameter(
+            f"{effective.format_instant(at)} is in the future: the directory answers only for the "
+            "past and now (the current answer shows changes already scheduled)"
+        )
+    return at
+
+
+def as_of_options(fn: F) -> F:
+    """--as-of and --published: the answer the directory gives for a past instant."""
+    fn = click.option(
+        "--published", is_flag=True,
+        help="With --as-of: what the directory said then (only versions published by then), "
+             "instead of what was in effect then by today's knowledge.",
+    )(fn)
+    return click.option(
+        "--as-of", "as_of", default=None, metavar="WHEN", callback=_parse_as_of,
+        help="Answer as of this date or time: 2026-03-01 (00:00 UTC), 2026-03-01T14:00 (UTC) "
+             "or RFC 3339 with an offset. Default: in effect then, by today's knowledge.",
+    )(fn)
+
+
+def _reading(as_of: datetime | None, published: bool) -> str:
+    if published and as_of is None:
+        raise click.UsageError("--published needs --as-of (e.g. --as-of 2026-03-01 --published)")
+    return effective.PUBLISHED if published else effective.IN_EFFECT
+
+
+def _as_of_line(s: Screen, response: Message, asked: bool) -> None:
+    """One line saying which instant and reading an as-of answer used."""
+    if not asked or not response.HasField("as_of"):
+        return
+    stated: ds.AsOf = response.as_of  # type: ignore[attr-defined]
+    when = effective.format_instant(from_timestamp(stated.time))
+    if stated.reading == ds.AS_OF_READING_PUBLISHED:
+        s.say(((f"As of {when}, as published then (what the directory said); drop --published "
+               "for what was in effect by today's knowledge"), "bold"))
+    else:
+        s.say(((f"As of {when}, in effect then (today's knowledge); use --published for what "
+               "the directory said then"), "bold"))
+
+
+def _period(s: Screen, record: Message, indent: int = 2) -> None:
+    """A record's effective dates, when it has any."""
+    text = effective.format_period(record)
+    if text:
+        s.field("effective", text.removeprefix("in effect "), indent=indent)
+
+
 # --- find --------------------------------------------------------------------------------
 
 
@@ -539,11 +598,13 @@ def logout(settings: Settings) -> None:
 @click.option("--long", "long_", is_flag=True,
               help="Everything: every candidate and why, all legal bases, the rule's conditions, "
                    "keys and channels, contact points, warnings, provenance.")
+@as_of_options
 @with_settings()
 @handle_errors
 def find(
     settings: Settings, member: str, request_type: str, place: str, offence: str,
     stage: str | None, requesting: str, urgent: bool, languages: tuple[str, ...], long_: bool,
+    as_of: datetime | None, published: bool,
 ) -> None:
     """Whom to send a request to: who receives and who executes it for the place, the route,
     the languages and the legal basis, on one screen (--long: everything)."""
@@ -553,13 +614,15 @@ def find(
         stage=_STAGES.get(stage or "", records_pb2.PROCEEDING_STAGE_UNSPECIFIED),
         requesting_member=requesting.upper(), urgent=urgent, preferred_languages=languages,
     )
+    reading = _reading(as_of, published)
     with settings.client() as client:
-        response, verification = client.find_counterpart(request)
+        response, verification = client.find_counterpart(request, as_of=as_of, reading=reading)
     if settings.fmt == "json":
         _print_json(_document(response, verification, client))
         return
     view = _FindView(request, response, _Vocab.of(client.federation))
     s = Screen(_console())
+    _as_of_line(s, response, as_of is not None)
     view.summary(s)
     if long_:
         view.details(s)
@@ -708,6 +771,7 @@ class _FindView:
             names += [" / ", Whole(local)]
         s.field(label, *names)
         s.say(Whole(a.name), indent=2)
+        _period(s, a)
         for ch in a.channels:
             s.say(*self._channel(ch), indent=2, hang=4)
         if not a.channels:
@@ -1135,20 +1199,24 @@ def _place(place: ds.ResolvedPlace) -> str:
 
 @main.command()
 @click.argument("name")
+@as_of_options
 @with_settings()
 @handle_errors
-def show(settings: Settings, name: str) -> None:
+def show(settings: Settings, name: str, as_of: datetime | None, published: bool) -> None:
     """Show one record (members/GE/authorities/pgo, members/GE/places/batumi, ...) or a
     member (members/GE or GE)."""
     if "/" not in name:
         name = name.upper()  # a bare member code: ge -> GE
     is_member = name.count("/") <= 1
+    reading = _reading(as_of, published)
+    if is_member and as_of is not None:
+        raise click.UsageError("--as-of applies to a record (members/GE/authorities/pgo), not to a member")
     with settings.client() as client:
         response: Message
         if is_member:
             response, verification = client.member(name)
         else:
-            response, verification = client.get(name)
+            response, verification = client.get(name, as_of=as_of, reading=reading)
     if settings.fmt == "json":
         _print_json(_document(response, verification, client))
         return
@@ -1161,9 +1229,11 @@ def show(settings: Settings, name: str) -> None:
     else:
         field, subject = next(
             (fd.name, value) for fd, value in response.ListFields()
-            if fd.name not in ("proof", "provenance")
+            if fd.name not in ("proof", "provenance", "as_of")
         )
+        _as_of_line(s, response, as_of is not None)
         s.say(Whole(subject.name if isinstance(subject, Record) else "", "bold"), (f" ({field})", "bold"))
+        _period(s, subject)
         if isinstance(subject, records_pb2.Place):
             _place_facts(s, subject, indent=2)
         elif isinstance(subject, records_pb2.Authority):
@@ -1284,17 +1354,24 @@ def _describe(s: Screen, message: Message, indent: int = 0, skip: Sequence[str] 
 @click.option("--page-size", type=click.IntRange(min=0, max=100), default=0,
               help="At most this many results (default 20).")
 @click.option("--page-token", default="", help="Continue from a previous page.")
+@as_of_options
 @with_settings()
 @handle_errors
-def search(settings: Settings, query: str, member: str, page_size: int, page_token: str) -> None:
+def search(
+    settings: Settings, query: str, member: str, page_size: int, page_token: str, as_of: datetime | None,
+    published: bool,
+) -> None:
     """Find authorities by name or place, in any script (Batumi finds ბათუმი)."""
+    reading = _reading(as_of, published)
     with settings.client() as client:
-        response, verification = client.search(query, member.upper(), page_size, page_token)
+        response, verification = client.search(query, member.upper(), page_size, page_token, as_of=as_of,
+                                               reading=reading)
     if settings.fmt == "json":
         _print_json(_document(response, verification, client))
         return
     s = Screen(_console())
     vocab = _Vocab.of(client.federation)
+    _as_of_line(s, response, as_of is not None)
     if response.authorities:
         s.heading(f"Authorities matching {query!r}")
         for i, a in enumerate(response.authorities, 1):
@@ -1304,6 +1381,7 @@ def search(settings: Settings, query: str, member: str, page_size: int, page_tok
             if local and local != english:
                 s.say(local, indent=3)
             s.say(Whole(a.name), indent=3)
+            _period(s, a, indent=3)
             kind = vocab.authority_kinds.get(a.kind, a.kind)
             s.say(*([f"{kind}; "] if kind else []), *(_address(a.address) or ["address not stated"]),
                   indent=3, hang=2)
