@@ -204,6 +204,13 @@ def main() -> int:
         run([CLIENT, "--server", az, "search", "Երևան"], env)
         run([CLIENT, "--server", az, "show", "members/GE/places/ge-aj"], env)
 
+        print("\n== 7b. A reorganization dated 1 January 2027 (sample): who is competent, as of when")
+        mtskheta = ["find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Mtskheta"]
+        run([CLIENT, "--server", az, *mtskheta], env)  # before the date: the district office, change announced
+        run([CLIENT, "--server", az, "show", "members/GE/authorities/mtskheta-mtianeti-po"], env)
+        instant = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        run([CLIENT, "--server", az, *mtskheta, "--as-of", instant, "--published"], env)
+
         print("\n== 8. Armenia publishes a change; how long until every other node holds it?")
         records = DEMO / "records-AM"
         shutil.copytree(REPO / "sample_data" / "AM", records)

@@ -226,6 +226,28 @@ def test_dry_run_names_each_changed_field_with_old_and_new_values(published: tup
     assert snapshot(node) == before
 
 
+def test_a_change_of_effective_dates_is_a_change(published: tuple[Node, Path]) -> None:
+    node, folder = published
+    text = (folder / "good.yaml").read_text()
+    dated = text.replace("    kind: prosecution-office\n    parent: pgo",
+                         "    kind: prosecution-office\n    effective: {from: 2027-01-01}\n    parent: pgo")
+    (folder / "good.yaml").write_text(dated)
+    code, out = run(node, folder)
+    assert code == 0, out
+    before = snapshot(node)
+    (folder / "good.yaml").write_text(dated.replace("{from: 2027-01-01}", "{from: 2027-02-01, until: 2028-01-01}"))
+    code, out = run(node, folder, "--dry-run")
+    assert code == 0, out
+    for line in (
+        "~ members/GE/authorities/ajara",
+        "effective.start_time: 2027-01-01T00:00:00Z → 2027-02-01T00:00:00Z",
+        "effective.end_time: (not set) → 2028-01-01T00:00:00Z",
+        "dry run: 0 new, 1 changed, 0 deleted",
+    ):
+        assert line in out, f"{line!r} not in {out!r}"
+    assert snapshot(node) == before
+
+
 def test_diff_records_compares_field_by_field() -> None:
     old = records_pb2.Authority(
         name="members/GE/authorities/x", kind="court",

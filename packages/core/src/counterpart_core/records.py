@@ -347,7 +347,7 @@ def build_record(
             field="name",
         )
     expand_references(raw, member, cls)
-    _effective_to_wire(raw, file, name)
+    effective_to_wire(raw, file, name)
     raw["name"] = name
     record = cls()
     try:
@@ -363,7 +363,7 @@ def build_record(
     return SourcedRecord(name, record, file, where)  # type: ignore[arg-type]
 
 
-def _effective_to_wire(raw: dict[str, Any], file: str, label: str) -> None:
+def effective_to_wire(raw: dict[str, Any], file: str, label: str) -> None:
     """``effective: {from: 2027-01-01, until: ...}`` (dates mean 00:00 UTC, or RFC 3339
     times) becomes the record's EffectivePeriod in its JSON form."""
     value = raw.get("effective")

@@ -63,6 +63,7 @@ from counterpart_core.records import (
     LoadedFiles,
     Record,
     build_record,
+    effective_to_wire,
     expand_references,
     short_reference,
 )
@@ -497,6 +498,7 @@ def _check_round_trip(record: Record, row: list[str], member: str) -> None:
     record_id = raw.pop("id", None) if id_key == "id" else raw.get(id_key)
     expand_references(raw, member, cls)
     raw["name"] = f"members/{member}/{collection}/{record_id}"
+    effective_to_wire(raw, "", raw["name"])
     back = cls()
     json_format.ParseDict(raw, back)
     if back.SerializeToString(deterministic=True) != record.SerializeToString(deterministic=True):
