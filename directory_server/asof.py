@@ -34,7 +34,7 @@ from counterpart_core.index import derive
 from counterpart_core.log import LogEntry
 from counterpart_core.redaction import record_members_only
 from counterpart_core.timeutil import from_timestamp, to_timestamp, utcnow
-from directory_server.lookup import Directory
+from directory_server.lookup import Directory, Loaded
 from directory_server.storage.models import Base, EntryRow
 from directory_server.storage.store import Store
 
@@ -123,11 +123,40 @@ class _ViewStore(Store):
 
 @dataclass
 class _Log:
-    """One member's parsed entries, by name, for the size they were read at."""
+    """One member's parsed entries, by name, as of the (size, withheld count) they were read at:
+    a peer's fill of withheld entries changes what is known without changing the size."""
 
-    size: int
+    key: tuple[int, int]
     by_name: dict[str, list[tuple[effective.Version, LogEntry]]]
     dated: bool  # some version carries an effective period
+
+
+class _View(Directory):
+    """A Directory over one instant's in-memory store. Its SQLite connection is shared by the
+    serving threads (StaticPool), so answers over one view are made one at a time; as-of
+    questions are rare next to current ones, which never wait here."""
+
+    def __init__(self, store: Store, federation: Callable[[], Federation], clock: Callable[[], datetime]) -> None:
+        super().__init__(store, federation, clock)
+        self._serial = threading.Lock()
+
+    def get(self, name: str, collection: str, caller: Caller = ANONYMOUS) -> tuple[Loaded, ds.Provenance]:
+        with self._serial:
+            return super().get(name, collection, caller)
+
+    def list_records(
+        self, kind: str, parent: str, size: int, token: str, filter_text: str, caller: Caller = ANONYMOUS,
+    ) -> tuple[list[Loaded], str, list[ds.Provenance]]:
+        with self._serial:
+            return super().list_records(kind, parent, size, token, filter_text, caller)
+
+    def search(self, query: str, member: str, size: int, token: str) -> tuple[list[Loaded], str, list[ds.Provenance]]:
+        with self._serial:
+            return super().search(query, member, size, token)
+
+    def find_counterpart(self, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS) -> ds.FindCounterpartResponse:
+        with self._serial:
+            return super().find_counterpart(req, caller)
 
 
 class AsOfViews:
@@ -139,16 +168,23 @@ class AsOfViews:
         self.clock = clock
         self._logs: dict[str, _Log] = {}
         self._views: OrderedDict[tuple[object, ...], Directory] = OrderedDict()
+        self._marks: tuple[object, list[datetime]] = ((), [])  # boundary instants, for the logs held
         self._lock = threading.Lock()
 
-    def _log(self, member: str, size: int) -> _Log:
+    def _log(self, member: str, key: tuple[int, int]) -> _Log:
+        size, withheld = key
         with self._lock:
             cached = self._logs.get(member)
-        if cached is not None and cached.size == size:
+        if cached is not None and cached.key == key:
             return cached
+        start = 1
         by_name: dict[str, list[tuple[effective.Version, LogEntry]]] = {}
         dated = False
-        for row in self.store.log_rows(member, 1, size):
+        if cached is not None and cached.key[1] == withheld and cached.key[0] < size:  # appended: read the rest
+            start = cached.key[0] + 1
+            by_name = {name: list(versions) for name, versions in cached.by_name.items()}
+            dated = cached.dated
+        for row in self.store.log_rows(member, start, size):
             if row.withheld or not row.envelope:
                 continue  # only its leaf hash is known here: no version to answer with
             # the envelope was verified when it was stored; parse it, do not trust a re-encoding
@@ -157,37 +193,45 @@ class AsOfViews:
             version = effective.version_of(row.seq, e.publish_time, e.record)
             dated = dated or version.start_time is not None or version.end_time is not None
             by_name.setdefault(row.name, []).append((version, e))
-        log = _Log(size, by_name, dated)
+        log = _Log(key, by_name, dated)
         with self._lock:
             self._logs[member] = log
         return log
 
-    def _sizes(self) -> dict[str, int]:
+    def _keys(self) -> dict[str, tuple[int, int]]:
+        """Per member held: (checkpoint size, entries held withheld)."""
+        withheld = self.store.withheld_counts()
         out = {}
         for member, envelope in self.store.checkpoints().items():
             cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(envelope).payload)
-            out[member] = int(cp.size)
+            out[member] = (int(cp.size), withheld.get(member, 0))
         return out
 
     def dated(self, member: str) -> bool:
         """Whether any version of the member's records carries an effective period (else a
         current answer is the latest version of each name, and the fast path answers)."""
-        size = self._sizes().get(member)
-        return size is not None and self._log(member, size).dated
+        key = self._keys().get(member)
+        return key is not None and self._log(member, key).dated
 
     def versions(self, name: str, member: str) -> list[tuple[effective.Version, LogEntry]]:
-        size = self._sizes().get(member)
-        return [] if size is None else list(self._log(member, size).by_name.get(name, []))
+        key = self._keys().get(member)
+        return [] if key is None else list(self._log(member, key).by_name.get(name, []))
 
     def view(self, instant: Instant) -> Directory:
         """A Directory answering as of the instant (cached while nothing it depends on changes)."""
         now = self.clock()
         known = effective.known_by(instant.at, instant.reading, now)
-        sizes = self._sizes()
-        logs = {m: self._log(m, size) for m, size in sorted(sizes.items())}
-        marks = sorted({b for log in logs.values() for vs in log.by_name.values() for b in effective.boundaries(v for v, _ in vs)})
+        keys = tuple(sorted(self._keys().items()))
+        logs = {m: self._log(m, k) for m, k in keys}
+        with self._lock:
+            marks = self._marks[1] if self._marks[0] == keys else None
+        if marks is None:
+            marks = sorted({b for log in logs.values() for vs in log.by_name.values()
+                            for b in effective.boundaries(v for v, _ in vs)})
+            with self._lock:
+                self._marks = (keys, marks)
         position = (bisect.bisect_right(marks, instant.at), bisect.bisect_right(marks, known))
-        key: tuple[object, ...] = (tuple(sizes.items()), instant.reading, position)
+        key: tuple[object, ...] = (keys, instant.reading, position)
         with self._lock:
             cached = self._views.get(key)
             if cached is not None:
@@ -201,7 +245,7 @@ class AsOfViews:
                     chosen.append(next(e for v, e in versions if v.seq == picked.seq))
         store = _ViewStore(self.store)
         store.load(chosen)
-        directory = Directory(store, self._federation, self.clock)
+        directory = _View(store, self._federation, self.clock)
         with self._lock:
             self._views[key] = directory
             while len(self._views) > MAX_VIEWS:

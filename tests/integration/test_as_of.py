@@ -337,3 +337,25 @@ def test_counterpart_refuses_bad_instants(cli: Run, args: list[str], message: st
     assert code == 2
     assert message in err and out == ""
     assert "Traceback" not in err
+
+
+def test_views_are_cached_by_what_they_depend_on(world: World) -> None:
+    from directory_server.asof import MAX_VIEWS, AsOfViews, Instant
+
+    views = AsOfViews(world.node.store, world.node.federation, world.clock)
+    december = views.view(Instant(at("2026-12-15"), effective.IN_EFFECT))
+    assert views.view(Instant(at("2026-12-20"), effective.IN_EFFECT)) is december  # no boundary between
+    assert views.view(Instant(at("2026-12-15"), effective.PUBLISHED)) is not december
+    assert views.view(Instant(at("2027-01-15"), effective.IN_EFFECT)) is not december
+    for month in range(1, 10):  # many instants: a few views kept, the oldest dropped
+        views.view(Instant(at(f"2026-0{month}-02"), effective.PUBLISHED))
+    assert len(views._views) <= MAX_VIEWS
+    # a publication changes what every view depends on (the log size is part of the key)
+    before = views.view(Instant(at("2026-12-15"), effective.IN_EFFECT))
+    records = world.node.config.data_dir.parent / "sample-GE"
+    _replace_block(records / "authorities.yaml", "pgo", "  languages: [ka]\n", "  languages: [ka, en]\n")
+    world.node.publish(records, PASSPHRASE)
+    after = views.view(Instant(at("2026-12-15"), effective.IN_EFFECT))
+    assert after is not before
+    pgo = after.get(PGO, "authorities")[0].record
+    assert isinstance(pgo, records_pb2.Authority) and list(pgo.languages) == ["ka"]  # published 2027: not then
