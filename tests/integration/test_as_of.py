@@ -183,6 +183,16 @@ def test_a_scheduled_version_is_shown_beside_the_one_in_effect(
                 cand.authority.CopyFrom(entry.entry.authority)
         with pytest.raises(VerificationFailed, match="takes effect only from 2027-01-01"):
             verify_response(node.federation(), forged, clock(), ds.FindCounterpartRequest(**QUESTION))
+        forged.ClearField("as_of")  # not saying the instant does not help: checked now, by the client's clock
+        with pytest.raises(VerificationFailed, match="takes effect only from 2027-01-01"):
+            verify_response(node.federation(), forged, clock(), ds.FindCounterpartRequest(**QUESTION))
+        resp.ClearField("as_of")  # the honest answer of a node that predates as_of still verifies
+        assert verify_response(node.federation(), resp, clock(), ds.FindCounterpartRequest(**QUESTION))
+        backdated = ds.FindCounterpartResponse()
+        backdated.CopyFrom(resp)
+        backdated.as_of.time.FromDatetime(at("2026-11-01"))  # a current answer claimed for a past instant
+        with pytest.raises(VerificationFailed, match="before the checkpoints it rests on were signed"):
+            verify_response(node.federation(), backdated, clock(), ds.FindCounterpartRequest(**QUESTION))
     finally:
         server.stop(grace=0)
 

@@ -323,7 +323,7 @@ def verify_response(
     if request is not None and request.HasField("as_of"):
         asked = request.as_of
     if asked is not None or isinstance(response, ds.FindCounterpartResponse):
-        _check_as_of(response, records, entries, asked, provenances)
+        _check_as_of(response, records, entries, asked, provenances, now)
     if isinstance(response, ds.FindCounterpartResponse):
         _check_find(response, entries, request)
     if isinstance(response, ds.ListRecordRevisionsResponse):
@@ -336,12 +336,19 @@ _CLOCK_SLACK = timedelta(minutes=5)  # between the clocks of an origin and the n
 
 def _check_as_of(
     response: Message, records: Sequence[Record], entries: dict[str, list[log.LogEntry]],
-    asked: ds.AsOf | None, provenances: Sequence[ds.Provenance],
+    asked: ds.AsOf | None, provenances: Sequence[ds.Provenance], now: datetime,
 ) -> None:
     """Every entry an as-of answer rests on answers at its instant (see verify_response)."""
     stated: ds.AsOf | None = getattr(response, "as_of", None)
+    newest = max((from_timestamp(p.checkpoint_issue_time) for p in provenances
+                  if p.HasField("checkpoint_issue_time")), default=None)
     if stated is None or not response.HasField("as_of") or not stated.HasField("time"):
-        raise _fail("as of", "the answer does not say which instant and reading it used")
+        if asked is not None:
+            raise _fail("as of", "the answer does not say which instant and reading it used")
+        # a current answer of a node that predates as_of: checked now, by this clock (or the
+        # checkpoints', when they are ahead: nothing they cover was published after them)
+        stated = ds.AsOf(reading=ds.AS_OF_READING_IN_EFFECT)
+        stated.time.FromDatetime(max(now, newest) if newest is not None else now)
     at = from_timestamp(stated.time)
     reading = effective.PUBLISHED if stated.reading == ds.AS_OF_READING_PUBLISHED else effective.IN_EFFECT
     if asked is not None:
@@ -350,8 +357,6 @@ def _check_as_of(
             raise _fail("as of", f"the answer is as of {effective.format_instant(at)} ({reading}), "
                                  f"not the instant and reading asked for")
     else:
-        newest = max((from_timestamp(p.checkpoint_issue_time) for p in provenances
-                      if p.HasField("checkpoint_issue_time")), default=None)
         if reading != effective.IN_EFFECT or (newest is not None and at < newest - _CLOCK_SLACK):
             raise _fail("as of", f"a current answer is stated as of {effective.format_instant(at)} "
                                  f"({reading}), before the checkpoints it rests on were signed")
