@@ -201,6 +201,11 @@ class _MirrorSyncer(Syncer):
     def _reject(self, report: PeerReport, member: str, error: CounterpartError) -> None:
         report.rejected.append((member, error.reason, error.message))
 
+    def _fill(self, stub: Any, report: PeerReport, sizes: dict[str, int]) -> None:
+        # anonymous, the endpoint withholds members-only entries every time: not asked again
+        if self._signed_in:
+            super()._fill(stub, report, sizes)
+
 
 def pull(
     path: Path, channel: grpc.Channel, endpoint: str, pinned: bytes, *, signed_in: bool, deadline: float = 30.0,

@@ -30,6 +30,7 @@ from counterpart_core import federation as fed
 from directory_client.cli import main as client_main
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
+from directory_server.storage.store import StoredEntry
 
 FIND = ["find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Batumi"]
 AUTHORITY = "members/GE/authorities/pgo"
@@ -180,7 +181,19 @@ def test_mirror_again_transfers_only_what_changed(world: World) -> None:
     assert first["pulled"] == {"GE": size}
     before = world.node.store.log_size("GE")
     _publish_changed(world.node, world.tmp, "changed")
+    # the node's side: count the log rows its replication service reads to serve the pull
+    served: list[int] = []
+    read = world.node.store.log_rows
+
+    def counted(member: str, start: int = 1, end: int | None = None) -> list[StoredEntry]:
+        rows = read(member, start, end)
+        served.append(len(rows))
+        return rows
+
+    world.node.store.log_rows = counted  # type: ignore[method-assign]
     second = _json(world.run("mirror", "--format", "json"))
+    world.node.store.log_rows = read  # type: ignore[method-assign]
+    assert sum(served) == 1, served
     assert second["pulled"] == {"GE": 1}, second
     assert second["log_sizes"] == {"GE": before + 1}
     with sqlite3.connect(world.copy) as conn:
@@ -267,8 +280,15 @@ def test_a_signed_in_copy_holds_members_only_contacts_shown_only_with_the_token(
         federation.key("GE"), world.node.federation(), "GE", "prosecutor-1", "prosecutor", clock(), timedelta(hours=1),
     ).token
     signed = {**world.env, "COUNTERPART_TOKEN": token}
-    pulled = world.run("mirror", env=signed)
+    anonymous_copy = _json(world.run("mirror", "--format", "json"))
+    withheld = anonymous_copy["withheld"]
+    assert isinstance(withheld, dict) and withheld["GE"] >= 1
+    pulled = world.run("mirror", env=signed)  # the same copy, signed in: the withheld entries are filled in
     assert pulled.exit_code == 0 and "(signed in)" in pulled.output and "withheld" not in pulled.output, pulled.output
+    assert f"{withheld['GE']} members-only filled in" in pulled.output, pulled.output
+    assert world.run("mirror", "--verify").exit_code == 0
+    audited = [r for r in world.node.store.audit_rows(1000) if r.method == "GetEntries"]
+    assert audited and all(r.caller == "prosecutor-1 (prosecutor, GE)" for r in audited)
     with sqlite3.connect(world.copy) as conn:
         secret = conn.execute(
             "SELECT name FROM entries WHERE kind = 'contact' AND restricted ORDER BY seq LIMIT 1").fetchone()
