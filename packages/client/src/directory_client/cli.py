@@ -1535,8 +1535,11 @@ def _mirror_pull(settings: Settings, s: Screen, node: Any, path: Path) -> None:
             if report.filled.get(member):
                 parts.append(f", {report.filled[member]} members-only filled in")
             if report.withheld.get(member):
-                parts.append(f", {report.withheld[member]} withheld (members-only; sign in to hold them)")
+                parts.append(f", {report.withheld[member]} withheld")
             s.say((f"{member} ", "bold"), *parts, indent=2, hang=4)
+        if report.withheld:
+            s.say("withheld: members-only entries, held as their hash (the copy verifies without them); "
+                  "mirror signed in to hold them")
         if report.federation_versions:
             s.say(f"federation document versions accepted: {', '.join(map(str, report.federation_versions))}")
     if report.error:
