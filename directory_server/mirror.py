@@ -253,6 +253,17 @@ def pull(
     finally:
         store.close()
         _private(path)
+        if created and not _holds_logs(path):  # a first pull that stored nothing leaves no empty copy behind
+            for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                p.unlink(missing_ok=True)
+
+
+def _holds_logs(path: Path) -> bool:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone() is not None
+    except sqlite3.DatabaseError:
+        return False
 
 
 # --- checking -----------------------------------------------------------------------------
@@ -433,10 +444,16 @@ def import_copy(
         if not chain:
             raise MirrorError(f"{source} holds no federation document", reason="MIRROR_DAMAGED")
         to_pin: bytes | None = None
+        wanted = (expected_fingerprint or "").lower().replace(":", "").strip()
+        if wanted and fingerprint(chain[0]) != wanted:
+            raise MirrorError(
+                f"{source} starts from federation document {fingerprint(chain[0])}, not {wanted}: "
+                "it is not the copy you were given, or the fingerprint was mistyped; nothing was imported",
+                reason="FINGERPRINT_MISMATCH",
+            )
         if pinned is not None:
             _check_chain(chain, pinned)
         else:
-            wanted = (expected_fingerprint or "").lower().replace(":", "").strip()
             if fingerprint(chain[0]) != wanted:
                 raise MirrorError(
                     f"{source} starts from federation document {fingerprint(chain[0])}, not {wanted}: "

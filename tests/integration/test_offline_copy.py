@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from conftest import PASSPHRASE, SAMPLE_DATA, Clock, Federation  # type: ignore[import-not-found, unused-ignore]
+from hostile_peer import HostilePeer
 
 from counterpart_core import access
 from counterpart_core import federation as fed
@@ -310,6 +311,10 @@ def test_refused_without_a_pinned_document_or_without_a_copy(world: World, tmp_p
     assert result.exit_code == 1 and "counterpart trust FILE" in result.output, result.output
     none = world.run("--offline", *FIND)  # pinned, but no copy yet
     assert none.exit_code == 1 and "counterpart mirror" in none.output, none.output
+    unreachable = world.run("mirror", "--server", "127.0.0.1:1")  # nothing listens there
+    assert unreachable.exit_code == 1 and "could not be mirrored" in unreachable.output, unreachable.output
+    assert not world.copy.exists()  # no empty copy left behind
+    assert world.run("--offline", "--no-verify", *FIND).exit_code == 2  # offline answers are always verified
 
 
 def test_the_answer_names_the_members_whose_checkpoints_expired(
@@ -337,3 +342,22 @@ def test_the_answer_names_the_members_whose_checkpoints_expired(
     assert result.exit_code == 0, result.output
     assert "old); expired checkpoints: GE" in result.output, result.output
     assert "STALE" in result.output
+
+
+def test_a_hostile_endpoint_with_a_false_consistency_proof_changes_nothing(world: World) -> None:
+    assert world.run("mirror").exit_code == 0
+    kept = _table_digest(world.copy, "entries", "checkpoints", "records")
+    _publish_changed(world.node, world.tmp, "changed")  # the origin moves on: the copy is one entry behind
+    peer = HostilePeer(world.node, "GE")
+    peer.proof = lambda request: [b"\0" * 32]  # a proof that the new tree extends the copy's: false
+    peer.start()
+    try:
+        refused = world.run("mirror", "--server", peer.address, "--format", "json")
+    finally:
+        peer.stop()
+    assert refused.exit_code == 1, refused.output
+    doc = json.loads(refused.stdout)
+    assert doc["pulled"] == {} and [r["reason"] for r in doc["rejected"]] == ["CONSISTENCY_PROOF_INVALID"], doc
+    assert _table_digest(world.copy, "entries", "checkpoints", "records") == kept
+    honest = _json(world.run("mirror", "--format", "json"))  # the real node: the one new entry
+    assert honest["pulled"] == {"GE": 1}
