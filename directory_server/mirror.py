@@ -28,10 +28,12 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import grpc
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
@@ -93,11 +95,8 @@ class _ReadOnlyStore(Store):
         return None
 
 
-def _alembic_config() -> Any:
-    from importlib import resources
-
-    from alembic.config import Config
-
+def _alembic_config() -> Config:
+    """The node's migrations, as ``Store.migrate`` finds them."""
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("directory_server.storage") / "migrations"))
     return cfg

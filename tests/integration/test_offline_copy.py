@@ -157,6 +157,7 @@ def test_a_tampered_copy_fails_verification(world: World, where: str) -> None:
     result = world.run("--offline", "show", AUTHORITY)
     assert result.exit_code == 1, result.output
     assert "offline copy" in result.output and "failed verification" in result.output, result.output
+    assert AUTHORITY in result.output  # names the record
     if where == "envelope":
         full = world.run("mirror", "--verify")
         assert full.exit_code == 1 and "GE entry" in full.output, full.output

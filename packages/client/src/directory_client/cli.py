@@ -288,8 +288,8 @@ then ask, e.g.:
 
 \b
 The options below (--server, --format, --no-verify, --timeout,
---tls/--plaintext, --server-member, --token-file, --offline) may be given before
-or after the subcommand; given after it, they win:
+--tls/--plaintext, --server-member, --token-file, --offline) may be
+given before or after the subcommand; given after it, they win:
     counterpart find --in GE --type mla.general --format json
 
 \b
@@ -1411,7 +1411,7 @@ def _pinned_envelope() -> bytes:
 
 def _offline_client(settings: Settings) -> OfflineClient:
     if not settings.verify:
-        raise InvalidName("--offline answers are always verified: drop --no-verify")
+        _fail("--offline answers are always verified: drop --no-verify", EXIT_USAGE)
     federation = load_pinned()
     if federation is None:
         raise NotTrusted(NOT_TRUSTED_HINT.replace(" or pass --no-verify", ""))
