@@ -240,6 +240,16 @@ def main() -> int:
         running["KZ"].wait(timeout=15)
         print(f"   KZ node stopped (exit {running['KZ'].returncode}); {kz} no longer answers")
         run([CLIENT, "--server", ge, "find", "--in", "KZ", "--type", "extradition", "--from", "GE", "--urgent"], env)
+        print("\n== 10. She copies the whole federation to her laptop (verified like any sync), and answers")
+        print("   from the copy with every node down: the answer says how old the copy is")
+        run([CLIENT, "--server", az, "mirror"], env)
+        for code, proc in running.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=15)
+        print("   every node stopped")
+        run([CLIENT, "--offline", *witness], env)
+        run([CLIENT, "mirror", "--export", "directory-copy.db"], env)
         print("\n== Done: every answer above was verified against the pinned federation document,")
         print("   including those about members whose data came through other nodes.")
         return 0

@@ -2,7 +2,7 @@
 
 Thin: it reads the Store and encodes; the only logic is cutting ranges into batches that
 stay within the federation's message and batch limits, and withholding members-only entries
-from callers that are not member nodes (``domain.redaction.serve_whole``).
+from callers that may not see them (``domain.redaction.serve_whole``).
 """
 
 from __future__ import annotations
@@ -85,7 +85,10 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
         # Who the caller is, read as the call starts: the stream below runs lazily, as gRPC
         # pulls each message, and must not depend on the caller still being set by then.
         caller = identity.current()
-        member_node = caller.is_member_node
+        # members-only entries whole to member nodes and to signed-in users of a member,
+        # who may read every members-only version anyway (ListRecordRevisions) and keep an
+        # offline copy of them (`counterpart mirror`); README "Where the code differs"
+        member_node = caller.sees_members_only
 
         def entries(servicer: ReplicationServicer, request: rs.GetEntriesRequest, context: grpc.ServicerContext) -> Iterator[rs.GetEntriesResponse]:
             return servicer._entries(request, context, member_node, caller.describe())
@@ -97,9 +100,9 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
     def _entries(
         self, request: rs.GetEntriesRequest, context: grpc.ServicerContext, member_node: bool, caller: str
     ) -> Iterator[rs.GetEntriesResponse]:
-        """The range, each members-only entry whole only to a member node and withheld (an
-        empty item, its leaf hash in ``withheld_leaf_hashes``) to anyone else; an entry this
-        node holds withheld is always served withheld."""
+        """The range, each members-only entry whole only to a member node or a signed-in
+        user and withheld (an empty item, its leaf hash in ``withheld_leaf_hashes``) to
+        anyone else; an entry this node holds withheld is always served withheld."""
         check_member_code(request.member)
         if request.start_seq < 1 or request.end_seq < request.start_seq:
             raise InvalidArgumentError(

@@ -63,6 +63,8 @@ def test_wheels_hold_what_each_distribution_is(tmp_path: Path) -> None:
     ).decode()
     requires = [line for line in client_meta.splitlines() if line.startswith("Requires-Dist:")]
     assert not any(dep in line.lower() for line in requires for dep in ("sqlalchemy", "alembic", "psycopg"))
+    # the offline copy is an extra that brings the node
+    assert 'Requires-Dist: counterpart-directory==0.2.0; extra == "offline"' in requires, requires
 
 
 def test_the_client_installs_and_answers_alone(tmp_path: Path, served: Served) -> None:
@@ -105,3 +107,8 @@ def test_the_client_installs_and_answers_alone(tmp_path: Path, served: Served) -
     doc = json.loads(found.stdout)
     assert doc["verification"]["verified"] and doc["verification"]["records_checked"] > 0
     assert doc["answer"]["candidates"]
+    # the offline copy needs the node: a usage error saying what to install
+    for args in (["mirror", "--server", served[0].address], ["--offline", "find", "--in", "GE", "--type", "mla.general"]):
+        offline = subprocess.run([str(cli), *args], capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert offline.returncode == 2, offline.stderr
+        assert "pip install 'counterpart-directory-client[offline]'" in offline.stderr, offline.stderr

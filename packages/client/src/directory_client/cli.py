@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from directory_client.client import (
     DEFAULT_TARGET,
     NOT_TRUSTED_HINT,
     DirectoryClient,
+    connect,
     load_pinned,
     load_token,
     pin,
@@ -50,7 +52,21 @@ from directory_client.client import (
     token_path,
     update_trust,
 )
-from directory_client.errors import ClientError, InvalidName, NotTrusted, ServerError
+from directory_client.errors import (
+    ClientError,
+    InvalidName,
+    NotTrusted,
+    ServerError,
+    VerificationFailed,
+)
+from directory_client.offline import (
+    OfflineClient,
+    OfflineUnavailable,
+    copy_error,
+    mirror_path,
+    node_mirror,
+    token_channel,
+)
 from directory_client.verify import Record, Verification
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -106,6 +122,7 @@ class Settings:
     tls: bool | None = None
     server_member: str | None = None
     token_file: Path | None = None
+    offline: bool = False
 
     def token(self) -> str | None:
         if self.token_file is not None:
@@ -117,7 +134,10 @@ class Settings:
 
     def client(self) -> DirectoryClient:
         """A client for --server; loads the pinned trust root (needed for TLS, and to verify
-        unless --no-verify) and the access token, if any."""
+        unless --no-verify) and the access token, if any. --offline: a client of the
+        offline copy instead (``directory_client.offline``)."""
+        if self.offline:
+            return _offline_client(self)
         federation = load_pinned()
         if federation is None and self.verify:
             raise NotTrusted(NOT_TRUSTED_HINT)
@@ -150,7 +170,7 @@ def handle_errors(fn: F) -> F:
             if e.not_found:
                 _fail(str(e), EXIT_NOT_FOUND)
             _fail(str(e), EXIT_USAGE if e.reason in _USAGE_REASONS else EXIT_ERROR)
-        except InvalidName as e:
+        except (InvalidName, OfflineUnavailable) as e:
             _fail(str(e), EXIT_USAGE)
         except ClientError as e:
             _fail(str(e), EXIT_ERROR)
@@ -268,8 +288,8 @@ then ask, e.g.:
 
 \b
 The options below (--server, --format, --no-verify, --timeout,
---tls/--plaintext, --server-member, --token-file) may be given before
-or after the subcommand; given after it, they win:
+--tls/--plaintext, --server-member, --token-file, --offline) may be
+given before or after the subcommand; given after it, they win:
     counterpart find --in GE --type mla.general --format json
 
 \b
@@ -286,7 +306,7 @@ Exit codes:
 # name of the click parameter -> the Settings field it sets
 _GLOBAL_PARAMS = {
     "server": "server", "fmt": "fmt", "no_verify": "verify", "timeout": "timeout", "tls": "tls",
-    "server_member": "server_member", "token_file": "token_file",
+    "server_member": "server_member", "token_file": "token_file", "offline": "offline",
 }
 
 
@@ -333,6 +353,11 @@ def _global_options(group: bool, exclude: frozenset[str] = frozenset()) -> Calla
             "--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
             help="Access token file (default: $COUNTERPART_TOKEN, else the one `counterpart login` "
                  "saved)." + after,
+        ),
+        "offline": click.option(
+            "--offline", is_flag=True, default=False, envvar="COUNTERPART_OFFLINE" if group else None,
+            help="Answer from the offline copy (`counterpart mirror`), verified as a node's answers "
+                 "(env COUNTERPART_OFFLINE=1)." + after,
         ),
     }
 
@@ -388,11 +413,11 @@ def with_settings(exclude: Iterable[str] = ()) -> Callable[[F], F]:
 @click.pass_context
 def main(
     ctx: click.Context, server: str, fmt: str, no_verify: bool, timeout: float, tls: bool | None,
-    server_member: str | None, token_file: Path | None,
+    server_member: str | None, token_file: Path | None, offline: bool,
 ) -> None:
     ctx.obj = Settings(**_settings_from({
         "server": server, "fmt": fmt, "no_verify": no_verify, "timeout": timeout, "tls": tls,
-        "server_member": server_member, "token_file": token_file,
+        "server_member": server_member, "token_file": token_file, "offline": offline,
     }))
 
 
@@ -1451,6 +1476,205 @@ def members(settings: Settings) -> None:
     _print_verification(s, verification)
 
 
+# --- the offline copy --------------------------------------------------------------------
+
+
+def _pinned_envelope() -> bytes:
+    """The pinned document's exact bytes (the copy's chain must pass through them)."""
+    federation = load_pinned()
+    if federation is None:
+        raise NotTrusted(NOT_TRUSTED_HINT.replace(" or pass --no-verify", ""))
+    return federation.envelope
+
+
+def _offline_client(settings: Settings) -> OfflineClient:
+    if not settings.verify:
+        _fail("--offline answers are always verified: drop --no-verify", EXIT_USAGE)
+    federation = load_pinned()
+    if federation is None:
+        raise NotTrusted(NOT_TRUSTED_HINT.replace(" or pass --no-verify", ""))
+    return OfflineClient(
+        mirror_path(), federation.envelope, federation=federation, token=settings.token(), timeout=settings.timeout,
+    )
+
+
+def _copy_age(client: OfflineClient) -> str:
+    last = client.offline.last_pull
+    if last is None:
+        return "Offline copy, never brought up to date (the last `counterpart mirror` failed)"
+    age = max(utcnow() - last, timedelta(0))
+    return f"Offline copy of {last.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({_age(age)} old)"
+
+
+def _print_offline(s: Screen, client: OfflineClient) -> None:
+    """"Offline copy of 2026-11-30 21:10 UTC (3 h old); expired checkpoints: AM, AZ"."""
+    expired = client.offline.expired
+    s.say(f"{_copy_age(client)}; ",
+          (f"expired checkpoints: {', '.join(expired)}", "bold red") if expired else "no checkpoint has expired")
+    if client.caller and client.caller != "anonymous":
+        s.say(f"signed in as {client.caller}")
+    else:
+        s.say("not signed in (members-only contacts show to signed-in users only)")
+
+
+def _offline_json(client: OfflineClient) -> dict[str, Any]:
+    last = client.offline.last_pull
+    return {
+        "file": str(client.offline.path),
+        "copy_time": _iso(last) if last else None,
+        "age_seconds": int((utcnow() - last).total_seconds()) if last else None,
+        "expired_checkpoints": client.offline.expired,
+    }
+
+
+@main.command()
+@click.option("--file", "file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The copy (default: $COUNTERPART_MIRROR, else mirror.db in the client's directory).")
+@click.option("--verify", "check", is_flag=True,
+              help="Instead of pulling: check every entry, signature and root of the copy.")
+@click.option("--export", "export_to", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="FILE", help="Instead of pulling: write the copy to FILE, one consistent file.")
+@click.option("--import", "import_from", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="FILE", help="Instead of pulling: replace the copy with FILE once it is fully checked.")
+@click.option("--federation-fingerprint", default=None, metavar="HEX",
+              help="With --import and no pinned document: the fingerprint `--export` printed; the "
+                   "document it names is pinned.")
+@with_settings(exclude=["offline"])
+@handle_errors
+def mirror(
+    settings: Settings, file: Path | None, check: bool, export_to: Path | None, import_from: Path | None,
+    federation_fingerprint: str | None,
+) -> None:
+    """Pull a verified copy of the whole federation from --server into one local file, for
+    `counterpart --offline …` without network. Run it again to bring the copy forward: only
+    new entries travel, each member's checked to extend what the copy holds.
+
+    Anonymous, members-only contacts arrive withheld (the copy verifies without them);
+    signed in, they arrive whole, and the file (readable by you only) holds them."""
+    modes = [m for m in (check, export_to, import_from) if m]
+    if len(modes) > 1:
+        _fail("give at most one of --verify, --export, --import", EXIT_USAGE)
+    if federation_fingerprint and import_from is None:
+        _fail("--federation-fingerprint goes with --import", EXIT_USAGE)
+    node = node_mirror()
+    path = mirror_path(file)
+    s = Screen(_console())
+    try:
+        if check:
+            _mirror_verify(settings, s, node, path)
+        elif export_to is not None:
+            done = node.export(path, export_to)
+            if settings.fmt == "json":
+                _print_json({"file": str(done.path), "sha256": done.sha256, "bytes": done.bytes,
+                             "federation_fingerprint": done.federation_fingerprint})
+                return
+            s.say("exported the offline copy to ", Whole(str(done.path)), f" ({done.bytes} bytes)")
+            s.field("sha256", Whole(done.sha256))
+            s.field("federation fingerprint", Whole(done.federation_fingerprint))
+            s.say("On the other machine: counterpart mirror --import FILE, with the federation "
+                  "document pinned or --federation-fingerprint and the value above.")
+        elif import_from is not None:
+            _mirror_import(settings, s, node, path, import_from, federation_fingerprint)
+        else:
+            _mirror_pull(settings, s, node, path)
+    except CounterpartError as e:
+        raise copy_error(e) from None
+
+
+def _mirror_pull(settings: Settings, s: Screen, node: Any, path: Path) -> None:
+    federation = load_pinned()
+    if federation is None:
+        raise NotTrusted(NOT_TRUSTED_HINT.replace(" or pass --no-verify", ""))
+    token = settings.token()
+    limit = int(federation.limits.max_message_bytes)
+    channel, _, _ = connect(
+        settings.server, federation, tls=settings.tls, server_member=settings.server_member,
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+    )
+    with channel:
+        report = node.pull(path, token_channel(channel, token), settings.server, federation.envelope,
+                           signed_in=bool(token), deadline=max(settings.timeout, 30.0))
+    if settings.fmt == "json":
+        _print_json({
+            "file": str(path), "server": settings.server, "created": report.created, "ok": report.ok,
+            "pulled": report.pulled, "filled": report.filled, "log_sizes": report.sizes,
+            "withheld": report.withheld, "federation_versions": report.federation_versions,
+            "rejected": [{"member": m, "reason": r, "message": t} for m, r, t in report.rejected],
+            "equivocations": report.equivocations, "error": report.error or None,
+        })
+    else:
+        what = "new copy" if report.created else "brought forward"
+        s.say(f"{what}: ", Whole(str(path)), " from ", Whole(settings.server),
+              " (signed in)" if token else " (anonymous)")
+        for member in sorted(set(report.sizes) | set(report.pulled)):
+            got = report.pulled.get(member, 0)
+            parts = [f"pulled {got} entr{'y' if got == 1 else 'ies'}" if got else "nothing new",
+                     f", log {report.sizes.get(member, 0)}"]
+            if report.filled.get(member):
+                parts.append(f", {report.filled[member]} members-only filled in")
+            if report.withheld.get(member):
+                parts.append(f", {report.withheld[member]} withheld")
+            s.say((f"{member} ", "bold"), *parts, indent=2, hang=4)
+        if report.withheld:
+            s.say("withheld: members-only entries, held as their hash (the copy verifies without them); "
+                  "mirror signed in to hold them")
+        if report.federation_versions:
+            s.say(f"federation document versions accepted: {', '.join(map(str, report.federation_versions))}")
+    if report.error:
+        raise ClientError(f"{settings.server} could not be mirrored: {report.error}; the copy is as it was")
+    if report.rejected or report.equivocations:
+        why = "; ".join(f"{m or 'federation'}: {t} [{r}]" for m, r, t in report.rejected)
+        if report.equivocations:
+            why += ("; " if why else "") + f"equivocation by {', '.join(report.equivocations)}"
+        raise VerificationFailed(
+            f"{settings.server} served what does not verify against the copy ({why}); nothing of it was "
+            "stored: those members' copies are as they were"
+        )
+
+
+def _mirror_verify(settings: Settings, s: Screen, node: Any, path: Path) -> None:
+    checked, problems, state = node.full_check(path, _pinned_envelope())
+    if settings.fmt == "json":
+        _print_json({
+            "file": str(path), "entries_checked": checked, "ok": not problems, "expired_checkpoints": state.expired,
+            "problems": [{"member": p.member, "seq": p.seq, "reason": p.reason, "message": p.message} for p in problems],
+        })
+    else:
+        s.say(f"checked {checked} entries of {len(state.members)} member(s) in ", Whole(str(path)))
+        for p in problems:
+            s.say(f"{p.member} entry {p.seq}: " if p.seq else f"{p.member or 'copy'}: ", p.message, f" [{p.reason}]",
+                  indent=2, hang=4)
+        if state.expired:
+            s.say(f"expired checkpoints: {', '.join(state.expired)}")
+    if problems:
+        raise VerificationFailed(f"the offline copy {path} failed the full check: {len(problems)} problem(s)")
+    if settings.fmt != "json":
+        s.say(("verified:", "green"), " every entry's signature and every member's root")
+
+
+def _mirror_import(
+    settings: Settings, s: Screen, node: Any, path: Path, source: Path, expected: str | None,
+) -> None:
+    federation = load_pinned()
+
+    def pin_document(envelope: bytes) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            doc = Path(tmp) / "federation.json"
+            fed.write_file(doc, envelope)
+            pin(doc)
+
+    done = node.import_copy(source, path, pinned=federation.envelope if federation else None,
+                            expected_fingerprint=expected, pin=pin_document)
+    if settings.fmt == "json":
+        _print_json({"file": str(path), "entries_checked": done.checked, "pinned": done.pin is not None,
+                     "expired_checkpoints": done.state.expired})
+        return
+    s.say(f"imported {source} after checking {done.checked} entries: ", Whole(str(path)))
+    if done.pin is not None:
+        s.say("pinned its federation document (fingerprint ", Whole(done.state.federation_fingerprint), ")")
+    s.say("answer from it with: counterpart --offline find …")
+
+
 # --- shared output -----------------------------------------------------------------------
 
 
@@ -1472,6 +1696,7 @@ def _document(response: Message, verification: Verification | None, client: Dire
         "session": {
             "server": client.target, "tls": client.tls, "server_member": client.server_member,
             "signed_in": client.signed_in, "caller": client.caller or None,
+            **({"offline": _offline_json(client)} if isinstance(client, OfflineClient) else {}),
         },
     }
 
@@ -1507,7 +1732,11 @@ def _verification_json(verification: Verification | None) -> dict[str, Any] | No
 
 
 def _print_session(s: Screen, client: DirectoryClient, hint: bool = True) -> None:
-    """Who the node took the caller for, and over which transport."""
+    """Who the node took the caller for, and over which transport (or, offline, how old
+    the copy is and whose checkpoints have expired)."""
+    if isinstance(client, OfflineClient):
+        _print_offline(s, client)
+        return
     node = f"{client.server_member}'s node" if client.server_member else "a member node" if client.tls else "node"
     transport = f"TLS, {node} authenticated" if client.tls else "plaintext (loopback)"
     if client.caller and client.caller != "anonymous":

@@ -296,10 +296,11 @@ def connect(
     member's endpoint or ``target`` is not on loopback; plaintext only to loopback."""
     options = list(options or [])
     listed = federation is not None and tls_names.member_at(federation.members(), target) is not None
-    use_tls = tls if tls is not None else (credentials is not None or listed or not tls_names.is_loopback(target))
+    local = _local(target)
+    use_tls = tls if tls is not None else (credentials is not None or listed or not local)
     member: str | None = None
     if not use_tls:
-        if not tls_names.is_loopback(target):
+        if not local:
             raise ClientError(f"refusing plaintext to {target}: only loopback addresses may be called without TLS")
         return grpc.insecure_channel(target, options=options), False, None
     if credentials is None:
@@ -326,6 +327,12 @@ def as_of_message(at: datetime, reading: str = effective.IN_EFFECT) -> ds.AsOf:
     )
     message.time.CopyFrom(to_timestamp(effective.parse_instant(at)))
     return message
+
+
+def _local(target: str) -> bool:
+    """Loopback, or a Unix domain socket (``unix:PATH``, the offline copy's node): what
+    this machine alone can reach, so plaintext (and a token in it) never leaves it."""
+    return target.startswith("unix:") or tls_names.is_loopback(target)
 
 
 class DirectoryClient:

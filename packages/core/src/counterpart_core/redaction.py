@@ -99,7 +99,8 @@ def mark_log(entries: Iterable[LogEntry], stored: Mapping[int, bool] | None = No
 
 def serve_whole(restricted: bool, withheld: bool, member_node: bool) -> bool:
     """May a node send this entry whole to its caller? A withheld entry never (a node never
-    relays more than it was given); a members-only one to member nodes only."""
+    relays more than it was given); a members-only one only to a caller who may see
+    members-only records (``member_node``: a member node or a signed-in user of a member)."""
     if withheld:
         return False
     return not restricted or member_node
