@@ -100,10 +100,10 @@ class OfflineClient(DirectoryClient):
         self._server.close()
 
     def _checked(
-        self, response: Any, request: ds.FindCounterpartRequest | None = None
+        self, response: Any, request: ds.FindCounterpartRequest | None = None, asked: ds.AsOf | None = None
     ) -> tuple[Any, Verification | None]:
         try:
-            return super()._checked(response, request)
+            return super()._checked(response, request, asked)
         except VerificationFailed as e:
             raise VerificationFailed(
                 f"the offline copy {self.offline.path} failed verification: {e.message}; the file was changed "
