@@ -43,7 +43,7 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
 
     @handle_errors
     def SearchAuthorities(self, request: ds.SearchAuthoritiesRequest, context: grpc.ServicerContext) -> ds.SearchAuthoritiesResponse:
-        items, token, provs = self.d.search(request.query, request.member, request.page_size, request.page_token)
+        items, token, provs = self.d.search(request.query, request.member, request.page_size, request.page_token, current())
         return ds.SearchAuthoritiesResponse(
             authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs
         )

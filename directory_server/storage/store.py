@@ -207,6 +207,12 @@ class Store:
                 q = q.where(EntryRow.seq <= upto)
             return {int(seq): bytes(h) for seq, h in s.execute(q.order_by(EntryRow.seq))}
 
+    def holds_withheld(self, member: str) -> bool:
+        """Does this node hold some entry of the member withheld (its leaf hash only)?"""
+        with self._session() as s:
+            q = select(EntryRow.seq).where(EntryRow.member == member, EntryRow.kind == WITHHELD).limit(1)
+            return s.scalar(q) is not None
+
     def withheld_counts(self) -> dict[str, int]:
         """Per member, how many of its entries this node holds withheld (members with none left out)."""
         with self._session() as s:
