@@ -1414,6 +1414,8 @@ def _verification_json(verification: Verification | None) -> dict[str, Any] | No
     return {
         "verified": True,
         "records_checked": verification.records_checked,
+        "latest_proven": verification.latest_proven,
+        "warnings": list(verification.warnings),
         "stale": verification.stale,
         "members": [
             {
@@ -1457,7 +1459,11 @@ def _print_verification(s: Screen, verification: Verification | None) -> None:
     n = verification.records_checked
     style = "bold red" if verification.stale else "green"
     what = f"{n} record{'s' if n != 1 else ''} signed by" if n else "checkpoints signed by"
+    if verification.latest_proven and not verification.warnings:
+        parts.append("; latest: proven")
     s.say(("verified:", style), f" {what} ", *parts)
+    for warning in verification.warnings:
+        s.say(("latest: not proven:", "yellow"), f" {warning}")
 
 
 def _english(texts: Iterable[records_pb2.LocalizedText]) -> str:
