@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import PASSPHRASE  # type: ignore[import-not-found, unused-ignore]
 from hostile_directory import HostileDirectoryServer
+from sqlalchemy import update
 from tests_support_tls import members_only_names, members_only_sentinels
 
 from counterpart.v1 import directory_service_pb2 as ds
@@ -33,6 +34,7 @@ from directory_client.client import DirectoryClient
 from directory_client.errors import ServerError, VerificationFailed
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
+from directory_server.storage.models import CheckpointRow
 
 RULE = "members/GE/rules/mla.general"
 
@@ -202,3 +204,15 @@ def test_ingest_refuses_a_checkpoint_with_a_wrong_state_root(world: World, make_
     other.store.append("GE", 0, entries, held)  # the genuine one goes in
     assert other.store.checkpoint("GE") == held.envelope
     assert merkle.root_hash(other.store.leaf_hashes("GE")) == held.root_hash
+
+
+def test_node_verify_finds_a_stored_checkpoint_whose_state_root_its_log_does_not_make(world: World) -> None:
+    held = world.node.held_checkpoint("GE")
+    assert held is not None and held.state is not None
+    assert world.node.verify()[1] == []
+    wrong = StateRoots(b"\x05" * 32, held.state.size, held.state.public_root, held.state.public_size)
+    key = world.node.signing_key(PASSPHRASE)
+    forged = log.build_checkpoint("GE", held.size, held.root_hash, world.node.clock(), key, state=wrong)
+    with world.node.store.transaction() as s:  # as a damaged disk would hold it
+        s.execute(update(CheckpointRow).where(CheckpointRow.member == "GE").values(envelope=forged.envelope))
+    assert [p.reason for p in world.node.verify()[1]] == ["STATE_ROOT_MISMATCH"]
