@@ -453,8 +453,7 @@ class Store:
         with self._session() as s:
             return self._current(s, member)
 
-    @classmethod
-    def _check_state(cls, s: Session, cp: LogCheckpoint) -> None:
+    def _check_state(self, s: Session, cp: LogCheckpoint) -> None:
         """Refuse (VerificationError, rolling the transaction back) a checkpoint whose state
         roots differ from those of the derived state it would sit on: once per checkpoint,
         from the derived records, not per entry."""
@@ -463,7 +462,7 @@ class Store:
         withheld = s.scalar(
             select(func.count()).select_from(EntryRow).where(EntryRow.member == cp.member, EntryRow.kind == WITHHELD)
         )
-        state.check_roots(cp.member, cp.state, cls._current(s, cp.member), whole_log=not withheld)
+        state.check_roots(cp.member, cp.state, self._current(s, cp.member), whole_log=not withheld)
 
     @staticmethod
     def _put_checkpoint(s: Session, cp: LogCheckpoint) -> None:
