@@ -216,3 +216,26 @@ def test_node_verify_finds_a_stored_checkpoint_whose_state_root_its_log_does_not
     with world.node.store.transaction() as s:  # as a damaged disk would hold it
         s.execute(update(CheckpointRow).where(CheckpointRow.member == "GE").values(envelope=forged.envelope))
     assert [p.reason for p in world.node.verify()[1]] == ["STATE_ROOT_MISMATCH"]
+
+
+def test_a_checkpoint_without_state_roots_stays_valid_and_the_answer_says_not_proven(
+    world: World, tmp_path: Path
+) -> None:
+    """A checkpoint signed before state roots existed: answers verify as before, with a
+    warning that nothing proves the record is the latest, and a NOT_FOUND stays one."""
+    held = world.node.held_checkpoint("GE")
+    assert held is not None
+    key = world.node.signing_key(PASSPHRASE)
+    world.node.store.put_checkpoint(log.build_checkpoint("GE", held.size, held.root_hash, world.node.clock(), key))
+    with world.client() as c:
+        answer, verified = c.get(RULE)
+        assert isinstance(answer, ds.GetRuleResponse) and not answer.proof.HasField("state")
+        assert verified is not None and verified.latest_proven == 0
+        assert verified.warnings == ["GE's checkpoint carries no state root: not proven to be the latest"]
+        with pytest.raises(ServerError) as e:
+            c.get("members/GE/rules/no-such-rule")
+        assert e.value.not_found and "absence proven" not in e.value.message
+        found, _ = c.find_counterpart(requested_member="GE", request_type=world.missing_type)
+        assert not found.absences
+    code, out, _ = _cli(world, tmp_path, "show", RULE)
+    assert code == 0 and "latest: not proven" in out and "latest: proven" not in out
