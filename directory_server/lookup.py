@@ -32,6 +32,7 @@ from directory_server.storage.models import RecordRow
 from directory_server.storage.store import Store
 
 log = logging.getLogger("counterpart.access")
+logger = logging.getLogger("counterpart.lookup")
 MAX_PLACE_TERMS = 16  # names of a place a search also looks for
 MAX_STATE_TREES = 64  # members whose state trees are kept in memory (about 1 MB per 5,000 records)
 
@@ -173,8 +174,11 @@ class Directory:
         """The member's state trees at this checkpoint (None: it signs no state root), built
         from the derived records once per checkpoint and kept for MAX_STATE_TREES members.
 
-        Raises ConflictError (RETRY) when the records no longer make the signed roots: the
-        member published while the answer was being made.
+        Raises ConflictError (RETRY) when the records no longer make the signed roots because
+        the member published while the answer was being made. When they do not make them for
+        another reason (derived state this node must rebuild), it proves nothing it cannot:
+        no whole tree, or no state at all (clients then refuse the answers about the member,
+        as they must), and says so in the log.
         """
         with self._lock:
             cached = self._states.get(member)
@@ -185,11 +189,18 @@ class Directory:
         if cp.public_state_root:
             everything, public = state.state_leaves(self.store.current_entries(member))
             whole = not self.store.holds_withheld(member)
-            built = MemberState(state.StateTree(public), state.StateTree(everything) if whole else None)
-            if built.public.root != cp.public_state_root or (
-                built.everything is not None and built.everything.root != cp.state_root
-            ):
-                raise ConflictError("the records changed while the answer was made; ask again", reason="RETRY")
+            public_tree = state.StateTree(public)
+            whole_tree = state.StateTree(everything) if whole else None
+            public_ok = public_tree.root == cp.public_state_root
+            whole_ok = whole_tree is None or whole_tree.root == cp.state_root
+            if not (public_ok and whole_ok):
+                if self.store.checkpoint(member) != checkpoint:
+                    raise ConflictError("the records changed while the answer was made; ask again", reason="RETRY")
+                logger.error(
+                    "derived records do not make the checkpoint's state roots: run counterpart-node verify and rebuild",
+                    extra={"member": member, "public_ok": public_ok, "whole_ok": whole_ok},
+                )
+            built = MemberState(public_tree, whole_tree if whole_ok else None) if public_ok else None
         with self._lock:
             self._states.pop(member, None)
             while len(self._states) >= MAX_STATE_TREES:

@@ -416,10 +416,21 @@ class Node:
                 return None
         cp = log.build_checkpoint(
             self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td,
-            state=self._state_after([]),
+            state=self._heartbeat_state(len(hashes)),
         )
         self.store.put_checkpoint(cp)
         return cp
+
+    def _heartbeat_state(self, size: int) -> state.StateRoots | None:
+        """The state roots a heartbeat signs: those the checkpoint of the same log signed
+        (nothing changed), else recomputed; none while some own entries are held withheld
+        (restored from peers that were not member nodes: the state is not known here)."""
+        held = self.held_checkpoint(self.member)
+        if held is not None and held.size == size and held.state is not None:
+            return held.state
+        if self.store.holds_withheld(self.member):
+            return None
+        return self._state_after([])
 
     def _state_after(self, entries: Sequence[log.LogEntry]) -> state.StateRoots:
         """The roots of the own member's state trees once ``entries`` are appended (DESIGN
