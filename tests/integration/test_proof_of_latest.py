@@ -238,4 +238,5 @@ def test_a_checkpoint_without_state_roots_stays_valid_and_the_answer_says_not_pr
         found, _ = c.find_counterpart(requested_member="GE", request_type=world.missing_type)
         assert not found.absences
     code, out, _ = _cli(world, tmp_path, "show", RULE)
-    assert code == 0 and "latest: not proven" in out and "latest: proven" not in out
+    assert code == 0 and "latest: GE's checkpoint carries no state root: not proven to be" in out
+    assert "latest: proven" not in out and max(len(line) for line in out.splitlines()) <= 80

@@ -1463,7 +1463,7 @@ def _print_verification(s: Screen, verification: Verification | None) -> None:
         parts.append("; latest: proven")
     s.say(("verified:", style), f" {what} ", *parts)
     for warning in verification.warnings:
-        s.say(("latest: not proven:", "yellow"), f" {warning}")
+        s.say(("latest:", "yellow"), f" {warning}")
 
 
 def _english(texts: Iterable[records_pb2.LocalizedText]) -> str:
