@@ -1388,6 +1388,7 @@ def _document(response: Message, verification: Verification | None, client: Dire
     )
     answer.pop("proofs", None)
     answer.pop("proof", None)
+    answer.pop("absences", None)  # proofs too: what they proved is in "verification"
     _drop_key(answer, "signed_checkpoint")
     return {
         "answer": answer, "verification": _verification_json(verification),
