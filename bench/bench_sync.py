@@ -54,7 +54,7 @@ import gen_dataset
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from counterpart_core import federation as fed
-from counterpart_core import log, merkle, signing, tls
+from counterpart_core import log, merkle, redaction, signing, state, tls
 from counterpart_core.records import SourcedRecord
 from counterpart_core.vocab import Vocabulary, default_vocabularies
 from directory_server.config import CONFIG_NAME, NodeConfig
@@ -156,6 +156,7 @@ def build_source(
     t1 = time.perf_counter()
     node = make_node(data_dir, SOURCE_MEMBER, federation, now)
     compact = merkle.CompactRange()
+    current: dict[str, state.CurrentEntry] = {}  # each name's latest entry, for the state roots
     sign_s = append_s = 0.0
     try:
         seq = 0
@@ -172,7 +173,12 @@ def build_source(
                     e = log.build_entry(SOURCE_MEMBER, seq, name, None, now, key, "bench padding")
                 chunk.append(e)
                 compact.append(e.leaf_hash)
-            cp = log.build_checkpoint(SOURCE_MEMBER, seq, compact.root(), now, key, VALIDITY)
+                current[e.name] = state.CurrentEntry(
+                    e.name, e.seq, e.leaf_hash, e.kind == "deletion", redaction.record_members_only(e.record)
+                )
+            cp = log.build_checkpoint(
+                SOURCE_MEMBER, seq, compact.root(), now, key, VALIDITY, state=state.state_roots(current.values())
+            )
             ta = time.perf_counter()
             node.store.append(SOURCE_MEMBER, seq - len(chunk), chunk, cp)
             sign_s += ta - ts
@@ -326,6 +332,7 @@ def target_main(a: argparse.Namespace) -> int:
         timers.wrap(rep.RangeVerifier, "add_batch", "verify_batches")
         timers.wrap(rep.RangeVerifier, "finish", "verify_finish")
         timers.wrap(store_module.Store, "append", "commit")
+        timers.wrap(store_module.Store, "_check_state", "commit_state_roots")
         timers.wrap(store_module, "derive", "commit_derive")
         timers.wrap(store_module.Store, "leaf_hashes", "read_leaf_hashes")
         timers.wrap(merkle.CompactRange, "from_leaf_hashes", "compact_range_rebuild")

@@ -26,7 +26,7 @@ from sqlalchemy.pool import StaticPool
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import log_pb2
-from counterpart_core import effective, signing
+from counterpart_core import effective, signing, state
 from counterpart_core.access import ANONYMOUS, Caller
 from counterpart_core.errors import InvalidArgumentError
 from counterpart_core.federation import Federation
@@ -34,7 +34,7 @@ from counterpart_core.index import derive
 from counterpart_core.log import LogEntry
 from counterpart_core.redaction import record_members_only
 from counterpart_core.timeutil import from_timestamp, to_timestamp, utcnow
-from directory_server.lookup import Directory, Loaded
+from directory_server.lookup import Directory, Loaded, _Snapshot
 from directory_server.storage.models import Base, EntryRow
 from directory_server.storage.store import Store
 
@@ -120,6 +120,14 @@ class _ViewStore(Store):
     def audit(self, caller: str, method: str, records: Sequence[str], now: datetime) -> None:
         self.real.audit(caller, method, records, now)
 
+    # the state roots are signed over today's records: proofs of the latest version come from
+    # the node's own derived state, so an answer showing an older version lets the client see it
+    def current_entries(self, member: str) -> list[state.CurrentEntry]:
+        return self.real.current_entries(member)
+
+    def holds_withheld(self, member: str) -> bool:
+        return self.real.holds_withheld(member)
+
 
 @dataclass
 class _Log:
@@ -150,9 +158,11 @@ class _View(Directory):
         with self._serial:
             return super().list_records(kind, parent, size, token, filter_text, caller)
 
-    def search(self, query: str, member: str, size: int, token: str) -> tuple[list[Loaded], str, list[ds.Provenance]]:
+    def search(
+        self, query: str, member: str, size: int, token: str, caller: Caller = ANONYMOUS
+    ) -> tuple[list[Loaded], str, list[ds.Provenance]]:
         with self._serial:
-            return super().search(query, member, size, token)
+            return super().search(query, member, size, token, caller)
 
     def find_counterpart(self, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS) -> ds.FindCounterpartResponse:
         with self._serial:
@@ -299,10 +309,14 @@ class AsOfViews:
             _, tree = view._tree(member, checkpoint)
             if tree.size != sizes.get(member):
                 continue  # published meanwhile: the next answer shows it
-            pending_proofs.append(ds.RecordProof(
+            pending = ds.RecordProof(
                 name=proof.name, signed_entry=entry.envelope, leaf_index=later.seq - 1, tree_size=tree.size,
                 inclusion_path=tree.inclusion_path(later.seq - 1),
-            ))
+            )
+            latest = _Snapshot(view, caller).state_proof(proof.name, member)
+            if latest is not None:  # the scheduled version is the latest: proven like any other
+                pending.state.CopyFrom(latest)
+            pending_proofs.append(pending)
             resp.warnings.append(
                 f"{proof.name} changes on {effective.format_instant(later.start)} "
                 f"(published version @{later.seq} takes effect then)"

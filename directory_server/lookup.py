@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, log_pb2, records_pb2
-from counterpart_core import bounds, index, names, places, signing
+from counterpart_core import bounds, index, names, places, signing, state
 from counterpart_core.access import ANONYMOUS, Caller
 from counterpart_core.errors import ConflictError, InvalidArgumentError, NotFoundError, quote
 from counterpart_core.federation import Federation
@@ -32,7 +32,9 @@ from directory_server.storage.models import RecordRow
 from directory_server.storage.store import Store
 
 log = logging.getLogger("counterpart.access")
+logger = logging.getLogger("counterpart.lookup")
 MAX_PLACE_TERMS = 16  # names of a place a search also looks for
+MAX_STATE_TREES = 64  # members whose state trees are kept in memory (about 1 MB per 5,000 records)
 
 _KIND_CLASS: dict[str, type[Record]] = {
     "authority": records_pb2.Authority,
@@ -71,15 +73,47 @@ class Evidence:
         self.members.add(loaded.member)
 
 
+@dataclass(frozen=True)
+class MemberState:
+    """A member's state trees at one checkpoint (``counterpart_core.state``).
+
+    ``everything`` is None when this node holds some of the member's entries withheld: it
+    cannot tell what they change, so it proves against the public tree only.
+    """
+
+    public: state.StateTree
+    everything: state.StateTree | None
+
+    def proof(self, name: str, caller: Caller) -> ds.StateProof:
+        """Proof of the latest version of ``name``, or of its absence, in the tree the
+        caller may see: the whole state for those who may see members-only records (when
+        this node can prove it), the public one otherwise, whose leaves are public records
+        only, so not even a neighbour reveals a members-only name."""
+        if caller.sees_members_only and self.everything is not None:
+            tree, scope = self.everything, ds.STATE_SCOPE_ALL
+        else:
+            tree, scope = self.public, ds.STATE_SCOPE_PUBLIC
+        out = ds.StateProof(name=name, scope=scope, tree_size=tree.size)
+        for p in tree.prove(name):
+            out.leaves.append(ds.StateLeaf(
+                name=p.leaf.name, seq=p.leaf.seq, entry_hash=p.leaf.entry_hash, leaf_index=p.index,
+                inclusion_path=list(p.path),
+            ))
+        return out
+
+
 class _Snapshot:
     """What one answer reads of each member's log: the checkpoint, read once.
 
     Every proof and provenance of an answer then refers to the same tree, even when
-    the member publishes while the answer is being made.
+    the member publishes while the answer is being made. ``caller`` decides which state
+    tree proves that a record is the latest (``MemberState.proof``).
     """
 
-    def __init__(self, directory: Directory) -> None:
+    def __init__(self, directory: Directory, caller: Caller = ANONYMOUS) -> None:
         self._directory = directory
+        self.caller = caller
+        self._states: dict[str, MemberState | None] = {}
         self._checkpoints: dict[str, bytes | None] = {}
         self._trees: dict[str, tuple[bytes, ProofTree]] = {}
 
@@ -96,6 +130,15 @@ class _Snapshot:
             self._trees[member] = self._directory._tree(member, checkpoint)
         return self._trees[member]
 
+    def state_proof(self, name: str, member: str) -> ds.StateProof | None:
+        """Proof that ``name`` is current at its latest seq, or absent; None when the member's
+        checkpoint signs no state root (then nothing proves it is the latest)."""
+        if member not in self._states:
+            checkpoint, _ = self.tree(member)
+            self._states[member] = self._directory._state(member, checkpoint)
+        member_state = self._states[member]
+        return None if member_state is None else member_state.proof(name, self.caller)
+
 
 class Directory:
     """Read-only lookups over a Store, for one federation document."""
@@ -105,6 +148,7 @@ class Directory:
         self._federation = federation
         self.clock = clock
         self._trees: dict[str, tuple[bytes, ProofTree]] = {}
+        self._states: dict[str, tuple[bytes, MemberState | None]] = {}
         self._place_cache: dict[str, tuple[bytes, list[places.PlaceName]]] = {}
         self._lock = threading.Lock()
 
@@ -126,6 +170,44 @@ class Directory:
             self._trees[member] = (checkpoint, tree)
         return checkpoint, tree
 
+    def _state(self, member: str, checkpoint: bytes) -> MemberState | None:
+        """The member's state trees at this checkpoint (None: it signs no state root), built
+        from the derived records once per checkpoint and kept for MAX_STATE_TREES members.
+
+        Raises ConflictError (RETRY) when the records no longer make the signed roots because
+        the member published while the answer was being made. When they do not make them for
+        another reason (derived state this node must rebuild), it proves nothing it cannot:
+        no whole tree, or no state at all (clients then refuse the answers about the member,
+        as they must), and says so in the log.
+        """
+        with self._lock:
+            cached = self._states.get(member)
+            if cached is not None and cached[0] == checkpoint:
+                return cached[1]
+        cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(checkpoint, signing.CHECKPOINT_TYPE).payload)
+        built: MemberState | None = None
+        if cp.public_state_root:
+            everything, public = state.state_leaves(self.store.current_entries(member))
+            whole = not self.store.holds_withheld(member)
+            public_tree = state.StateTree(public)
+            whole_tree = state.StateTree(everything) if whole else None
+            public_ok = public_tree.root == cp.public_state_root
+            whole_ok = whole_tree is None or whole_tree.root == cp.state_root
+            if not (public_ok and whole_ok):
+                if self.store.checkpoint(member) != checkpoint:
+                    raise ConflictError("the records changed while the answer was made; ask again", reason="RETRY")
+                logger.error(
+                    "derived records do not make the checkpoint's state roots: run counterpart-node verify and rebuild",
+                    extra={"member": member, "public_ok": public_ok, "whole_ok": whole_ok},
+                )
+            built = MemberState(public_tree, whole_tree if whole_ok else None) if public_ok else None
+        with self._lock:
+            self._states.pop(member, None)
+            while len(self._states) >= MAX_STATE_TREES:
+                self._states.pop(next(iter(self._states)))
+            self._states[member] = (checkpoint, built)
+        return built
+
     def _load_rows(self, rows: Sequence[RecordRow], snap: _Snapshot) -> list[Loaded]:
         envelopes = self.store.envelopes_at([(r.member, r.seq) for r in rows])
         out = []
@@ -142,6 +224,11 @@ class Directory:
                 name=row.name, signed_entry=envelope, leaf_index=row.seq - 1, tree_size=tree.size,
                 inclusion_path=tree.inclusion_path(row.seq - 1),
             )
+            # proves the latest version of the NAME: an answer that shows an older version
+            # (as of a past date) must let the client see that it is not the latest
+            latest = snap.state_proof(row.name, row.member)
+            if latest is not None:
+                proof.state.CopyFrom(latest)
             out.append(Loaded(row.name, row.member, record, proof))
         return out
 
@@ -166,10 +253,12 @@ class Directory:
 
     def get(self, name: str, collection: str, caller: Caller = ANONYMOUS) -> tuple[Loaded, ds.Provenance]:
         parsed = names.parse_record_name(name, collection)
-        snap = _Snapshot(self)
+        snap = _Snapshot(self, caller)
         row = self.store.record_row(str(parsed))
         if row is None or not self._visible(row, caller):  # members-only: absent to the public
-            raise NotFoundError(f"{name} does not exist", reason="RECORD_NOT_FOUND")
+            raise NotFoundError(
+                f"{name} does not exist", reason="RECORD_NOT_FOUND", details=self._absence(str(parsed), snap)
+            )
         loaded = self._load_rows([row], snap)[0]
         self._audit(caller, f"Get {collection}", [row])
         return loaded, self._provenance(row.member, snap)
@@ -184,7 +273,7 @@ class Directory:
         after = decode_page_token(token, scope)
         if member is not None and self._federation().member(member) is None and not self.store.checkpoint(member):
             raise NotFoundError(f"members/{member} is not a member of the federation", reason="MEMBER_NOT_FOUND")
-        snap = _Snapshot(self)
+        snap = _Snapshot(self, caller)
         rows = self.store.list_rows(
             kind, member, after, limit + 1, public_only=not caller.sees_members_only,
             attrs=[(c.field, c.op, c.value) for c in conditions],
@@ -196,7 +285,9 @@ class Directory:
         next_token = encode_page_token(scope, rows[-1].name) if more and rows else ""
         return loaded, next_token, [self._provenance(m, snap) for m in sorted({r.member for r in rows})]
 
-    def search(self, query: str, member: str, size: int, token: str) -> tuple[list[Loaded], str, list[ds.Provenance]]:
+    def search(
+        self, query: str, member: str, size: int, token: str, caller: Caller = ANONYMOUS
+    ) -> tuple[list[Loaded], str, list[ds.Provenance]]:
         bounds.check_text(query, "query", bounds.MAX_QUERY_CHARS, reason="QUERY_TOO_LONG", text=True)
         folded = fold(query)
         if len(folded) < 2:
@@ -210,7 +301,7 @@ class Directory:
         scope = f"search|{member}|{folded}"
         offset_text = decode_page_token(token, scope)
         offset = int(offset_text) if offset_text.isdigit() else 0
-        snap = _Snapshot(self)
+        snap = _Snapshot(self, caller)
         hits = self._search_hits(folded, member or None, limit + 1, offset)
         more = len(hits) > limit
         rows_by_name = self.store.record_rows([n for n, _ in hits[:limit]])
@@ -358,18 +449,24 @@ class Directory:
         for tag in req.preferred_languages:
             if not names.LANGUAGE_TAG_RE.match(tag):
                 raise InvalidArgumentError(f"{quote(tag)} is not a BCP 47 language tag", reason="INVALID_LANGUAGE")
-        snap = _Snapshot(self)
+        snap = _Snapshot(self, caller)
         snap.tree(member)  # NOT_FOUND when the node holds nothing of the member
 
         resp = ds.FindCounterpartResponse()
         evidence = Evidence()
+        evidence.members.add(member)  # its checkpoint proves what the answer says it lacks
         resolution = self._resolve_place(member, req.place, snap)
         place = self._place_answer(req.place, resolution, evidence, snap)
         resp.place.CopyFrom(place)
         if resolution.approximate:
             resp.warnings.append(f"place {req.place.strip()!r} was read as {resolution.matched} ({resolution.subdivision})")
 
-        rule = self._load_name(f"members/{member}/rules/{req.request_type}", snap)
+        rule_name = f"members/{member}/rules/{req.request_type}"
+        rule = self._load_name(rule_name, snap)
+        if rule is None:
+            absent = snap.state_proof(rule_name, member)
+            if absent is not None:
+                resp.absences.append(absent)
         if rule is not None:
             evidence.add(rule)
             assert isinstance(rule.record, records_pb2.Rule)
@@ -446,6 +543,18 @@ class Directory:
         if row is None or not row.public:
             return None
         return self._load_rows([row], snap)[0]
+
+    def _absence(self, name: str, snap: _Snapshot) -> list[ds.AbsenceProof]:
+        """The proof that ``name`` is not current (in the tree the caller may see), with the
+        checkpoint it refers to; none when the node holds nothing of the member or its
+        checkpoint signs no state root."""
+        member = names.parse_record_name(name).member
+        if snap.checkpoint(member) is None:
+            return []
+        proof = snap.state_proof(name, member)
+        if proof is None:
+            return []
+        return [ds.AbsenceProof(state=proof, provenance=self._provenance(member, snap))]
 
     def _place_names(self, member: str, snap: _Snapshot) -> list[places.PlaceName]:
         """The member's place names, cached until its checkpoint changes."""

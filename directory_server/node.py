@@ -14,7 +14,7 @@ from pathlib import Path
 
 from counterpart.v1 import log_pb2
 from counterpart_core import federation as fed
-from counterpart_core import log, merkle, redaction, signing
+from counterpart_core import log, merkle, redaction, signing, state
 from counterpart_core.diff import FieldChange, diff_records
 from counterpart_core.errors import (
     ConfigurationError,
@@ -394,7 +394,8 @@ class Node:
             progress("storing", 0, 1)
         hashes = self.store.leaf_hashes(self.member) + [e.leaf_hash for e in entries]
         checkpoint = log.build_checkpoint(
-            self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td
+            self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td,
+            state=self._state_after(entries),
         )
         self.store.append(self.member, size, entries, checkpoint)
         if progress is not None:
@@ -413,9 +414,33 @@ class Node:
             half = (row.expire_time - row.issue_time) / 2
             if now < row.issue_time + half:
                 return None
-        cp = log.build_checkpoint(self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td)
+        cp = log.build_checkpoint(
+            self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td,
+            state=self._heartbeat_state(len(hashes)),
+        )
         self.store.put_checkpoint(cp)
         return cp
+
+    def _heartbeat_state(self, size: int) -> state.StateRoots | None:
+        """The state roots a heartbeat signs: those the checkpoint of the same log signed
+        (nothing changed), else recomputed; none while some own entries are held withheld
+        (restored from peers that were not member nodes: the state is not known here)."""
+        held = self.held_checkpoint(self.member)
+        if held is not None and held.size == size and held.state is not None:
+            return held.state
+        if self.store.holds_withheld(self.member):
+            return None
+        return self._state_after([])
+
+    def _state_after(self, entries: Sequence[log.LogEntry]) -> state.StateRoots:
+        """The roots of the own member's state trees once ``entries`` are appended (DESIGN
+        §3 state_root): the stored current records, overlaid with the new entries."""
+        current = {c.name: c for c in self.store.current_entries(self.member)}
+        for e in entries:
+            current[e.name] = state.CurrentEntry(
+                e.name, e.seq, e.leaf_hash, e.kind == "deletion", redaction.record_members_only(e.record)
+            )
+        return state.state_roots(current.values())
 
     def member_statuses(self) -> list[MemberStatus]:
         """Per member of the federation (and any other the node holds data of): log size and
@@ -527,6 +552,13 @@ class Node:
             try:
                 cp = log.verify_checkpoint(cp_env, member, federation)
                 log.check_root(member, cp, hashes)
+                if cp.state is not None and len(entries) == len(stored_flags):
+                    latest = {e.name: e for e in entries if not e.withheld}
+                    state.check_roots(member, cp.state, [
+                        state.CurrentEntry(e.name, e.seq, e.leaf_hash, e.kind == "deletion",
+                                           redaction.record_members_only(e.record))
+                        for e in latest.values()
+                    ], whole_log=not withheld.get(member))
             except (VerificationError, SignatureError) as e:
                 problems.append(Problem(member, 0, e.reason, f"checkpoint: {e.message}"))
         return VerifyReport(checked, problems, withheld)

@@ -57,7 +57,7 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
     @handle_errors
     def SearchAuthorities(self, request: ds.SearchAuthoritiesRequest, context: grpc.ServicerContext) -> ds.SearchAuthoritiesResponse:
         d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
-        items, token, provs = d.search(request.query, request.member, request.page_size, request.page_token)
+        items, token, provs = d.search(request.query, request.member, request.page_size, request.page_token, current())
         return ds.SearchAuthoritiesResponse(
             authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
             as_of=as_of,

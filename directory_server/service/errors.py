@@ -74,10 +74,13 @@ def to_status(error: CounterpartError) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(
         reason=error.reason[:MAX_REASON_CHARS] or "INTERNAL", domain=ERROR_DOMAIN, metadata=metadata
     )
-    detail = any_pb2.Any()
-    detail.Pack(info)
+    details = []
+    for message_detail in [info, *error.details]:
+        detail = any_pb2.Any()
+        detail.Pack(message_detail)
+        details.append(detail)
     message = _cap(error.message, MAX_MESSAGE_BYTES)
-    return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=[detail]))
+    return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -40,6 +40,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from counterpart_core import state
 from counterpart_core.errors import ConflictError
 from counterpart_core.index import (
     LEVEL_MUNICIPALITY,
@@ -206,6 +207,12 @@ class Store:
                 q = q.where(EntryRow.seq <= upto)
             return {int(seq): bytes(h) for seq, h in s.execute(q.order_by(EntryRow.seq))}
 
+    def holds_withheld(self, member: str) -> bool:
+        """Does this node hold some entry of the member withheld (its leaf hash only)?"""
+        with self._session() as s:
+            q = select(EntryRow.seq).where(EntryRow.member == member, EntryRow.kind == WITHHELD).limit(1)
+            return s.scalar(q) is not None
+
     def withheld_counts(self) -> dict[str, int]:
         """Per member, how many of its entries this node holds withheld (members with none left out)."""
         with self._session() as s:
@@ -315,6 +322,8 @@ class Store:
                 # only a name's last entry shapes its state; a withheld one has no name or state
                 latest = {e.name: e for e in entries if not e.withheld}
                 self._replace_derived(s, list(latest), [derive(e) for e in latest.values()])
+                s.flush()
+                self._check_state(s, checkpoint)
                 self._put_checkpoint(s, checkpoint)
         except IntegrityError as e:
             raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
@@ -426,7 +435,34 @@ class Store:
                     f"{checkpoint.member}: checkpoint covers {checkpoint.size} entries, the log holds {size}",
                     reason="CHECKPOINT_SIZE_MISMATCH",
                 )
+            self._check_state(s, checkpoint)
             self._put_checkpoint(s, checkpoint)
+
+    @staticmethod
+    def _current(s: Session, member: str) -> list[state.CurrentEntry]:
+        """The member's current records (derived state) with their entries' leaf hashes."""
+        rows = s.execute(
+            select(RecordRow.name, RecordRow.seq, RecordRow.public, EntryRow.leaf_hash)
+            .join(EntryRow, and_(EntryRow.member == RecordRow.member, EntryRow.seq == RecordRow.seq))
+            .where(RecordRow.member == member)
+        )
+        return [state.CurrentEntry(name, int(seq), bytes(leaf), False, not public) for name, seq, public, leaf in rows]
+
+    def current_entries(self, member: str) -> list[state.CurrentEntry]:
+        """Each current record of a member: name, seq, its entry's leaf hash, members-only or not."""
+        with self._session() as s:
+            return self._current(s, member)
+
+    def _check_state(self, s: Session, cp: LogCheckpoint) -> None:
+        """Refuse (VerificationError, rolling the transaction back) a checkpoint whose state
+        roots differ from those of the derived state it would sit on: once per checkpoint,
+        from the derived records, not per entry."""
+        if cp.state is None:
+            return
+        withheld = s.scalar(
+            select(func.count()).select_from(EntryRow).where(EntryRow.member == cp.member, EntryRow.kind == WITHHELD)
+        )
+        state.check_roots(cp.member, cp.state, self._current(s, cp.member), whole_log=not withheld)
 
     @staticmethod
     def _put_checkpoint(s: Session, cp: LogCheckpoint) -> None:

@@ -35,7 +35,10 @@ def error_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, str]:
     status = rpc_status.from_call(e.value)  # type: ignore[arg-type]
     assert status is not None, "error without google.rpc.Status details"
     info = error_details_pb2.ErrorInfo()
-    assert len(status.details) == 1 and status.details[0].Unpack(info)
+    assert status.details and status.details[0].Unpack(info)
+    # beside the ErrorInfo, only the proof that a name asked for does not exist
+    assert all(d.Is(ds.AbsenceProof.DESCRIPTOR) for d in status.details[1:])
+    assert len(status.details) == 1 or info.reason == "RECORD_NOT_FOUND"
     assert info.domain == "counterpart.v1"
     return e.value.code(), info.reason, status.message  # type: ignore[attr-defined]
 
@@ -96,6 +99,16 @@ def test_members_only_contacts_are_not_served(stub: ds_grpc.DirectoryServiceStub
     assert contacts and all(c.visibility == records_pb2.VISIBILITY_PUBLIC for c in contacts)
     code, reason, _ = error_of(lambda: stub.GetContact(ds.GetContactRequest(name="members/GE/contacts/24-7-point")))
     assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RECORD_NOT_FOUND")
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GetContact(ds.GetContactRequest(name="members/GE/contacts/24-7-point"))
+    status = rpc_status.from_call(e.value)  # type: ignore[arg-type]
+    assert status is not None
+    proof = ds.AbsenceProof()
+    assert status.details[1].Unpack(proof)
+    # proven absent from the public records: the neighbours are public, never members-only
+    assert proof.state.scope == ds.STATE_SCOPE_PUBLIC and proof.state.leaves
+    assert all(leaf.name in {c.name for c in contacts} or "/contacts/" not in leaf.name for leaf in proof.state.leaves)
+    assert all(b"24-7-point" not in leaf.SerializeToString() for leaf in proof.state.leaves)
 
 
 @pytest.mark.parametrize("query", ["Batumi", "ბათუმი", "БАТУМИ", "batumi"])

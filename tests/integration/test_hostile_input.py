@@ -53,10 +53,15 @@ def _outcome(rpc_error: grpc.RpcError) -> Outcome:
     assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), error
     status = rpc_status.from_call(error)
     assert status is not None, f"{code.name} without google.rpc.Status details: {error}"
-    assert len(status.details) == 1, status
     info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info), status.details[0].type_url
+    assert status.details and status.details[0].Unpack(info), status
     assert info.domain == "counterpart.v1"
+    # beside the ErrorInfo only the proof that a name asked for does not exist, and small
+    # enough for gRPC's trailers (8 KiB soft limit)
+    extra = status.details[1:]
+    assert not extra or (info.reason == "RECORD_NOT_FOUND" and len(extra) == 1), status
+    assert all(d.Is(ds.AbsenceProof.DESCRIPTOR) for d in extra), status
+    assert status.ByteSize() < 6000
     assert REASON_RE.match(info.reason), info.reason
     assert len(status.message.encode()) <= 1000
     return Outcome(code, info.reason, status.message)

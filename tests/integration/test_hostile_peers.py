@@ -335,6 +335,31 @@ def test_validly_signed_checkpoint_with_a_wrong_root_is_rejected(world: World) -
     assert_honest_gets_through(world)
 
 
+def test_validly_signed_checkpoint_with_a_wrong_state_root_is_rejected(world: World) -> None:
+    """The log's root is right but the state root its log does not make (issue 10 item 3):
+    refused whole, nothing stored; as a pull and as a same-size refresh."""
+    assert world.current.state is not None
+    wrong = replace(world.current.state, public_root=hashlib.sha256(b"not GE's public state").digest())
+    forged = log.build_checkpoint(
+        ORIGIN, world.current.size, world.current.root_hash, world.clock(), world.key(ORIGIN), state=wrong
+    )
+    world.hostile.checkpoints = [forged.envelope]
+
+    report, before, after = hostile_pass(world)
+
+    assert_rejected(world, report, "STATE_ROOT_MISMATCH")
+    assert after == before
+    assert_honest_gets_through(world)
+    world.clock.advance(timedelta(minutes=1))
+    later = log.build_checkpoint(
+        ORIGIN, world.current.size, world.current.root_hash, world.clock(), world.key(ORIGIN), state=wrong
+    )
+    world.hostile.checkpoints = [later.envelope]
+    report, before, after = hostile_pass(world)  # a refresh of the checkpoint held: same size
+    assert [(m, r) for m, r, _ in report.rejected] == [(ORIGIN, "STATE_ROOT_MISMATCH")]
+    assert report.refreshed == [] and after == before
+
+
 def test_huge_entries_message_is_refused_before_parsing(world: World) -> None:
     limit = world.target.federation().limits.max_message_bytes
     blob = b"\x00" * (limit + 1024 * 1024)

@@ -144,6 +144,8 @@ def test_prosecutor_asks_anonymously_then_signs_in(site: Site, tmp_path: Path) -
     assert signed_in.exit_code == 0, signed_in.output
     assert SENTINEL in signed_in.output
     assert "signed in as prosecutor.7 (prosecutor, GE)" in signed_in.output
+    # members-only contacts too are proven the latest, in the member's whole state tree
+    assert "latest: proven" in signed_in.output and "latest: proven" in anonymous.output
     doc = json.loads(site.ask("--format", "json", *find).stdout)
     assert doc["session"] == {"server": site.server.address, "tls": True, "server_member": "GE",
                               "signed_in": True, "caller": "prosecutor.7 (prosecutor, GE)"}

@@ -1690,6 +1690,7 @@ def _document(response: Message, verification: Verification | None, client: Dire
     )
     answer.pop("proofs", None)
     answer.pop("proof", None)
+    answer.pop("absences", None)  # proofs too: what they proved is in "verification"
     _drop_key(answer, "signed_checkpoint")
     return {
         "answer": answer, "verification": _verification_json(verification),
@@ -1717,6 +1718,8 @@ def _verification_json(verification: Verification | None) -> dict[str, Any] | No
     return {
         "verified": True,
         "records_checked": verification.records_checked,
+        "latest_proven": verification.latest_proven,
+        "warnings": list(verification.warnings),
         "stale": verification.stale,
         "members": [
             {
@@ -1764,7 +1767,11 @@ def _print_verification(s: Screen, verification: Verification | None) -> None:
     n = verification.records_checked
     style = "bold red" if verification.stale else "green"
     what = f"{n} record{'s' if n != 1 else ''} signed by" if n else "checkpoints signed by"
+    if verification.latest_proven and not verification.warnings:
+        parts.append("; latest: proven")
     s.say(("verified:", style), f" {what} ", *parts)
+    for warning in verification.warnings:
+        s.say(("latest:", "yellow"), f" {warning}")
 
 
 def _english(texts: Iterable[records_pb2.LocalizedText]) -> str:

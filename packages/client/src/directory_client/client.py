@@ -31,8 +31,20 @@ from counterpart_core import federation as fed
 from counterpart_core import tls as tls_names
 from counterpart_core.errors import CounterpartError
 from counterpart_core.timeutil import to_timestamp, utcnow
-from directory_client.errors import ClientError, InvalidName, NotTrusted, ServerError, TrustRefused
-from directory_client.verify import Verification, verify_response
+from directory_client.errors import (
+    ClientError,
+    InvalidName,
+    NotTrusted,
+    ServerError,
+    TrustRefused,
+    VerificationFailed,
+)
+from directory_client.verify import (
+    Verification,
+    verify_member_checkpoint,
+    verify_not_found,
+    verify_response,
+)
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -415,12 +427,14 @@ class DirectoryClient:
         details = str(err.details() if callable(getattr(err, "details", None)) else "") or ""
         reason = ""
         message = details
+        extra: list[Any] = []
         try:
             status = rpc_status.from_call(err)
         except (ValueError, AttributeError):  # inconsistent or missing status trailers
             status = None
         if status is not None:
             message = str(status.message) or details
+            extra = [d for d in status.details if not d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
             for detail in status.details:
                 if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                     info = error_details_pb2.ErrorInfo()
@@ -437,7 +451,7 @@ class DirectoryClient:
             message = f"the node at {self.target} did not answer within {self.timeout:g}s"
         elif not message:
             message = f"the node at {self.target} answered {code.name}"
-        return ServerError(code, reason, message)
+        return ServerError(code, reason, message, extra)
 
     def _checked(
         self, response: R, request: ds.FindCounterpartRequest | None = None, asked: ds.AsOf | None = None
@@ -446,7 +460,9 @@ class DirectoryClient:
         if not self.verify:
             return response, None
         assert self.federation is not None  # guaranteed by __init__
-        return response, verify_response(self.federation, response, self.clock(), request, asked)
+        return response, verify_response(
+            self.federation, response, self.clock(), request, asked, signed_in=self.signed_in
+        )
 
     # --- lookups ------------------------------------------------------------------------
 
@@ -479,8 +495,39 @@ class DirectoryClient:
         method, request_type = _GET_METHODS[parsed.collection]
         response_type = cast(type[Message], getattr(ds, method + "Response"))
         asked = as_of_message(as_of, reading) if as_of is not None else None
-        response = self._call(method, request_type(name=name, as_of=asked), response_type)
+        try:
+            response = self._call(method, request_type(name=name, as_of=asked), response_type)
+        except ServerError as e:
+            # a record absent at a past instant may exist now: only a current denial is proven
+            if self.verify and asked is None and e.not_found and e.reason == "RECORD_NOT_FOUND":
+                self._check_not_found(name, parsed.member, e)
+            raise
         return self._checked(response, asked=asked)
+
+    def _check_not_found(self, name: str, member: str, error: ServerError) -> None:
+        """A node that says a record does not exist must prove it when the member's
+        checkpoint signs state roots: with the neighbouring leaves of the name's state tree
+        (an AbsenceProof in the status details). Without one, the member's checkpoint is
+        fetched to see whether it could have. Raises VerificationFailed when the denial is
+        not proven; returns (the caller re-raises the NOT_FOUND) otherwise."""
+        assert self.federation is not None
+        proofs = []
+        for detail in error.details:
+            if detail.Is(ds.AbsenceProof.DESCRIPTOR):
+                proof = ds.AbsenceProof()
+                detail.Unpack(proof)
+                proofs.append(proof)
+        if proofs:
+            verify_not_found(self.federation, name, proofs[0], self.clock())
+            error.message += f" (absence proven against {member}'s signed checkpoint)"
+            return
+        try:
+            answer = self._call("GetMember", ds.GetMemberRequest(name=f"members/{member}"), ds.GetMemberResponse)
+        except ServerError:
+            return  # the node holds nothing of the member: nothing it could prove
+        checkpoint = verify_member_checkpoint(self.federation, answer, member, self.clock())
+        if checkpoint is not None and checkpoint.state is not None:
+            raise VerificationFailed(f"the node denied that {name} exists without proof")
 
     def list(
         self, kind: str, parent: str = "members/-", filter: str = "", page_size: int = 0,

@@ -8,6 +8,9 @@ the client sees of it is a gRPC status, wrapped here as :class:`ServerError`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import grpc  # type: ignore[import-untyped, unused-ignore]
 
 
@@ -49,10 +52,15 @@ class ServerError(ClientError):
     (UPPER_SNAKE_CASE, empty when the status carried none, e.g. a transport failure).
     """
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, details: Sequence[Any] = ()
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
+        # the google.rpc.Status details beside the ErrorInfo (packed Any messages), e.g. the
+        # proof that a name asked for does not exist
+        self.details: list[Any] = list(details)
 
     @property
     def not_found(self) -> bool:

@@ -14,14 +14,20 @@ The cryptography and Merkle code are the domain's own (``counterpart_core``);
 this module only decides what must be checked against what, and turns any failure into
 :class:`~directory_client.errors.VerificationFailed` naming the record or member.
 
-What this does not prove: that the node left nothing out, or that a proven entry is the
-*latest* one for its record (an inclusion proof shows membership of the log, not the
-absence of a later change). Checkpoint age and expiry bound how stale an answer can be.
+4. each record shown is the *latest* version of its name: the checkpoint also signs the
+   roots of the member's state trees (``counterpart_core.state``), and each proof carries
+   the name's leaf in one of them (``check_latest``); a name the node says does not exist
+   comes with the neighbouring leaves that prove it (``verify_absence``).
+
+What this does not prove: that a list or search left nothing out. A checkpoint signed
+before state roots existed proves no latest version (the answer then says so in
+``Verification.warnings``). Checkpoint age and expiry bound how stale an answer can be.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -30,7 +36,7 @@ from google.protobuf.message import Message
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import records_pb2
-from counterpart_core import effective, log, merkle, names
+from counterpart_core import effective, log, merkle, names, redaction, state
 from counterpart_core.errors import CounterpartError
 from counterpart_core.federation import Federation
 from counterpart_core.timeutil import from_timestamp
@@ -41,8 +47,12 @@ __all__ = [
     "MemberStatus",
     "Record",
     "Verification",
+    "check_latest",
     "records_in",
+    "verify_absence",
     "verify_answer",
+    "verify_member_checkpoint",
+    "verify_not_found",
     "verify_response",
 ]
 
@@ -85,6 +95,11 @@ class Verification:
 
     records_checked: int
     members: list[MemberStatus] = field(default_factory=list)
+    latest_proven: int = 0
+    """How many records shown were proven to be the latest version of their name."""
+    warnings: list[str] = field(default_factory=list)
+    """What could not be proven, for the reader (a checkpoint without state roots, a proof
+    made against the public records only for a signed-in caller)."""
 
     @property
     def stale(self) -> bool:
@@ -127,14 +142,111 @@ def _verify_provenances(
     return checkpoints
 
 
+def check_latest(
+    name: str, shown_seq: int, latest: state.StateLeaf | None, proven: AbstractSet[tuple[str, int]] = frozenset()
+) -> None:
+    """The record shown (``name`` at ``shown_seq``) must be the latest version of its name,
+    as the member's signed state tree says (``latest``: its leaf, None when the name is not
+    current). The one place that decides it. Answers as of a past instant are not checked
+    here at all; a current answer may show an older version only when the latest one is a
+    scheduled version it also proves (``proven``: the (name, seq) of every entry the answer
+    proves), whose start after the answer's instant ``_check_as_of`` then checks.
+
+    Raises VerificationFailed "X@S is not the latest version (latest: @L)".
+    """
+    if latest is None:
+        raise VerificationFailed(f"{name}@{shown_seq} is not the latest version (latest: deleted or withdrawn)")
+    if latest.seq != shown_seq and (name, latest.seq) not in proven:
+        raise VerificationFailed(f"{name}@{shown_seq} is not the latest version (latest: @{latest.seq})")
+
+
+def _state_tree(proof: ds.StateProof, cp: log.LogCheckpoint, what: str) -> tuple[bytes, int]:
+    """(root, size) of the signed state tree a state proof claims to be made against."""
+    assert cp.state is not None
+    if proof.scope == ds.STATE_SCOPE_ALL:
+        root, size = cp.state.root, cp.state.size
+    elif proof.scope == ds.STATE_SCOPE_PUBLIC:
+        root, size = cp.state.public_root, cp.state.public_size
+    else:
+        raise _fail(what, "the state proof names no state tree")
+    if proof.tree_size != size:
+        raise _fail(what, f"the state proof is for a tree of {proof.tree_size} records, but "
+                          f"{cp.member}'s signed checkpoint says {size}")
+    return root, size
+
+
+def _proven_leaves(proof: ds.StateProof) -> list[state.ProvenLeaf]:
+    return [
+        state.ProvenLeaf(
+            state.StateLeaf(leaf.name, leaf.seq, bytes(leaf.entry_hash)), leaf.leaf_index,
+            tuple(bytes(h) for h in leaf.inclusion_path),
+        )
+        for leaf in proof.leaves
+    ]
+
+
+def verify_state(name: str, proof: ds.StateProof, cp: log.LogCheckpoint) -> state.StateLeaf | None:
+    """Verify a state proof of ``name`` against ``cp``'s signed state roots: the name's
+    leaf (returned) or the neighbours that prove it absent (None)."""
+    what = f"state proof of {name}"
+    if proof.name != name:
+        raise _fail(what, f"it is about {proof.name!r}")
+    root, size = _state_tree(proof, cp, what)
+    leaves = _proven_leaves(proof)
+    try:
+        if len(leaves) == 1 and leaves[0].leaf.name == name:
+            return state.verify_presence(name, leaves, size, root)
+        state.verify_absence(name, leaves, size, root)
+    except CounterpartError as e:
+        raise _fail(what, e) from e
+    return None
+
+
+def verify_absence(name: str, proof: ds.StateProof, cp: log.LogCheckpoint) -> None:
+    """``name`` does not exist (in the state tree the proof names) at checkpoint ``cp``."""
+    if cp.state is None:
+        raise _fail(f"absence of {name}", f"{cp.member}'s checkpoint carries no state root")
+    if verify_state(name, proof, cp) is not None:
+        raise VerificationFailed(f"the node says {name} does not exist, but its proof shows it does")
+
+
+def _check_state(
+    proof: ds.RecordProof, entry: log.LogEntry, cp: log.LogCheckpoint, signed_in: bool, warnings: list[str],
+    proven: AbstractSet[tuple[str, int]] = frozenset(),
+) -> bool:
+    """Check that a proven entry is the latest of its name; True when proven. A checkpoint
+    without state roots, or a public-only proof of a members-only record for a signed-in
+    caller, proves nothing either way: a warning says so."""
+    if cp.state is None:
+        note = f"{cp.member}'s checkpoint carries no state root: not proven to be the latest"
+        if note not in warnings:
+            warnings.append(note)
+        return False
+    if not proof.HasField("state"):
+        raise _fail(f"proof of {proof.name}", "the answer does not prove that it is the latest version")
+    latest = verify_state(proof.name, proof.state, cp)
+    if signed_in and proof.state.scope == ds.STATE_SCOPE_PUBLIC:
+        note = f"the node proved {cp.member}'s records the latest against its public records only"
+        if note not in warnings:
+            warnings.append(note)
+        if latest is None and redaction.record_members_only(entry.record):
+            return False  # a members-only record: the public tree cannot hold it
+    check_latest(proof.name, entry.seq, latest, proven)
+    if latest is not None and latest.seq == entry.seq and latest.entry_hash != entry.leaf_hash:
+        raise _fail(f"state proof of {proof.name}", "its leaf stands for another entry than the one shown")
+    return True
+
+
 def _verify_proofs(
     federation: Federation,
     proofs: Sequence[ds.RecordProof],
     checkpoints: dict[str, log.LogCheckpoint],
     deletions: bool = False,
+    latest: _Latest | None = None,
 ) -> dict[str, list[log.LogEntry]]:
     """Verify each proof's entry and inclusion; return the verified entries by name. A
-    deletion entry proves a record only in a history (``deletions``)."""
+    deletion entry proves a record only in a history (``deletions``). With ``latest``, each
+    entry must also be proven the latest of its name (see ``_check_state``)."""
     entries: dict[str, list[log.LogEntry]] = {}
     for proof in proofs:
         what = f"proof of {proof.name or '(unnamed record)'}"
@@ -167,8 +279,21 @@ def _verify_proofs(
         if entry.kind != parsed.kind and not (deletions and entry.kind == "deletion"):
             raise _fail(what, f"the signed entry ({member} seq {entry.seq}) is a "
                               f"{entry.kind} entry, not one of kind {parsed.kind!r}")
+        if latest is not None and _check_state(proof, entry, cp, latest.signed_in, latest.warnings, latest.versions):
+            latest.proven += 1
         entries.setdefault(proof.name, []).append(entry)
     return entries
+
+
+@dataclass
+class _Latest:
+    """What the latest-version checks of one answer found."""
+
+    signed_in: bool
+    versions: AbstractSet[tuple[str, int]] = frozenset()
+    """(name, seq) of every entry the answer proves."""
+    proven: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def _check_records(records: Sequence[Message], entries: dict[str, list[log.LogEntry]]) -> None:
@@ -210,15 +335,22 @@ def _verify(
     records: Sequence[Message],
     now: datetime,
     deletions: bool = False,
-) -> tuple[Verification, dict[str, list[log.LogEntry]]]:
+    signed_in: bool = False,
+    as_of: bool = False,
+) -> tuple[Verification, dict[str, list[log.LogEntry]], dict[str, log.LogCheckpoint]]:
     checkpoints = _verify_provenances(federation, provenances, now)
-    entries = _verify_proofs(federation, proofs, checkpoints, deletions)
+    # a history shows every version on purpose, and an answer as of a past instant the
+    # versions in effect then: neither needs to be the latest (the state roots are today's)
+    latest = None if deletions or as_of else _Latest(signed_in, {(p.name, p.leaf_index + 1) for p in proofs})
+    entries = _verify_proofs(federation, proofs, checkpoints, deletions, latest)
     _check_records(records, entries)
     verified = Verification(
         records_checked=sum(len(v) for v in entries.values()),
         members=_statuses(checkpoints, now),
+        latest_proven=latest.proven if latest else 0,
+        warnings=latest.warnings if latest else [],
     )
-    return verified, entries
+    return verified, entries, checkpoints
 
 
 def verify_answer(
@@ -227,6 +359,7 @@ def verify_answer(
     provenances: Sequence[ds.Provenance],
     records: Sequence[Message],
     now: datetime,
+    signed_in: bool = False,
 ) -> Verification:
     """Verify an answer's proofs and records against the pinned ``federation``.
 
@@ -236,7 +369,7 @@ def verify_answer(
 
     Raises :class:`VerificationFailed` on the first failure; returns what was verified.
     """
-    verified, _ = _verify(federation, proofs, provenances, records, now)
+    verified, _, _ = _verify(federation, proofs, provenances, records, now, signed_in=signed_in)
     return verified
 
 
@@ -301,6 +434,7 @@ def verify_response(
     now: datetime,
     request: ds.FindCounterpartRequest | None = None,
     asked: ds.AsOf | None = None,
+    signed_in: bool = False,
 ) -> Verification:
     """Verify any DirectoryService response: its records, proofs and checkpoints.
 
@@ -319,13 +453,17 @@ def verify_response(
     proofs, provenances = _evidence(response)
     records = records_in(response)
     revisions = isinstance(response, ds.ListRecordRevisionsResponse)
-    verified, entries = _verify(federation, proofs, provenances, records, now, deletions=revisions)
     if request is not None and request.HasField("as_of"):
         asked = request.as_of
+    verified, entries, checkpoints = _verify(
+        federation, proofs, provenances, records, now, deletions=revisions, signed_in=signed_in,
+        as_of=asked is not None,
+    )
     if asked is not None or isinstance(response, ds.FindCounterpartResponse):
         _check_as_of(response, records, entries, asked, provenances, now)
     if isinstance(response, ds.FindCounterpartResponse):
         _check_find(response, entries, request)
+        _check_absences(response, checkpoints, request)
     if isinstance(response, ds.ListRecordRevisionsResponse):
         _check_revisions(response, entries)
     return verified
@@ -460,3 +598,54 @@ def _check_find(
             if _in_force_treaty(entries, ours) is None:
                 raise _fail(what, f"no verified treaty record says it is in force for "
                                   f"{request.requesting_member or 'the requesting member'}")
+
+
+def _check_absences(
+    response: ds.FindCounterpartResponse,
+    checkpoints: dict[str, log.LogCheckpoint],
+    request: ds.FindCounterpartRequest | None,
+) -> None:
+    """Every absence the answer states is proven; and with the request, an answer without
+    the requested member's rule must prove that the member has none, when its checkpoint
+    signs state roots (a node must not hide a rule)."""
+    proven: set[str] = set()
+    for absence in response.absences:
+        what = f"absence of {absence.name or '(unnamed)'}"
+        try:
+            member = names.parse_record_name(absence.name).member
+        except CounterpartError as e:
+            raise _fail(what, e) from e
+        cp = checkpoints.get(member)
+        if cp is None:
+            raise _fail(what, f"the answer carries no signed checkpoint of {member}")
+        verify_absence(absence.name, absence, cp)
+        proven.add(absence.name)
+    if request is None or response.HasField("rule"):
+        return
+    wanted = f"members/{request.requested_member}/rules/{request.request_type}"
+    cp = checkpoints.get(request.requested_member)
+    if cp is None:
+        raise _fail(f"rule {wanted}", f"the answer carries no rule and no signed checkpoint of "
+                                      f"{request.requested_member}")
+    if cp.state is not None and wanted not in proven:
+        raise VerificationFailed(f"the node omitted {wanted} without proof that it does not exist")
+
+
+def verify_not_found(federation: Federation, name: str, proof: ds.AbsenceProof, now: datetime) -> None:
+    """Verify the proof a NOT_FOUND answer carries that ``name`` does not exist: a checkpoint
+    signed by the name's member, and the state leaves that bracket the name in it."""
+    member = names.parse_record_name(name).member
+    if proof.provenance.member != member:
+        raise _fail(f"absence of {name}", f"the proof comes with a checkpoint of {proof.provenance.member!r}")
+    checkpoints = _verify_provenances(federation, [proof.provenance], now)
+    verify_absence(name, proof.state, checkpoints[member])
+
+
+def verify_member_checkpoint(
+    federation: Federation, response: ds.GetMemberResponse, member: str, now: datetime
+) -> log.LogCheckpoint | None:
+    """The member's checkpoint in a GetMember answer, its signature verified (None when the
+    node holds nothing of the member)."""
+    if response.member.code != member or not response.member.HasField("provenance"):
+        return None
+    return _verify_provenances(federation, [response.member.provenance], now)[member]

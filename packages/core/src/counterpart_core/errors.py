@@ -8,7 +8,9 @@ message and exit with code 1.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+from google.protobuf.message import Message
 
 QUOTE_CHARS = 60  # what an error message quotes of a rejected value, at most
 
@@ -36,11 +38,15 @@ class CounterpartError(Exception):
         *,
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        details: Sequence[Message] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata: dict[str, str] = dict(metadata or {})
+        # protobuf messages the status carries next to its ErrorInfo (google.rpc.Status
+        # details), e.g. the proof that a name asked for does not exist
+        self.details: list[Message] = list(details)
 
     def __str__(self) -> str:
         return self.message

@@ -14,6 +14,7 @@ from counterpart_core import merkle, signing
 from counterpart_core.errors import SignatureError, VerificationError
 from counterpart_core.federation import Federation, key_valid_at
 from counterpart_core.records import Record, record_kind
+from counterpart_core.state import StateRoots
 from counterpart_core.timeutil import from_timestamp, to_timestamp
 
 DEFAULT_CHECKPOINT_VALIDITY = timedelta(days=7)
@@ -63,6 +64,8 @@ class LogCheckpoint:
     issue_time: datetime
     expire_time: datetime
     envelope: bytes
+    # the roots of the member's state trees it signs (None: signed before they existed)
+    state: StateRoots | None = None
 
     def stale(self, now: datetime) -> bool:
         return now > self.expire_time
@@ -99,13 +102,20 @@ def withheld_entry(member: str, seq: int, leaf_hash: bytes) -> LogEntry:
 
 def build_checkpoint(
     member: str, size: int, root_hash: bytes, now: datetime, key: signing.SigningKey,
-    valid_for: timedelta = DEFAULT_CHECKPOINT_VALIDITY,
+    valid_for: timedelta = DEFAULT_CHECKPOINT_VALIDITY, state: StateRoots | None = None,
 ) -> LogCheckpoint:
+    """Sign a checkpoint; with ``state``, it also signs the roots of the member's state
+    trees (``counterpart_core.state``), so answers can prove a record is the latest."""
     cp = log_pb2.Checkpoint(member=member, size=size, root_hash=root_hash)
+    if state is not None:
+        cp.state_root, cp.state_size = state.root, state.size
+        cp.public_state_root, cp.public_state_size = state.public_root, state.public_size
     cp.issue_time.CopyFrom(to_timestamp(now))
     cp.expire_time.CopyFrom(to_timestamp(now + valid_for))
     envelope = signing.sign_envelope(cp.SerializeToString(deterministic=True), signing.CHECKPOINT_TYPE, [key])
-    return LogCheckpoint(member, size, root_hash, from_timestamp(cp.issue_time), from_timestamp(cp.expire_time), envelope)
+    return LogCheckpoint(
+        member, size, root_hash, from_timestamp(cp.issue_time), from_timestamp(cp.expire_time), envelope, state
+    )
 
 
 def verify_entry(envelope: bytes, member: str, seq: int, federation: Federation) -> LogEntry:
@@ -154,7 +164,30 @@ def verify_checkpoint(envelope: bytes, member: str, federation: Federation, *, c
     issued = from_timestamp(cp.issue_time)
     if check_window and not key_valid_at(key, issued):
         raise SignatureError(f"{member}: checkpoint signed by {key.key_id} outside its validity window", reason="KEY_NOT_VALID")
-    return LogCheckpoint(member, int(cp.size), bytes(cp.root_hash), issued, from_timestamp(cp.expire_time), envelope)
+    return LogCheckpoint(
+        member, int(cp.size), bytes(cp.root_hash), issued, from_timestamp(cp.expire_time), envelope,
+        checkpoint_state(cp),
+    )
+
+
+def checkpoint_state(cp: log_pb2.Checkpoint) -> StateRoots | None:
+    """The state roots a parsed checkpoint signs, None for one signed before they existed.
+
+    Both roots or neither: a checkpoint with one alone, or a root that is not a SHA-256
+    digest, is malformed (``MALFORMED_CHECKPOINT``).
+    """
+    if not cp.state_root and not cp.public_state_root:
+        if cp.state_size or cp.public_state_size:
+            raise VerificationError(f"{cp.member}: checkpoint has state sizes but no state roots", reason="MALFORMED_CHECKPOINT")
+        return None
+    for what, root in (("state_root", cp.state_root), ("public_state_root", cp.public_state_root)):
+        if len(root) != merkle.HASH_SIZE:
+            raise VerificationError(f"{cp.member}: checkpoint {what} has {len(root)} bytes", reason="MALFORMED_CHECKPOINT")
+    if cp.public_state_size > cp.state_size:
+        raise VerificationError(
+            f"{cp.member}: checkpoint's public state is larger than its whole state", reason="MALFORMED_CHECKPOINT"
+        )
+    return StateRoots(bytes(cp.state_root), int(cp.state_size), bytes(cp.public_state_root), int(cp.public_state_size))
 
 
 def check_root(member: str, checkpoint: LogCheckpoint, leaf_hashes: Sequence[bytes]) -> None:

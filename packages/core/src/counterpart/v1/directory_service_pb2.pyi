@@ -79,6 +79,30 @@ COVERAGE_LEVEL_POSTAL_CODE: CoverageLevel.ValueType  # 4
 """Competent for the postal code."""
 Global___CoverageLevel: _TypeAlias = CoverageLevel  # noqa: Y015
 
+class _StateScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StateScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StateScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATE_SCOPE_UNSPECIFIED: _StateScope.ValueType  # 0
+    """Not set."""
+    STATE_SCOPE_PUBLIC: _StateScope.ValueType  # 1
+    """The tree over the member's public records (checkpoint public_state_root)."""
+    STATE_SCOPE_ALL: _StateScope.ValueType  # 2
+    """The tree over all the member's current records (checkpoint state_root)."""
+
+class StateScope(_StateScope, metaclass=_StateScopeEnumTypeWrapper):
+    """Which state tree of a member a state proof refers to."""
+
+STATE_SCOPE_UNSPECIFIED: StateScope.ValueType  # 0
+"""Not set."""
+STATE_SCOPE_PUBLIC: StateScope.ValueType  # 1
+"""The tree over the member's public records (checkpoint public_state_root)."""
+STATE_SCOPE_ALL: StateScope.ValueType  # 2
+"""The tree over all the member's current records (checkpoint state_root)."""
+Global___StateScope: _TypeAlias = StateScope  # noqa: Y015
+
 @_typing.final
 class RecordProof(_message.Message):
     """Proof that a record is the content of an entry the origin signed."""
@@ -90,6 +114,7 @@ class RecordProof(_message.Message):
     LEAF_INDEX_FIELD_NUMBER: _builtins.int
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     INCLUSION_PATH_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name of the record."""
     signed_entry: _builtins.bytes
@@ -102,6 +127,12 @@ class RecordProof(_message.Message):
     def inclusion_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """RFC 9162 inclusion path, leaf to root."""
 
+    @_builtins.property
+    def state(self) -> Global___StateProof:
+        """Proof that this name's latest version is the one at leaf_index (empty when
+        the member's checkpoint carries no state root).
+        """
+
     def __init__(
         self,
         *,
@@ -110,10 +141,11 @@ class RecordProof(_message.Message):
         leaf_index: _builtins.int = ...,
         tree_size: _builtins.int = ...,
         inclusion_path: _abc.Iterable[_builtins.bytes] | None = ...,
+        state: Global___StateProof | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inclusion_path", b"inclusion_path", "leaf_index", b"leaf_index", "name", b"name", "signed_entry", b"signed_entry", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inclusion_path", b"inclusion_path", "leaf_index", b"leaf_index", "name", b"name", "signed_entry", b"signed_entry", "state", b"state", "tree_size", b"tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1473,6 +1505,7 @@ class FindCounterpartResponse(_message.Message):
     PROOFS_FIELD_NUMBER: _builtins.int
     PROVENANCES_FIELD_NUMBER: _builtins.int
     WITHHELD_CONTACTS_FIELD_NUMBER: _builtins.int
+    ABSENCES_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
     route: _records_pb2.TransmissionRoute.ValueType
     """The route the request should take."""
@@ -1521,6 +1554,12 @@ class FindCounterpartResponse(_message.Message):
         """Provenance of each member whose records were used."""
 
     @_builtins.property
+    def absences(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateProof]:
+        """Proofs that names the answer looked for do not exist (the requested
+        member's rule for the request type, when it has none).
+        """
+
+    @_builtins.property
     def as_of(self) -> Global___AsOf:
         """The instant and reading the answer used (unset: now, in effect)."""
 
@@ -1539,11 +1578,12 @@ class FindCounterpartResponse(_message.Message):
         proofs: _abc.Iterable[Global___RecordProof] | None = ...,
         provenances: _abc.Iterable[Global___Provenance] | None = ...,
         withheld_contacts: _builtins.int = ...,
+        absences: _abc.Iterable[Global___StateProof] | None = ...,
         as_of: Global___AsOf | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "place", b"place", "rule", b"rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "candidates", b"candidates", "contacts", b"contacts", "languages", b"languages", "legal_bases", b"legal_bases", "place", b"place", "proofs", b"proofs", "provenances", b"provenances", "route", b"route", "rule", b"rule", "urgent_contacts", b"urgent_contacts", "warnings", b"warnings", "withheld_contacts", b"withheld_contacts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absences", b"absences", "as_of", b"as_of", "candidates", b"candidates", "contacts", b"contacts", "languages", b"languages", "legal_bases", b"legal_bases", "place", b"place", "proofs", b"proofs", "provenances", b"provenances", "route", b"route", "rule", b"rule", "urgent_contacts", b"urgent_contacts", "warnings", b"warnings", "withheld_contacts", b"withheld_contacts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1654,3 +1694,114 @@ class ListRecordRevisionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRecordRevisionsResponse: _TypeAlias = ListRecordRevisionsResponse  # noqa: Y015
+
+@_typing.final
+class StateLeaf(_message.Message):
+    """One leaf of a member's state tree, with its inclusion path."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    ENTRY_HASH_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    INCLUSION_PATH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name of the record."""
+    seq: _builtins.int
+    """Position in the member's log of the record's latest entry."""
+    entry_hash: _builtins.bytes
+    """RFC 6962 leaf hash of that entry's envelope."""
+    leaf_index: _builtins.int
+    """Zero-based index of the leaf in the state tree."""
+    @_builtins.property
+    def inclusion_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 inclusion path, leaf to root."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        entry_hash: _builtins.bytes = ...,
+        leaf_index: _builtins.int = ...,
+        inclusion_path: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_hash", b"entry_hash", "inclusion_path", b"inclusion_path", "leaf_index", b"leaf_index", "name", b"name", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateLeaf: _TypeAlias = StateLeaf  # noqa: Y015
+
+@_typing.final
+class StateProof(_message.Message):
+    """Proof, against a state root of the member's checkpoint, of which version of
+    a name is the latest (one leaf: the name's own) or that the name does not
+    exist (zero, one or two neighbouring leaves that bracket it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    LEAVES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name asked for."""
+    scope: Global___StateScope.ValueType
+    """Which state tree the leaves belong to."""
+    tree_size: _builtins.int
+    """Number of leaves of that tree (the checkpoint's state_size or public_state_size)."""
+    @_builtins.property
+    def leaves(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateLeaf]:
+        """The name's own leaf, or its neighbours."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___StateScope.ValueType = ...,
+        tree_size: _builtins.int = ...,
+        leaves: _abc.Iterable[Global___StateLeaf] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaves", b"leaves", "name", b"name", "scope", b"scope", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateProof: _TypeAlias = StateProof  # noqa: Y015
+
+@_typing.final
+class AbsenceProof(_message.Message):
+    """Proof that a name does not exist, sent in the google.rpc.Status details of a
+    NOT_FOUND answer next to the ErrorInfo.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___StateProof:
+        """The state proof (neighbouring leaves)."""
+
+    @_builtins.property
+    def provenance(self) -> Global___Provenance:
+        """Provenance of the member's data, with the signed checkpoint it refers to."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___StateProof | None = ...,
+        provenance: Global___Provenance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbsenceProof: _TypeAlias = AbsenceProof  # noqa: Y015

@@ -195,12 +195,30 @@ class Checkpoint(_message.Message):
     ROOT_HASH_FIELD_NUMBER: _builtins.int
     ISSUE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    STATE_ROOT_FIELD_NUMBER: _builtins.int
+    STATE_SIZE_FIELD_NUMBER: _builtins.int
+    PUBLIC_STATE_ROOT_FIELD_NUMBER: _builtins.int
+    PUBLIC_STATE_SIZE_FIELD_NUMBER: _builtins.int
     member: _builtins.str
     """Code of the member whose log this is."""
     size: _builtins.int
     """Number of entries in the log."""
     root_hash: _builtins.bytes
     """RFC 6962 Merkle tree hash over the envelope bytes of entries 1..size."""
+    state_root: _builtins.bytes
+    """Root of the member's state tree over all its current records: an RFC 6962
+    tree with one leaf per current name, sorted by name (see
+    counterpart_core.state). Proves which version of a name is the latest, and
+    that a name does not exist. Empty in checkpoints signed before it existed.
+    """
+    state_size: _builtins.int
+    """Number of leaves of that tree (current records)."""
+    public_state_root: _builtins.bytes
+    """Root of the state tree over the public records only (a name whose latest
+    entry is members-only is absent), for proofs shown to anonymous callers.
+    """
+    public_state_size: _builtins.int
+    """Number of leaves of that tree."""
     @_builtins.property
     def issue_time(self) -> _timestamp_pb2.Timestamp:
         """When the checkpoint was signed."""
@@ -217,10 +235,14 @@ class Checkpoint(_message.Message):
         root_hash: _builtins.bytes = ...,
         issue_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        state_root: _builtins.bytes = ...,
+        state_size: _builtins.int = ...,
+        public_state_root: _builtins.bytes = ...,
+        public_state_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "issue_time", b"issue_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "issue_time", b"issue_time", "member", b"member", "root_hash", b"root_hash", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "issue_time", b"issue_time", "member", b"member", "public_state_root", b"public_state_root", "public_state_size", b"public_state_size", "root_hash", b"root_hash", "size", b"size", "state_root", b"state_root", "state_size", b"state_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

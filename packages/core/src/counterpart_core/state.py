@@ -1,0 +1,257 @@
+"""The state tree of a member: proof that a record is the latest, or that a name does not exist.
+
+An inclusion proof in the member's log shows that an entry was signed, not that it is still
+current: a node could serve a superseded version, or deny that a name exists (issue 10,
+DESIGN §3 ``state_root``). So each checkpoint also signs the root of a second RFC 6962
+Merkle tree (reusing :mod:`counterpart_core.merkle`) over the member's *current* state:
+one leaf per current name (its latest entry, unless that entry is a deletion), sorted by
+the name's UTF-8 bytes. Each leaf holds::
+
+    b"counterpart.state.v1\\x00" || name || b"\\x00" || seq (8 bytes, big-endian)
+        || RFC 6962 leaf hash of the entry's envelope in the log
+
+so a state leaf names the exact log entry it stands for. Because the leaves are sorted,
+two adjacent leaves that bracket a name prove that the name is not there (absence), as
+does the first leaf sorting after it, the last sorting before it, or an empty tree.
+
+Every member has two state trees:
+
+- ``ALL``: every current record;
+- ``PUBLIC``: only names whose latest entry is not members-only (DESIGN §8). A name whose
+  latest entry is members-only is absent from it, so proofs in this tree never show an
+  anonymous caller a members-only name, not even as the neighbour of an absent one.
+
+Pure: no I/O. Verifiers raise :class:`~counterpart_core.errors.ProofError` (reason
+``STATE_PROOF_INVALID``) and never return a boolean a caller could forget to check.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hmac
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from counterpart_core import merkle
+from counterpart_core.errors import ProofError, VerificationError
+from counterpart_core.query import ProofTree
+
+__all__ = [
+    "LEAF_PREFIX",
+    "CurrentEntry",
+    "ProvenLeaf",
+    "StateLeaf",
+    "StateRoots",
+    "StateTree",
+    "check_roots",
+    "leaf_data",
+    "state_leaves",
+    "state_roots",
+    "verify_absence",
+    "verify_presence",
+]
+
+LEAF_PREFIX = b"counterpart.state.v1\x00"
+"""Domain separation: a state leaf can never be read as a log entry or another structure."""
+
+_INVALID = "STATE_PROOF_INVALID"
+
+
+@dataclass(frozen=True)
+class StateLeaf:
+    """One current name of a member: the seq and the log leaf hash of its latest entry."""
+
+    name: str
+    seq: int
+    entry_hash: bytes
+
+    @property
+    def key(self) -> bytes:
+        """What leaves are sorted by: the name's UTF-8 bytes."""
+        return self.name.encode()
+
+    def data(self) -> bytes:
+        return leaf_data(self.name, self.seq, self.entry_hash)
+
+    def hash(self) -> bytes:
+        return merkle.leaf_hash(self.data())
+
+
+def leaf_data(name: str, seq: int, entry_hash: bytes) -> bytes:
+    """The bytes of a state leaf (see the module docstring)."""
+    if not 0 < seq < 1 << 64:
+        raise ValueError(f"seq {seq} does not fit in 8 bytes")
+    if len(entry_hash) != merkle.HASH_SIZE:
+        raise ValueError(f"entry hash is {len(entry_hash)} bytes, want {merkle.HASH_SIZE}")
+    return LEAF_PREFIX + name.encode() + b"\x00" + seq.to_bytes(8, "big") + entry_hash
+
+
+@dataclass(frozen=True)
+class CurrentEntry:
+    """The latest entry of one name, as storage knows it."""
+
+    name: str
+    seq: int
+    entry_hash: bytes
+    deleted: bool
+    members_only: bool
+
+
+@dataclass(frozen=True)
+class StateRoots:
+    """Roots and sizes of both state trees of a member, as a checkpoint signs them."""
+
+    root: bytes
+    size: int
+    public_root: bytes
+    public_size: int
+
+
+def state_leaves(current: Iterable[CurrentEntry]) -> tuple[list[StateLeaf], list[StateLeaf]]:
+    """(ALL leaves, PUBLIC leaves) of the state a member's latest entries make, sorted.
+
+    ``current`` holds each name's latest entry once; deletions leave no leaf, and a name
+    whose latest entry is members-only is left out of the public tree.
+    """
+    everything: list[StateLeaf] = []
+    public: list[StateLeaf] = []
+    for c in current:
+        if c.deleted:
+            continue
+        leaf = StateLeaf(c.name, c.seq, c.entry_hash)
+        everything.append(leaf)
+        if not c.members_only:
+            public.append(leaf)
+    everything.sort(key=lambda leaf: leaf.key)
+    public.sort(key=lambda leaf: leaf.key)
+    return everything, public
+
+
+def state_roots(current: Iterable[CurrentEntry]) -> StateRoots:
+    """Both roots a checkpoint signs for this state."""
+    everything, public = state_leaves(current)
+    return StateRoots(
+        merkle.root_hash([leaf.hash() for leaf in everything]), len(everything),
+        merkle.root_hash([leaf.hash() for leaf in public]), len(public),
+    )
+
+
+@dataclass(frozen=True)
+class ProvenLeaf:
+    """A state leaf with its position and RFC 9162 inclusion path in a state tree."""
+
+    leaf: StateLeaf
+    index: int
+    path: tuple[bytes, ...]
+
+
+class StateTree:
+    """One state tree (ALL or PUBLIC) of a member, for proofs by name."""
+
+    def __init__(self, leaves: Sequence[StateLeaf]) -> None:
+        ordered = sorted(leaves, key=lambda leaf: leaf.key)
+        self._keys = [leaf.key for leaf in ordered]
+        for a, b in zip(self._keys, self._keys[1:], strict=False):
+            if a == b:
+                raise ValueError(f"name {a.decode()!r} has two leaves in one state tree")
+        self._leaves = ordered
+        self._tree = ProofTree([leaf.hash() for leaf in ordered])
+
+    @property
+    def size(self) -> int:
+        return self._tree.size
+
+    @property
+    def root(self) -> bytes:
+        return self._tree.root
+
+    def _proven(self, index: int) -> ProvenLeaf:
+        return ProvenLeaf(self._leaves[index], index, tuple(self._tree.inclusion_path(index)))
+
+    def find(self, name: str) -> StateLeaf | None:
+        """The leaf of ``name``, if it is current in this tree."""
+        key = name.encode()
+        i = bisect.bisect_left(self._keys, key)
+        return self._leaves[i] if i < len(self._keys) and self._keys[i] == key else None
+
+    def prove(self, name: str) -> list[ProvenLeaf]:
+        """The leaves that settle whether ``name`` is current: its own leaf (presence), or
+        the neighbours that bracket it (absence: none for an empty tree, one at either end)."""
+        key = name.encode()
+        i = bisect.bisect_left(self._keys, key)
+        if i < len(self._keys) and self._keys[i] == key:
+            return [self._proven(i)]
+        return [self._proven(j) for j in (i - 1, i) if 0 <= j < len(self._keys)]
+
+
+# --------------------------------------------------------------------------- verifying
+
+
+def _check_leaves(proven: Sequence[ProvenLeaf], size: int, root: bytes) -> None:
+    """Each leaf given is in the tree of ``size`` with ``root``."""
+    for p in proven:
+        try:
+            merkle.verify_inclusion(p.leaf.hash(), p.index, size, p.path, root)
+        except ProofError as e:
+            raise ProofError(f"state leaf {p.leaf.name!r}: {e.message}", reason=_INVALID) from e
+        except ValueError as e:  # a seq or hash that cannot make a leaf at all
+            raise ProofError(f"state leaf {p.leaf.name!r}: {e}", reason=_INVALID) from e
+
+
+def verify_presence(name: str, proven: Sequence[ProvenLeaf], size: int, root: bytes) -> StateLeaf:
+    """Check that ``name`` is current in the state tree of ``size`` with ``root``; returns
+    its leaf (the seq and log leaf hash of its latest entry)."""
+    if len(proven) != 1 or proven[0].leaf.name != name:
+        raise ProofError(f"the state proof of {name!r} does not hold its leaf", reason=_INVALID)
+    _check_leaves(proven, size, root)
+    return proven[0].leaf
+
+
+def verify_absence(name: str, proven: Sequence[ProvenLeaf], size: int, root: bytes) -> None:
+    """Check that ``name`` has no leaf in the state tree of ``size`` with ``root``: the tree
+    is empty, or its first leaf sorts after the name, or its last before, or two adjacent
+    leaves bracket it."""
+    key = name.encode()
+    _check_leaves(proven, size, root)
+    if size == 0:
+        if proven or not hmac.compare_digest(root, merkle.root_hash([])):
+            raise ProofError(f"absence of {name!r}: not the empty state tree", reason=_INVALID)
+        return
+    if len(proven) == 1:
+        p = proven[0]
+        if p.index == 0 and key < p.leaf.key:
+            return
+        if p.index == size - 1 and p.leaf.key < key:
+            return
+    elif len(proven) == 2:
+        lo, hi = proven
+        if hi.index == lo.index + 1 and lo.leaf.key < key < hi.leaf.key:
+            return
+    raise ProofError(f"the leaves given do not prove that {name!r} is absent from the state", reason=_INVALID)
+
+
+def check_roots(
+    member: str, signed: StateRoots, current: Iterable[CurrentEntry], *, whole_log: bool
+) -> None:
+    """Refuse a checkpoint whose state roots are not those of the state its log makes.
+
+    ``current`` is each name's latest entry as this node recomputes it from the log the
+    checkpoint covers. The public root can always be recomputed: only members-only entries
+    are ever withheld from a node, and a public record becomes members-only only after a
+    public deletion (``Node.publish``), so withheld entries never change the public state.
+    The whole state's root is checked only when the node holds the log whole
+    (``whole_log``): a withheld entry's name is not known here.
+
+    Raises ``VerificationError`` (reason ``STATE_ROOT_MISMATCH``).
+    """
+    everything, public = state_leaves(current)
+    checks = [("public state", signed.public_root, signed.public_size, public)]
+    if whole_log:
+        checks.append(("state", signed.root, signed.size, everything))
+    for what, root, size, leaves in checks:
+        if size != len(leaves) or not hmac.compare_digest(root, merkle.root_hash([leaf.hash() for leaf in leaves])):
+            raise VerificationError(
+                f"{member}: the checkpoint's {what} root is not that of the {len(leaves)} current records its log "
+                f"makes (it claims {size})",
+                reason="STATE_ROOT_MISMATCH",
+            )
