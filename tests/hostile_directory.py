@@ -69,27 +69,39 @@ class HostileDirectory(ds_grpc.DirectoryServiceServicer):
             kept = [p for p in answer.proofs if p.name != rule]
             del answer.proofs[:]
             answer.proofs.extend(kept)
+        if self.mode == "superseded-beside-latest" and answer.HasField("rule"):
+            # the rule's oldest version shown, the genuine latest one proven beside it, as a
+            # scheduled version would be: but the latest is already in effect
+            genuine = next(p for p in answer.proofs if p.name == answer.rule.name)
+            older = ds.RecordProof()
+            older.CopyFrom(genuine)
+            answer.rule.CopyFrom(self._older(older).rule)
+            answer.proofs.append(older)
         return answer
 
     # --- building the lies from genuine material --------------------------------------------
 
     def _serve_older(self, answer: ds.GetRuleResponse) -> None:
         """Replace the rule by its oldest version, with that entry's genuine inclusion proof."""
-        name = answer.rule.name
-        member = name.split("/")[1]
-        oldest = self.node.store.revisions(name, None, 1000)[-1]
-        envelope = bytes(oldest.envelope)
-        entry = log_pb2.Entry.FromString(signing.parse_envelope(envelope).payload)
-        size = answer.proof.tree_size
+        entry = self._older(answer.proof)
         answer.rule.CopyFrom(entry.rule)
-        answer.proof.signed_entry = envelope
-        answer.proof.leaf_index = oldest.seq - 1
-        del answer.proof.inclusion_path[:]
-        answer.proof.inclusion_path.extend(ProofTree(self.node.store.leaf_hashes(member, upto=size)).inclusion_path(oldest.seq - 1))
         if self.mode == "superseded-forged-state":
             leaf = answer.proof.state.leaves[0]
-            leaf.seq = oldest.seq
-            leaf.entry_hash = merkle.leaf_hash(envelope)
+            leaf.seq = answer.proof.leaf_index + 1
+            leaf.entry_hash = merkle.leaf_hash(answer.proof.signed_entry)
+
+    def _older(self, proof: ds.RecordProof) -> log_pb2.Entry:
+        """Point ``proof`` at the oldest version of its record (genuine entry and inclusion
+        path, same tree); return that entry."""
+        member = proof.name.split("/")[1]
+        oldest = self.node.store.revisions(proof.name, None, 1000)[-1]
+        envelope = bytes(oldest.envelope)
+        proof.signed_entry = envelope
+        proof.leaf_index = oldest.seq - 1
+        del proof.inclusion_path[:]
+        tree = ProofTree(self.node.store.leaf_hashes(member, upto=proof.tree_size))
+        proof.inclusion_path.extend(tree.inclusion_path(oldest.seq - 1))
+        return log_pb2.Entry.FromString(signing.parse_envelope(envelope).payload)
 
     def _forged_absence(self, name: str) -> ds.AbsenceProof:
         """Genuine leaves of the public state tree, the ones before and after ``name``: each

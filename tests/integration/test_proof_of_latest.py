@@ -142,6 +142,16 @@ def test_a_superseded_version_served_as_current_is_caught(world: World) -> None:
     assert "state proof" in e.value.message
 
 
+def test_a_superseded_version_beside_its_latest_is_caught(world: World) -> None:
+    """A current answer may prove an older version beside the latest only when the latest is
+    scheduled (not yet in effect); an older version shown beside a latest one already in
+    effect is caught, although every entry and every state proof in it is genuine."""
+    world.hostile.servicer.mode = "superseded-beside-latest"
+    with world.client(hostile=True) as c, pytest.raises(VerificationFailed) as e:
+        c.find_counterpart(requested_member="GE", request_type="mla.general", place="Batumi")
+    assert f"rule {RULE}" in e.value.message and "supersedes it" in e.value.message
+
+
 @pytest.mark.parametrize("mode", ["deny", "deny-forged"])
 def test_an_existing_name_denied_is_caught(world: World, mode: str) -> None:
     world.hostile.servicer.mode = mode

@@ -507,6 +507,7 @@ def _check_as_of(
         if same and all(reasons):
             raise _fail(f"{kind} {record.name} (seq {same[0].seq})",
                         f"shown as of {effective.format_instant(at)}, but {reasons[0]}")
+        _check_picked(kind, record.name, same, entries.get(record.name, []), at, reading)
     for name, versions in sorted(entries.items()):
         holding = [e for e in versions if not effective.holds_at(_version(e), at, reading)]
         for e in versions:
@@ -515,6 +516,27 @@ def _check_as_of(
             if why and not scheduled:
                 raise _fail(f"{e.kind} {name} (seq {e.seq})",
                             f"the answer rests on it as of {effective.format_instant(at)}, but {why}")
+
+
+def _check_picked(
+    kind: str, name: str, shown: Sequence[log.LogEntry], proven: Sequence[log.LogEntry], at: datetime, reading: str,
+) -> None:
+    """The version shown must be the one the rule picks among the versions the answer proves:
+    no other proven version may start later (or at the same start, with a later seq) and
+    already be known and started at the instant. Otherwise an older version could be shown
+    beside a latest one that is already in effect, as if that one were only scheduled."""
+    if not shown:
+        return
+    picked = _version(shown[0])
+    for e in proven:
+        v = _version(e)
+        if e.seq == picked.seq or (v.start, v.seq) < (picked.start, picked.seq) or v.start > at:
+            continue
+        if reading == effective.PUBLISHED and v.publish_time > at:
+            continue
+        raise _fail(f"{kind} {name} (seq {picked.seq})",
+                    f"shown as of {effective.format_instant(at)}, but version @{v.seq}, also in the "
+                    "answer, supersedes it then")
 
 
 def _version(entry: log.LogEntry) -> effective.Version:
