@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -204,20 +204,23 @@ def main() -> int:
         run([CLIENT, "--server", az, "search", "Երևան"], env)
         run([CLIENT, "--server", az, "show", "members/GE/places/ge-aj"], env)
 
-        print("\n== 7b. A reorganization dated 1 January 2027 (sample): who is competent, as of when")
+        print("\n== 7b. A reorganization dated 1 January 2027 (sample): today's answer shows the district")
+        print("   office until then, and the regional office that takes over, published already")
         mtskheta = ["find", "--in", "GE", "--type", "mla.hearing.witness", "--place", "Mtskheta"]
         run([CLIENT, "--server", az, *mtskheta], env)  # before the date: the district office, change announced
         run([CLIENT, "--server", az, "show", "members/GE/authorities/mtskheta-mtianeti-po"], env)
-        instant = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        run([CLIENT, "--server", az, *mtskheta, "--as-of", instant, "--published"], env)
 
-        print("\n== 8. Armenia publishes a change; how long until every other node holds it?")
+        print("\n== 8. Armenia publishes a new unit, in effect since yesterday; how long until every")
+        print("   other node holds it?")
         records = DEMO / "records-AM"
         shutil.copytree(REPO / "sample_data" / "AM", records)
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+        before = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        time.sleep(1.1)  # the publication comes strictly after that instant (times are signed to the second)
         (records / "new-desk.yaml").write_text(
             "member: AM\nauthorities:\n  - id: demo-cybercrime-unit\n"
             '    display_names: [{language: en, text: "Cybercrime unit of the Prosecutor General\'s Office"}]\n'
-            "    kind: prosecution-office\n    coverage: {national: true}\n"
+            f"    kind: prosecution-office\n    coverage: {{national: true}}\n    effective: {{from: {yesterday}}}\n"
             "    competences:\n      - request_types: [mla.electronic-evidence.preservation]\n        roles: [COMPETENCE_ROLE_EXECUTES]\n",
             encoding="utf-8",
         )
@@ -234,6 +237,14 @@ def main() -> int:
         print(f"   every other node ({len(MEMBERS) - 1}) held AM's new checkpoint {took:.2f} s after AM signed it "
               "(the publish command itself was still exiting)")
         run([CLIENT, "--server", pe, "show", "members/AM/authorities/demo-cybercrime-unit"], env)
+
+        print(f"\n== 8b. As of {before}, just before Armenia published it: in effect")
+        print("   then by today's knowledge (it took effect yesterday), but not what the directory")
+        print("   said then (--published)")
+        preserve = ["find", "--in", "AM", "--type", "mla.electronic-evidence.preservation", "--as-of", before]
+        run([CLIENT, "--server", pe, *preserve], env)
+        run([CLIENT, "--server", pe, *preserve, "--published"], env)
+        run([CLIENT, "--server", pe, "history", "members/AM/authorities/demo-cybercrime-unit"], env)
 
         print("\n== 9. Kazakhstan's node goes down; the others still answer about Kazakhstan from verified copies")
         running["KZ"].send_signal(signal.SIGTERM)

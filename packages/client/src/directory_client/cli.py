@@ -554,8 +554,8 @@ def _parse_as_of(ctx: click.Context, param: click.Parameter, value: str | None) 
         raise click.BadParameter(str(e)) from None
     if at > utcnow():
         raise click.BadParameter(
-            f"{effective.format_instant(at)} is in the future: the directory answers only for the "
-            "past and now (the current answer shows changes already scheduled)"
+            f"{effective.format_instant(at)} is in the future;\n  without --as-of, the answer "
+            "shows changes already scheduled"
         )
     return at
 
@@ -586,12 +586,11 @@ def _as_of_line(s: Screen, response: Message, asked: bool) -> None:
         return
     stated: ds.AsOf = response.as_of  # type: ignore[attr-defined]
     when = effective.format_instant(from_timestamp(stated.time))
+    # one line (find's answer must fit 80x24); --help and the guide say what the other reading is
     if stated.reading == ds.AS_OF_READING_PUBLISHED:
-        s.say(((f"As of {when}, as published then (what the directory said); drop --published "
-               "for what was in effect by today's knowledge"), "bold"))
+        s.say((f"as of {when}: as published then (what the directory said)", "bold"))
     else:
-        s.say(((f"As of {when}, in effect then (today's knowledge); use --published for what "
-               "the directory said then"), "bold"))
+        s.say((f"as of {when}: in effect then (today's knowledge)", "bold"))
 
 
 def _period(s: Screen, record: Message, indent: int = 2) -> None:
@@ -647,8 +646,8 @@ def find(
         return
     view = _FindView(request, response, _Vocab.of(client.federation))
     s = Screen(_console())
-    _as_of_line(s, response, as_of is not None)
     view.summary(s)
+    _as_of_line(s, response, as_of is not None)  # at the foot, beside what was verified: never scrolled away
     if long_:
         view.details(s)
         s.blank()
