@@ -105,10 +105,13 @@ def test_mirror_then_answer_offline_with_the_node_stopped(world: World) -> None:
     assert world.copy.stat().st_mode & 0o777 == 0o600
     world.stop()  # from here on nothing answers at the node's address
     assert world.run(*FIND).exit_code == 1  # online: refused, the node is gone
+    published = world.node.clock().strftime("%Y-%m-%dT%H:%M:%SZ")  # the sample's publication
     for args in (FIND, ["show", AUTHORITY], ["show", "GE"], ["search", "Batumi"], ["history", RULE],
-                 ["members"]):
+                 ["members"], [*FIND, "--as-of", published], [*FIND, "--as-of", published, "--published"],
+                 ["show", AUTHORITY, "--as-of", published]):
         result = world.run("--offline", *args)
         assert result.exit_code == 0, f"{args}: {result.output}"
+        assert ("--as-of" not in args) or any(x.startswith("as of ") for x in result.output.splitlines()), result.output
         assert "Offline copy of " in result.output and " old); no checkpoint has expired" in result.output, result.output
         assert "verified" in result.output, result.output
         assert all(len(line) <= 80 for line in result.output.splitlines()), result.output
