@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", default="1,16")
     p.add_argument("--json", type=Path)
+    p.add_argument("--label", default="", help="what the run measures (saved in the JSON beside the commit)")
     args = p.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -159,7 +160,9 @@ def main() -> None:
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=REPO, check=False).stdout.strip()
-        out = {"commit": commit, "python": platform.python_version(), "duration_s": args.duration,
+        dirty = subprocess.run(["git", "status", "--porcelain", "directory_server"], capture_output=True,
+                               text=True, cwd=REPO, check=False).stdout.strip()
+        out = {"commit": commit + ("-dirty" if dirty else ""), "label": args.label, "python": platform.python_version(), "duration_s": args.duration,
                "pending_warnings": pending, "results": results, "dated_over_fast": ratios}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
