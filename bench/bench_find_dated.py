@@ -7,8 +7,10 @@ derived state directly (the fast path). This measures both in ONE run, on one no
 the same question, so the figure that matters is their ratio:
 
 1. Builds a GE node in a temporary directory (fresh keys, a one-member federation
-   document) and publishes sample_data/GE, which holds a dated record; serves it over
-   real gRPC on loopback (NodeServer, in this process).
+   document), publishes sample_data/GE (which holds dated records), then a new version of
+   the Ajara office that takes effect in 30 days, so the answer carries a pending-version
+   proof and warning (``_add_pending``'s whole path); serves it over real gRPC on loopback
+   (NodeServer, in this process).
 2. For each concurrency (``--concurrency``, default "1,16") runs that many client threads
    calling FindCounterpart GE/mla.hearing.witness/Batumi in a loop for ``--duration``
    seconds after ``--warmup`` seconds: first through the dated path (as served), then
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -41,9 +44,9 @@ from typing import Any
 import grpc
 
 from counterpart.v1 import directory_service_pb2 as ds
-from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
 from counterpart_core import federation as fed
 from counterpart_core import signing
+from directory_client.client import DirectoryClient
 from directory_server import asof
 from directory_server.config import CONFIG_NAME, NodeConfig
 from directory_server.node import Node
@@ -57,7 +60,9 @@ QUESTION = ds.FindCounterpartRequest(
 
 
 def make_node(root: Path) -> Node:
-    """A GE node with the GE sample published, under ``root``."""
+    """A GE node under ``root`` with the GE sample published, then a new version of the
+    Ajara office (the one that answers for Batumi) that takes effect in 30 days: the
+    current answer shows the version in effect and proves the scheduled one beside it."""
     now = datetime.now(UTC)
     root_key, member_key = signing.SigningKey.generate(), signing.SigningKey.generate()
     doc = fed.new_document("bench", [root_key.public_bytes], 1, now - timedelta(minutes=1), timedelta(days=365))
@@ -70,7 +75,16 @@ def make_node(root: Path) -> Node:
     signing.write_key_file(config.key_path, member_key, PASSPHRASE)
     node = Node(config)
     node.install_federation(document)
-    node.publish(REPO / "sample_data" / "GE", PASSPHRASE)
+    records = root / "sample-GE"
+    shutil.copytree(REPO / "sample_data" / "GE", records)
+    node.publish(records, PASSPHRASE)
+    authorities = records / "authorities.yaml"
+    text = authorities.read_text(encoding="utf-8")
+    start = text.index("- id: ajara-po\n")
+    anchor = text.index("  parent: pgo\n", start) + len("  parent: pgo\n")
+    later = (now + timedelta(days=30)).date().isoformat()
+    authorities.write_text(text[:anchor] + f"  effective: {{from: {later}}}\n" + text[anchor:], encoding="utf-8")
+    node.publish(records, PASSPHRASE)
     return node
 
 
@@ -128,8 +142,14 @@ def main() -> None:
         server = NodeServer(node, "127.0.0.1:0", access_log=False)
         server.start()
         try:
-            with grpc.insecure_channel(server.address) as channel:  # the dated path really is taken
-                resp = ds_grpc.DirectoryServiceStub(channel).FindCounterpart(QUESTION, timeout=10)
+            # the dated path really is taken, and its answer (with the pending proof) verifies
+            with DirectoryClient(server.address, federation=node.federation()) as client:
+                resp, verified = client.find_counterpart(
+                    requested_member=QUESTION.requested_member, request_type=QUESTION.request_type,
+                    place=QUESTION.place, requesting_member=QUESTION.requesting_member,
+                )
+            if verified is None:
+                raise SystemExit("the dated answer did not verify")
             pending = sum(1 for w in resp.warnings if "takes effect then" in w)
             original = asof.AsOfViews.dated
             results: dict[str, dict[int, dict[str, Any]]] = {"dated": {}, "fast": {}, "dated_again": {}}
