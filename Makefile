@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := node_modules/.bin/buf
 
-.PHONY: all venv generate lint-proto lint test demo bench wheels clean
+.PHONY: all venv generate lint-proto lint test demo bench bench-find-dated wheels clean
 
 all: test
 
@@ -45,6 +45,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_find.py
+
+## A current FindCounterpart over dated records (the as-of view of now) against the fast path.
+bench-find-dated: $(STAMP)
+	$(PY) bench/bench_find_dated.py
 
 ## Wheels of the three distributions into dist/.
 wheels: $(STAMP)

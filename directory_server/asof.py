@@ -179,6 +179,7 @@ class AsOfViews:
         self._logs: dict[str, _Log] = {}
         self._views: OrderedDict[tuple[object, ...], Directory] = OrderedDict()
         self._marks: tuple[object, list[datetime]] = ((), [])  # boundary instants, for the logs held
+        self._sizes: tuple[dict[str, bytes], dict[str, int]] = ({}, {})  # checkpoint envelopes -> sizes
         self._lock = threading.Lock()
 
     def _log(self, member: str, key: tuple[int, int]) -> _Log:
@@ -209,29 +210,39 @@ class AsOfViews:
         return log
 
     def _keys(self) -> dict[str, tuple[int, int]]:
-        """Per member held: (checkpoint size, entries held withheld)."""
+        """Per member held: (checkpoint size, entries held withheld). Read once per answer
+        (two small queries); the checkpoints are parsed again only when one changes."""
         withheld = self.store.withheld_counts()
-        out = {}
-        for member, envelope in self.store.checkpoints().items():
-            cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(envelope).payload)
-            out[member] = (int(cp.size), withheld.get(member, 0))
-        return out
+        envelopes = self.store.checkpoints()
+        with self._lock:
+            known, sizes = self._sizes
+        if known != envelopes:
+            sizes = {}
+            for member, envelope in envelopes.items():
+                cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(envelope).payload)
+                sizes[member] = int(cp.size)
+            with self._lock:
+                self._sizes = (envelopes, sizes)
+        return {member: (size, withheld.get(member, 0)) for member, size in sizes.items()}
 
-    def dated(self, member: str) -> bool:
+    def dated(self, member: str, keys: dict[str, tuple[int, int]] | None = None) -> bool:
         """Whether any version of the member's records carries an effective period (else a
         current answer is the latest version of each name, and the fast path answers)."""
-        key = self._keys().get(member)
+        key = (self._keys() if keys is None else keys).get(member)
         return key is not None and self._log(member, key).dated
 
-    def versions(self, name: str, member: str) -> list[tuple[effective.Version, LogEntry]]:
-        key = self._keys().get(member)
+    def versions(
+        self, name: str, member: str, keys: dict[str, tuple[int, int]] | None = None
+    ) -> list[tuple[effective.Version, LogEntry]]:
+        key = (self._keys() if keys is None else keys).get(member)
         return [] if key is None else list(self._log(member, key).by_name.get(name, []))
 
-    def view(self, instant: Instant) -> Directory:
-        """A Directory answering as of the instant (cached while nothing it depends on changes)."""
+    def view(self, instant: Instant, held: dict[str, tuple[int, int]] | None = None) -> Directory:
+        """A Directory answering as of the instant (cached while nothing it depends on changes);
+        ``held``: the keys of this answer, when the caller has read them already."""
         now = self.clock()
         known = effective.known_by(instant.at, instant.reading, now)
-        keys = tuple(sorted(self._keys().items()))
+        keys = tuple(sorted((self._keys() if held is None else held).items()))
         logs = {m: self._log(m, k) for m, k in keys}
         with self._lock:
             marks = self._marks[1] if self._marks[0] == keys else None
@@ -273,25 +284,28 @@ class AsOfViews:
         if req.HasField("as_of"):
             instant = requested(req.as_of, now)
             resp = self.view(instant).find_counterpart(req, caller)
-        elif req.requested_member and self.dated(req.requested_member):
+        elif req.requested_member and self.dated(req.requested_member, keys := self._keys()):
             instant = Instant(now, effective.IN_EFFECT)
-            view = self.view(instant)
+            view = self.view(instant, keys)
             resp = view.find_counterpart(req, caller)
-            self._add_pending(view, resp, caller, now)
+            self._add_pending(view, resp, caller, now, keys)
         else:
             instant = Instant(now, effective.IN_EFFECT)
             resp = current.find_counterpart(req, caller)
         resp.as_of.CopyFrom(instant.message())
         return resp
 
-    def _add_pending(self, view: Directory, resp: ds.FindCounterpartResponse, caller: Caller, now: datetime) -> None:
+    def _add_pending(
+        self, view: Directory, resp: ds.FindCounterpartResponse, caller: Caller, now: datetime,
+        keys: dict[str, tuple[int, int]],
+    ) -> None:
         """For each record shown whose latest version takes effect later, that version's proof
         (against the same checkpoint) and a warning saying when the answer changes."""
         sizes = {p.member: p.checkpoint_size for p in resp.provenances}
         pending_proofs = []
         for proof in list(resp.proofs):
             member = proof.name.split("/")[1]
-            versions = self.versions(proof.name, member)
+            versions = self.versions(proof.name, member, keys)
             shown = next((v for v, _ in versions if v.seq == proof.leaf_index + 1), None)
             if shown is not None and shown.end_time is not None and shown.end_time > now:
                 resp.warnings.append(

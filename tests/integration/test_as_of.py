@@ -19,7 +19,7 @@ from conftest import PASSPHRASE, Clock  # type: ignore[import-not-found, unused-
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
 from counterpart.v1 import records_pb2
-from counterpart_core import effective, log, signing
+from counterpart_core import effective, log, merkle, signing
 from counterpart_core import federation as fed
 from directory_client.cli import main as client_main
 from directory_client.client import DirectoryClient
@@ -27,6 +27,7 @@ from directory_client.errors import ServerError, VerificationFailed
 from directory_client.verify import verify_response
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
+from directory_server.storage.store import Store, sqlite_url
 
 OLD = "members/GE/authorities/mtskheta-po"
 NEW = "members/GE/authorities/mtskheta-mtianeti-po"
@@ -368,5 +369,40 @@ def test_views_are_cached_by_what_they_depend_on(world: World) -> None:
     world.node.publish(records, PASSPHRASE)
     after = views.view(Instant(at("2026-12-15"), effective.IN_EFFECT))
     assert after is not before
+    # the sizes parsed from the checkpoints follow the new checkpoint (a current answer reads them once)
+    assert views._keys()["GE"] == (world.node.store.log_size("GE"), 0)
+    assert views.dated("GE", views._keys())
     pgo = after.get(PGO, "authorities")[0].record
     assert isinstance(pgo, records_pb2.Authority) and list(pgo.languages) == ["ka"]  # published 2027: not then
+
+
+def no_federation() -> fed.Federation:
+    raise AssertionError("the keys and versions of the as-of views need no federation document")
+
+
+def test_a_fill_of_withheld_entries_changes_what_views_depend_on(tmp_path: Path) -> None:
+    """A peer's fill makes an entry known without a new checkpoint: the key of the answers
+    (and the versions they read) follow it, though the checkpoints parsed for it did not change."""
+    from directory_server.asof import AsOfViews
+
+    key, now = signing.SigningKey.generate(), at("2026-06-01T09:00:00Z")
+    desk, hidden = (
+        records_pb2.Contact(name=f"members/GE/contacts/{ident}", authority=PGO, role="desk", visibility=visibility)
+        for ident, visibility in (("desk", records_pb2.VISIBILITY_PUBLIC), ("hidden", records_pb2.VISIBILITY_MEMBERS))
+    )
+    first = log.build_entry("GE", 1, desk.name, desk, now, key)
+    second = log.build_entry("GE", 2, hidden.name, hidden, now, key)
+    store = Store(sqlite_url(tmp_path))
+    try:
+        root = merkle.root_hash([first.leaf_hash, second.leaf_hash])
+        store.append("GE", 0, [first, log.withheld_entry("GE", 2, second.leaf_hash)],
+                     log.build_checkpoint("GE", 2, root, now, key))
+        views = AsOfViews(store, no_federation, lambda: now)
+        assert views._keys() == {"GE": (2, 1)} and views.versions(hidden.name, "GE") == []
+        checkpoint = store.checkpoint("GE")
+        assert store.fill("GE", [second]) == 1
+        assert store.checkpoint("GE") == checkpoint  # the same checkpoint: only the count tells
+        assert views._keys() == {"GE": (2, 0)}
+        assert [v.seq for v, _ in views.versions(hidden.name, "GE")] == [2]
+    finally:
+        store.close()
