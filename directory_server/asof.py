@@ -34,7 +34,7 @@ from counterpart_core.index import derive
 from counterpart_core.log import LogEntry
 from counterpart_core.redaction import record_members_only
 from counterpart_core.timeutil import from_timestamp, to_timestamp, utcnow
-from directory_server.lookup import Directory, Loaded, _Snapshot
+from directory_server.lookup import Directory, Loaded, Snapshot
 from directory_server.storage.models import Base, EntryRow
 from directory_server.storage.store import Store
 
@@ -327,7 +327,7 @@ class AsOfViews:
                 name=proof.name, signed_entry=entry.envelope, leaf_index=later.seq - 1, tree_size=tree.size,
                 inclusion_path=tree.inclusion_path(later.seq - 1),
             )
-            latest = _Snapshot(view, caller).state_proof(proof.name, member)
+            latest = Snapshot(view, caller).state_proof(proof.name, member)
             if latest is not None:  # the scheduled version is the latest: proven like any other
                 pending.state.CopyFrom(latest)
             pending_proofs.append(pending)

@@ -102,7 +102,7 @@ class MemberState:
         return out
 
 
-class _Snapshot:
+class Snapshot:
     """What one answer reads of each member's log: the checkpoint, read once.
 
     Every proof and provenance of an answer then refers to the same tree, even when
@@ -208,7 +208,7 @@ class Directory:
             self._states[member] = (checkpoint, built)
         return built
 
-    def _load_rows(self, rows: Sequence[RecordRow], snap: _Snapshot) -> list[Loaded]:
+    def _load_rows(self, rows: Sequence[RecordRow], snap: Snapshot) -> list[Loaded]:
         envelopes = self.store.envelopes_at([(r.member, r.seq) for r in rows])
         out = []
         for row in rows:
@@ -233,9 +233,9 @@ class Directory:
         return out
 
     def provenance(self, member: str) -> ds.Provenance:
-        return self._provenance(member, _Snapshot(self))
+        return self._provenance(member, Snapshot(self))
 
-    def _provenance(self, member: str, snap: _Snapshot) -> ds.Provenance:
+    def _provenance(self, member: str, snap: Snapshot) -> ds.Provenance:
         checkpoint, _ = snap.tree(member)
         cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(checkpoint).payload)
         now = self.clock()
@@ -253,7 +253,7 @@ class Directory:
 
     def get(self, name: str, collection: str, caller: Caller = ANONYMOUS) -> tuple[Loaded, ds.Provenance]:
         parsed = names.parse_record_name(name, collection)
-        snap = _Snapshot(self, caller)
+        snap = Snapshot(self, caller)
         row = self.store.record_row(str(parsed))
         if row is None or not self._visible(row, caller):  # members-only: absent to the public
             raise NotFoundError(
@@ -273,7 +273,7 @@ class Directory:
         after = decode_page_token(token, scope)
         if member is not None and self._federation().member(member) is None and not self.store.checkpoint(member):
             raise NotFoundError(f"members/{member} is not a member of the federation", reason="MEMBER_NOT_FOUND")
-        snap = _Snapshot(self, caller)
+        snap = Snapshot(self, caller)
         rows = self.store.list_rows(
             kind, member, after, limit + 1, public_only=not caller.sees_members_only,
             attrs=[(c.field, c.op, c.value) for c in conditions],
@@ -301,7 +301,7 @@ class Directory:
         scope = f"search|{member}|{folded}"
         offset_text = decode_page_token(token, scope)
         offset = int(offset_text) if offset_text.isdigit() else 0
-        snap = _Snapshot(self, caller)
+        snap = Snapshot(self, caller)
         hits = self._search_hits(folded, member or None, limit + 1, offset)
         more = len(hits) > limit
         rows_by_name = self.store.record_rows([n for n, _ in hits[:limit]])
@@ -339,7 +339,7 @@ class Directory:
         scope = f"revisions|{parsed}"
         before_text = decode_page_token(token, scope)
         before = int(before_text) if before_text.isdigit() else None
-        snap = _Snapshot(self)
+        snap = Snapshot(self)
         _, tree = snap.tree(parsed.member)
         rows = [
             r for r in self.store.revisions(str(parsed), before, limit + 1)
@@ -392,7 +392,7 @@ class Directory:
                 info.withheld_contact_count = counts.get("contact", 0) - info.contact_count
             info.rule_count = counts.get("rule", 0)
             info.treaty_count = counts.get("treaty", 0)
-            info.provenance.CopyFrom(self._provenance(code, _Snapshot(self)))
+            info.provenance.CopyFrom(self._provenance(code, Snapshot(self)))
         return info
 
     def members(self, size: int, token: str, caller: Caller = ANONYMOUS) -> tuple[list[ds.MemberInfo], str]:
@@ -449,7 +449,7 @@ class Directory:
         for tag in req.preferred_languages:
             if not names.LANGUAGE_TAG_RE.match(tag):
                 raise InvalidArgumentError(f"{quote(tag)} is not a BCP 47 language tag", reason="INVALID_LANGUAGE")
-        snap = _Snapshot(self, caller)
+        snap = Snapshot(self, caller)
         snap.tree(member)  # NOT_FOUND when the node holds nothing of the member
 
         resp = ds.FindCounterpartResponse()
@@ -538,13 +538,13 @@ class Directory:
             log.info("members-only records served", extra={"caller": caller.describe(), "method": method,
                                                            "records": restricted})
 
-    def _load_name(self, name: str, snap: _Snapshot) -> Loaded | None:
+    def _load_name(self, name: str, snap: Snapshot) -> Loaded | None:
         row = self.store.record_row(name)
         if row is None or not row.public:
             return None
         return self._load_rows([row], snap)[0]
 
-    def _absence(self, name: str, snap: _Snapshot) -> list[ds.AbsenceProof]:
+    def _absence(self, name: str, snap: Snapshot) -> list[ds.AbsenceProof]:
         """The proof that ``name`` is not current (in the tree the caller may see), with the
         checkpoint it refers to; none when the node holds nothing of the member or its
         checkpoint signs no state root."""
@@ -556,7 +556,7 @@ class Directory:
             return []
         return [ds.AbsenceProof(state=proof, provenance=self._provenance(member, snap))]
 
-    def _place_names(self, member: str, snap: _Snapshot) -> list[places.PlaceName]:
+    def _place_names(self, member: str, snap: Snapshot) -> list[places.PlaceName]:
         """The member's place names, cached until its checkpoint changes."""
         checkpoint = snap.checkpoint(member) or b""
         with self._lock:
@@ -570,11 +570,11 @@ class Directory:
             self._place_cache[member] = (checkpoint, rows)
         return rows
 
-    def _resolve_place(self, member: str, query: str, snap: _Snapshot) -> places.Resolution:
+    def _resolve_place(self, member: str, query: str, snap: Snapshot) -> places.Resolution:
         return places.resolve(query, member, self._place_names(member, snap))
 
     def _place_answer(
-        self, query: str, res: places.Resolution, evidence: Evidence, snap: _Snapshot
+        self, query: str, res: places.Resolution, evidence: Evidence, snap: Snapshot
     ) -> ds.ResolvedPlace:
         """The place as the answer states it, with the gazetteer record that says so."""
         level = {
@@ -594,7 +594,7 @@ class Directory:
                 place.gazetteer_place.CopyFrom(loaded.record)
         return place
 
-    def _subdivisions_of(self, member: str, code: str, snap: _Snapshot) -> list[str]:
+    def _subdivisions_of(self, member: str, code: str, snap: Snapshot) -> list[str]:
         """A subdivision and those it lies in, as the member's gazetteer says (AZ-NV in AZ-NX)."""
         out = [code] if code else []
         names = self._place_names(member, snap)
@@ -609,7 +609,7 @@ class Directory:
 
     def _candidates(
         self, member: str, req: ds.FindCounterpartRequest, place: ds.ResolvedPlace, res: places.Resolution,
-        rule: records_pb2.Rule | None, snap: _Snapshot, warnings: MutableSequence[str],
+        rule: records_pb2.Rule | None, snap: Snapshot, warnings: MutableSequence[str],
     ) -> list[tuple[ds.Candidate, Loaded]]:
         # Coverage first: only the few authorities whose coverage includes the place (by any
         # of its names, its subdivision and those that contain it), then their competences
@@ -719,7 +719,7 @@ class Directory:
 
     def _legal_bases(
         self, member: str, requesting: str, request_type: str, offence: str, federation: Federation,
-        evidence: Evidence, warnings: MutableSequence[str], snap: _Snapshot,
+        evidence: Evidence, warnings: MutableSequence[str], snap: Snapshot,
     ) -> list[ds.LegalBasis]:
         requesting_known = bool(requesting) and snap.checkpoint(requesting) is not None
         if requesting and not requesting_known:
