@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import directory_service_pb2_grpc as ds_grpc
@@ -31,23 +32,24 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
         self.d = directory
         self.views = AsOfViews(directory.store, directory.federation, directory.clock)
 
-    def _at(self, as_of: ds.AsOf | None) -> tuple[Directory, ds.AsOf | None]:
-        """The directory that answers: the current one, or the view of the instant asked for
-        (and the AsOf the response then states)."""
-        if as_of is None:
+    def _at(self, request: Message) -> tuple[Directory, ds.AsOf | None]:
+        """The directory that answers a request: the current one, or the view of the instant
+        its ``as_of`` asks for (and the AsOf the response then states)."""
+        if not request.HasField("as_of"):
             return self.d, None
+        as_of: ds.AsOf = getattr(request, "as_of")  # noqa: B009 - every Get/List/Search request has one
         instant = requested(as_of, self.d.clock())
         return self.views.view(instant), instant.message()
 
     @handle_errors
     def GetAuthority(self, request: ds.GetAuthorityRequest, context: grpc.ServicerContext) -> ds.GetAuthorityResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         loaded, prov = d.get(request.name, "authorities", current())
         return ds.GetAuthorityResponse(authority=_typed(records_pb2.Authority, loaded.record), proof=loaded.proof, provenance=prov, as_of=as_of)
 
     @handle_errors
     def ListAuthorities(self, request: ds.ListAuthoritiesRequest, context: grpc.ServicerContext) -> ds.ListAuthoritiesResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         items, token, provs = d.list_records("authority", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListAuthoritiesResponse(
             authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
@@ -56,7 +58,7 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
 
     @handle_errors
     def SearchAuthorities(self, request: ds.SearchAuthoritiesRequest, context: grpc.ServicerContext) -> ds.SearchAuthoritiesResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         items, token, provs = d.search(request.query, request.member, request.page_size, request.page_token, current())
         return ds.SearchAuthoritiesResponse(
             authorities=[_typed(records_pb2.Authority, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
@@ -65,13 +67,13 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
 
     @handle_errors
     def GetContact(self, request: ds.GetContactRequest, context: grpc.ServicerContext) -> ds.GetContactResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         loaded, prov = d.get(request.name, "contacts", current())
         return ds.GetContactResponse(contact=_typed(records_pb2.Contact, loaded.record), proof=loaded.proof, provenance=prov, as_of=as_of)
 
     @handle_errors
     def ListContacts(self, request: ds.ListContactsRequest, context: grpc.ServicerContext) -> ds.ListContactsResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         items, token, provs = d.list_records("contact", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListContactsResponse(
             contacts=[_typed(records_pb2.Contact, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
@@ -80,13 +82,13 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
 
     @handle_errors
     def GetRule(self, request: ds.GetRuleRequest, context: grpc.ServicerContext) -> ds.GetRuleResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         loaded, prov = d.get(request.name, "rules", current())
         return ds.GetRuleResponse(rule=_typed(records_pb2.Rule, loaded.record), proof=loaded.proof, provenance=prov, as_of=as_of)
 
     @handle_errors
     def ListRules(self, request: ds.ListRulesRequest, context: grpc.ServicerContext) -> ds.ListRulesResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         items, token, provs = d.list_records("rule", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListRulesResponse(
             rules=[_typed(records_pb2.Rule, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
@@ -95,13 +97,13 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
 
     @handle_errors
     def GetTreaty(self, request: ds.GetTreatyRequest, context: grpc.ServicerContext) -> ds.GetTreatyResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         loaded, prov = d.get(request.name, "treaties", current())
         return ds.GetTreatyResponse(treaty=_typed(records_pb2.Treaty, loaded.record), proof=loaded.proof, provenance=prov, as_of=as_of)
 
     @handle_errors
     def ListTreaties(self, request: ds.ListTreatiesRequest, context: grpc.ServicerContext) -> ds.ListTreatiesResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         items, token, provs = d.list_records("treaty", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListTreatiesResponse(
             treaties=[_typed(records_pb2.Treaty, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
@@ -110,13 +112,13 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
 
     @handle_errors
     def GetPlace(self, request: ds.GetPlaceRequest, context: grpc.ServicerContext) -> ds.GetPlaceResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         loaded, prov = d.get(request.name, "places", current())
         return ds.GetPlaceResponse(place=_typed(records_pb2.Place, loaded.record), proof=loaded.proof, provenance=prov, as_of=as_of)
 
     @handle_errors
     def ListPlaces(self, request: ds.ListPlacesRequest, context: grpc.ServicerContext) -> ds.ListPlacesResponse:
-        d, as_of = self._at(request.as_of if request.HasField("as_of") else None)
+        d, as_of = self._at(request)
         items, token, provs = d.list_records("place", request.parent, request.page_size, request.page_token, request.filter, current())
         return ds.ListPlacesResponse(
             places=[_typed(records_pb2.Place, i.record) for i in items], next_page_token=token, proofs=[i.proof for i in items], provenances=provs,
