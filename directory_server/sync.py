@@ -25,9 +25,12 @@ engine like an unreachable one, its pushes ignored meanwhile. A log of this node
 member offered by a peer is refused (``OWN_LOG_FROM_PEER``) and raises an alarm, unless
 the operator restores the log from peers (``restore_from_peers``).
 
-``SyncEngine`` runs one thread per peer (a slow or hostile peer only ever holds up its own
-thread) that pulls on start, on every push the peer sends through ``WatchCheckpoints``,
-and on an anti-entropy timer with jitter, backing off exponentially while the peer fails.
+``SyncEngine`` runs in a bounded number of threads whatever the number of peers: one event
+loop follows every peer's ``WatchCheckpoints`` stream and keeps the timers, and a small pool
+runs the jobs, one per peer at a time (a slow or hostile peer holds up one worker, not the
+others). Each peer gets a whole pass on start and on an anti-entropy timer with jitter; a
+push is a hint that pulls only the member it names (``Syncer.sync_pushed``), and only when
+its checkpoint is newer than the one held; a peer that fails is backed off exponentially.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from counterpart.v1 import log_pb2
 from counterpart.v1 import replication_service_pb2 as rs
@@ -53,6 +57,7 @@ from counterpart_core import federation as fed
 from counterpart_core import log, merkle, signing
 from counterpart_core import replication as rep
 from counterpart_core.errors import ConflictError, CounterpartError, VerificationError
+from counterpart_core.timeutil import from_timestamp
 from directory_server import security
 from directory_server.node import Node
 from directory_server.security import TlsIdentity
@@ -84,6 +89,7 @@ class PeerReport:
 STALL = 2.0  # seconds without a batch after which a peer's claim on a range lapses
 FILL_MAX_ENTRIES = 1000  # withheld positions one pass asks one peer for, in all
 FILL_MAX_RUNS = 16  # GetEntries calls one pass makes to one peer to fill withheld positions
+VERIFIED_KEEP = 4096  # offered checkpoints whose verification is remembered
 NOTE_EVERY = 60.0  # seconds: how stale a (peer, member)'s last success time may be at rest
 
 
@@ -97,6 +103,36 @@ def _size_of(envelope: bytes) -> int:
 
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """What a checkpoint says of its log, enough to tell whether another one is newer."""
+
+    size: int
+    root_hash: bytes
+    issue_time: datetime
+
+    def newer_than(self, held: _Tree | None) -> bool:
+        """A larger log, or the same tree signed again later (a heartbeat), or another tree
+        of the same size (an equivocation, for ``decide`` to see). A smaller one is left to
+        anti-entropy."""
+        if held is None:
+            return True
+        if self.size != held.size:
+            return self.size > held.size
+        return self.root_hash != held.root_hash or self.issue_time > held.issue_time
+
+
+def _claimed_tree(envelope: bytes) -> tuple[str, _Tree] | None:
+    """The member and tree a checkpoint claims, parsed, NOT verified (None if unparseable):
+    only to drop a push that could not be newer than what is held without verifying it."""
+    try:
+        cp = log_pb2.Checkpoint()
+        cp.ParseFromString(signing.parse_envelope(envelope, signing.CHECKPOINT_TYPE).payload)
+        return cp.member, _Tree(int(cp.size), bytes(cp.root_hash), from_timestamp(cp.issue_time))
+    except (VerificationError, DecodeError, ValueError, OverflowError):
+        return None
 
 
 @dataclass
@@ -142,7 +178,9 @@ class Syncer:
         self._fork_checks: dict[tuple[str, str], tuple[tuple[int, bytes], bool]] = {}
         self._fill_after: dict[tuple[str, str], int] = {}  # (peer, member) -> where the last fill stopped
         self._whole: dict[str, int] = {}  # member -> a size up to which it holds no entry withheld
-        self._noted: dict[tuple[str, str], float] = {}  # (peer, member) -> when its sync was last written down
+        self._noted: dict[tuple[str, str], float] = {}
+        self._unnoted: dict[tuple[str, str], int] = {}  # (peer, member) -> size synced by a push, not yet written
+        self._verified: dict[tuple[int, bytes], log.LogCheckpoint] = {}  # (federation version, envelope), oldest first  # (peer, member) -> when its sync was last written down
         self._channels: dict[str, tuple[tuple[int, int], grpc.Channel]] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
@@ -230,7 +268,7 @@ class Syncer:
                 reason="TOO_MANY_CHECKPOINTS",
             ))
             return report
-        peer_sizes = self.node.store.peer_sizes(peer)
+        peer_sizes = self._peer_sizes(peer)
         held = self.node.store.checkpoints()
         synced: dict[str, int] = {}
         fillable: dict[str, int] = {}  # member -> the size of the peer's verified checkpoint
@@ -263,23 +301,47 @@ class Syncer:
         peer_sizes: dict[str, int] | None = None
         for envelope in envelopes:
             try:
-                offered = rep.verify_offered_checkpoint(envelope, self.node.federation())
+                offered = self._verify_offered(envelope)
             except VerificationError as e:
                 self._reject(report, rep.claimed_member(envelope, self.node.federation()), e)
                 continue
             row = self.node.store.checkpoint_row(offered.member)
-            if row is not None and (
-                offered.size < row.size
-                or (offered.size == row.size and offered.root_hash == row.root_hash
-                    and offered.issue_time <= _aware(row.issue_time))
-            ):
+            held = _Tree(row.size, row.root_hash, row.issue_time) if row is not None else None
+            if not _Tree(offered.size, offered.root_hash, offered.issue_time).newer_than(held):
                 continue  # not newer than what this node holds: nothing to do
             if peer_sizes is None:
-                peer_sizes = self.node.store.peer_sizes(peer)
+                peer_sizes = self._peer_sizes(peer)
             self._offer(stub, report, envelope, peer_sizes, synced, fillable, offered)
-        if peer_sizes is not None:
-            self._note(peer, synced, peer_sizes)
+        with self._lock:  # written down with the peer's next pass, not one transaction per push
+            for m, n in synced.items():
+                self._unnoted[(peer, m)] = max(n, self._unnoted.get((peer, m), 0))
         return report
+
+    def _peer_sizes(self, peer: str) -> dict[str, int]:
+        """The largest size the peer has shown per member: stored, and shown since by pushes."""
+        sizes = self.node.store.peer_sizes(peer)
+        with self._lock:
+            for (p, m), n in self._unnoted.items():
+                if p == peer:
+                    sizes[m] = max(n, sizes.get(m, 0))
+        return sizes
+
+    def _verify_offered(self, envelope: bytes) -> log.LogCheckpoint:
+        """``rep.verify_offered_checkpoint``, once per envelope and federation version: the
+        same bytes pushed or offered again by other peers are not verified again (what it
+        checks, the member's keys as of the issue time, changes only with the document)."""
+        federation = self.node.federation()
+        key = (federation.version, envelope)
+        with self._lock:
+            cached = self._verified.get(key)
+        if cached is not None:
+            return cached
+        offered = rep.verify_offered_checkpoint(envelope, federation)
+        with self._lock:
+            self._verified[key] = offered
+            while len(self._verified) > VERIFIED_KEEP:
+                self._verified.pop(next(iter(self._verified)))
+        return offered
 
     def _offer(
         self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, envelope: bytes, peer_sizes: dict[str, int],
@@ -288,7 +350,7 @@ class Syncer:
         """Verify one checkpoint the peer offers and bring its member up to it."""
         if offered is None:
             try:
-                offered = rep.verify_offered_checkpoint(envelope, self.node.federation())
+                offered = self._verify_offered(envelope)
             except VerificationError as e:
                 self._reject(report, rep.claimed_member(envelope, self.node.federation()), e)
                 return
@@ -308,12 +370,20 @@ class Syncer:
         """Remember what the peer showed: at once when a size changed, else at most every
         NOTE_EVERY seconds per (peer, member) (the time of the last successful sync that
         `counterpart-node status` shows is that fresh; a federation at rest writes nothing
-        each pass)."""
+        each pass). What pushes synced since the last pass is written here too: a push
+        costs no bookkeeping transaction of its own."""
         now = time.monotonic()
+        with self._lock:
+            unnoted = {m: n for (p, m), n in self._unnoted.items() if p == peer}
+            for m in unnoted:
+                del self._unnoted[(peer, m)]
+        stored = self.node.store.peer_sizes(peer) if unnoted else peer_sizes
         due = {
             m: n for m, n in synced.items()
-            if peer_sizes.get(m) != n or now - self._noted.get((peer, m), -NOTE_EVERY) >= NOTE_EVERY
+            if stored.get(m) != n or now - self._noted.get((peer, m), -NOTE_EVERY) >= NOTE_EVERY
         }
+        for m, n in unnoted.items():
+            due[m] = max(n, due.get(m, 0))
         self.node.store.note_peer_checkpoints(peer, due, self.node.clock())
         for m in due:
             self._noted[(peer, m)] = now
@@ -702,6 +772,11 @@ class SyncEngine:
         # jobs run, by kind ("pass": a whole pass; "push": members a push named), for tests
         # and benchmarks that count the work a change causes
         self.jobs: dict[str, int] = {"pass": 0, "push": 0}
+        self.pushes = 0  # pushes received from all peers
+        self._watching: set[str] = set()  # peers whose WatchCheckpoints stream is open
+        self._held: dict[str, _Tree | None] = {}
+        self._held_stale = False
+        node.store.watch_commits(self._checkpoint_committed)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sync-loop", daemon=True)
@@ -725,6 +800,17 @@ class SyncEngine:
                 self._kick(state)
 
         self._call(due)
+
+    def idle(self) -> bool:
+        """No job runs or waits for any peer (a snapshot; for tests and benchmarks)."""
+        return all(not (p.busy or p.full or p.pushed) for p in list(self._peers.values()))
+
+    def peers(self) -> list[str]:
+        return sorted(self._peers)
+
+    def watching(self) -> int:
+        """How many peers' WatchCheckpoints streams are open."""
+        return len(self._watching)
 
     def refresh_peers(self) -> None:
         self._call(lambda: self._peers_changed.set() if self._peers_changed is not None else None)
@@ -890,10 +976,13 @@ class SyncEngine:
                 stub = rs_grpc.ReplicationServiceStub(self._channel(state.address))
                 call = stub.WatchCheckpoints(rs.WatchCheckpointsRequest())
                 try:
+                    await call.wait_for_connection()  # the peer accepted the watcher
+                    self._watching.add(state.address)
                     async for push in call:
                         failures = 0
                         self._pushed(state, push)
                 finally:
+                    self._watching.discard(state.address)
                     call.cancel()
             except grpc.RpcError:
                 pass
@@ -905,6 +994,7 @@ class SyncEngine:
     def _pushed(self, state: _PeerState, push: rs.WatchCheckpointsResponse) -> None:
         """Note what a push asks for; the peer's next job does it. Costs O(1) and keeps at
         most one checkpoint per member of the federation, whatever the peer sends."""
+        self.pushes += 1
         if time.monotonic() < state.strict_until:
             return  # backed off for failing verification: its pushes do not cut the wait short
         federation = self.node.federation()
@@ -912,12 +1002,31 @@ class SyncEngine:
             state.full = True
         envelope = push.signed_checkpoint
         if envelope:
-            member = rep.claimed_code(envelope)
-            if federation.member(member) is None or state.seen.get(member) == envelope:
-                return  # not a member, or exactly what it pushed last time
+            claimed = _claimed_tree(envelope)
+            if claimed is None or federation.member(claimed[0]) is None or state.seen.get(claimed[0]) == envelope:
+                return  # unparseable, not a member, or exactly what it pushed last time
+            member, tree = claimed
             state.seen[member] = envelope
-            state.pushed[member] = envelope
+            if tree.newer_than(self._held_tree(member)):
+                # what it claims is newer: the job verifies it before anything else
+                state.pushed[member] = envelope
+            # else: even if genuine it could not be newer; a pushed relay of what this node
+            # already holds costs a parse and nothing else
         self._kick(state)
+
+    def _held_tree(self, member: str) -> _Tree | None:
+        """The tree this node holds for the member, cached until the next commit of a
+        checkpoint (``Store.watch_commits``)."""
+        if self._held_stale:
+            self._held_stale = False
+            self._held.clear()
+        if member not in self._held:
+            row = self.node.store.checkpoint_row(member)
+            self._held[member] = _Tree(row.size, row.root_hash, row.issue_time) if row is not None else None
+        return self._held[member]
+
+    def _checkpoint_committed(self) -> None:
+        self._held_stale = True  # from any thread; the loop clears the cache when it next looks
 
 
 def peers_of(node: Node, configured: Iterable[str], own_address: str) -> list[str]:

@@ -7,6 +7,7 @@ from callers that may not see them (``domain.redaction.serve_whole``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -172,6 +173,8 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
             raise ResourceExhaustedError("too many peers are watching this node; try again later", reason="TOO_MANY_WATCHERS")
         try:
             context.add_callback(self.broadcaster.wake)  # the call ended: its thread is given back at once
+            with contextlib.suppress(ValueError):  # already sent (by an interceptor): as good
+                context.send_initial_metadata(())  # the watcher knows at once that it was accepted
             yield from self.broadcaster.follow(context.is_active)
         finally:
             self._watchers.release()

@@ -43,7 +43,11 @@ from directory_server.wake import WakeSocket
 log = logging.getLogger("counterpart.node")
 DIRECTORY_SERVICE = directory_service_pb2.DESCRIPTOR.services_by_name["DirectoryService"].full_name
 REPLICATION_SERVICE = replication_service_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name
-WATCH_LIMIT = 64  # peers that may follow WatchCheckpoints at once; each holds a server thread
+# peers that may follow WatchCheckpoints at once; each holds a server thread (the sync
+# server has no other way to hold a stream open). A peer refused is told RESOURCE_EXHAUSTED,
+# retries with backoff, and meanwhile learns of changes from the peers that relay them
+# (every node pushes what it ingests) and from anti-entropy.
+WATCH_LIMIT = 64
 
 
 def rfc3339(created: float) -> str:
@@ -165,7 +169,7 @@ class NodeServer:
         self, node: Node, address: str, *, max_workers: int = 4, access_log: bool = True,
         peers: list[str] | None = None, sync_interval: float = 30.0, sync_deadline: float = 10.0,
         push_poll: float = 5.0, tls_identity: TlsIdentity | None = None, peer_address: str = "",
-        several_processes: bool = False, metrics_address: str = "",
+        several_processes: bool = False, metrics_address: str = "", watch_limit: int = WATCH_LIMIT,
     ) -> None:
         self.node = node
         self.directory = Directory(node.store, node.federation, node.clock)
@@ -176,14 +180,14 @@ class NodeServer:
         ]
         interceptors.append(Authenticator(node.federation, node.store.revoked, node.member, node.clock))
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers + WATCH_LIMIT), interceptors=interceptors,
-            maximum_concurrent_rpcs=max_workers + WATCH_LIMIT,
+            futures.ThreadPoolExecutor(max_workers=max_workers + watch_limit), interceptors=interceptors,
+            maximum_concurrent_rpcs=max_workers + watch_limit,
             options=[("grpc.so_reuseport", 1 if several_processes else 0)],
         )
         directory_service_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(self.directory), self.server)
         self.broadcaster = Broadcaster()
         replication_service_pb2_grpc.add_ReplicationServiceServicer_to_server(
-            ReplicationServicer(node, self.broadcaster, WATCH_LIMIT), self.server
+            ReplicationServicer(node, self.broadcaster, watch_limit), self.server
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
