@@ -45,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -149,7 +150,8 @@ class SizeReader:
 
     def __init__(self, data_dir: Path) -> None:
         uri = f"file:{data_dir / 'node.sqlite3'}?mode=ro"
-        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
+        # read from the polling thread while the main thread publishes
+        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5, check_same_thread=False)
 
     def sizes(self) -> dict[str, int]:
         return {m: int(s) for m, s in self.conn.execute("SELECT member, size FROM checkpoints")}
@@ -175,6 +177,22 @@ def wait_converged(readers: dict[str, SizeReader], want: dict[str, int], timeout
         for node, r in readers.items()
     }
     raise RuntimeError(f"nodes did not converge within {timeout:.0f} s: {missing}")
+
+
+def poll_until(
+    readers: dict[str, SizeReader], member: str, size: int, reached: dict[str, float], poll: float, timeout: float
+) -> None:
+    """Note in ``reached`` when (time.perf_counter()) each node first holds ``size`` of the
+    member's log; give up after ``timeout`` s."""
+    pending = dict(readers)
+    start = time.perf_counter()
+    while pending and time.perf_counter() - start < timeout:
+        for o, r in list(pending.items()):
+            if r.size(member) >= size:
+                reached[o] = time.perf_counter()
+                del pending[o]
+        if pending:
+            time.sleep(poll)
 
 
 def edit_sample(sample: Path, k: int) -> None:
@@ -269,6 +287,16 @@ def measure(a: argparse.Namespace, code: Path | None, label: str) -> dict[str, A
                 info = nodes[member]
                 edit_sample(info["sample"], k)
                 cpu0 = sum(bench_find.proc_cpu_seconds(pid) for pid in pids)
+                size = info["size"] + 1
+                # the nine nodes are polled from before the publish, by a thread, so that the
+                # time each holds the change is not held back by what this process does after
+                # the commit (the rest of the publish, closing the store)
+                reached_at: dict[str, float] = {}
+                poller = threading.Thread(
+                    target=poll_until, args=({o: readers[o] for o in MEMBERS if o != member}, member, size,
+                                             reached_at, a.poll, a.timeout), daemon=True,
+                )
+                poller.start()
                 node = Node(NodeConfig(data_dir=info["dir"], member=member))
                 committed: list[float] = []
                 # the instant the publish commits (its checkpoint with it), right after this
@@ -280,22 +308,15 @@ def measure(a: argparse.Namespace, code: Path | None, label: str) -> dict[str, A
                     tr = time.perf_counter()
                 finally:
                     node.close()
-                if plan.appended != 1 or len(committed) != 1:
+                if plan.appended != 1 or len(committed) != 1 or plan.checkpoint_size != size:
                     raise RuntimeError(f"{member}: expected one changed record in one commit, got {plan}, {committed}")
                 t0 = committed[0]
-                size = plan.checkpoint_size
                 info["size"] = size
-                pending = {o: readers[o] for o in MEMBERS if o != member}
-                reached: dict[str, float] = {}
-                while pending and time.perf_counter() - t0 < a.timeout:
-                    for o, r in list(pending.items()):
-                        if r.size(member) >= size:
-                            reached[o] = time.perf_counter() - t0
-                            del pending[o]
-                    if pending:
-                        time.sleep(a.poll)
-                if pending:
-                    raise RuntimeError(f"change {k} of {member} did not reach {sorted(pending)}")
+                poller.join()
+                missing = sorted(set(MEMBERS) - {member} - set(reached_at))
+                if missing:
+                    raise RuntimeError(f"change {k} of {member} did not reach {missing}")
+                reached = {o: t - t0 for o, t in reached_at.items()}
                 time.sleep(a.gap)
                 cpu = sum(bench_find.proc_cpu_seconds(pid) for pid in pids) - cpu0
                 delays = sorted(reached.values())

@@ -90,7 +90,7 @@ STALL = 2.0  # seconds without a batch after which a peer's claim on a range lap
 FILL_MAX_ENTRIES = 1000  # withheld positions one pass asks one peer for, in all
 FILL_MAX_RUNS = 16  # GetEntries calls one pass makes to one peer to fill withheld positions
 VERIFIED_KEEP = 4096  # offered checkpoints whose verification is remembered
-NOTE_EVERY = 60.0  # seconds: how stale a (peer, member)'s last success time may be at rest
+NOTE_EVERY = 300.0  # seconds: how stale a (peer, member)'s last success time may be at rest
 
 
 def _size_of(envelope: bytes) -> int:
@@ -180,7 +180,11 @@ class Syncer:
         self._whole: dict[str, int] = {}  # member -> a size up to which it holds no entry withheld
         self._noted: dict[tuple[str, str], float] = {}
         self._unnoted: dict[tuple[str, str], int] = {}  # (peer, member) -> size synced by a push, not yet written
-        self._verified: dict[tuple[int, bytes], log.LogCheckpoint] = {}  # (federation version, envelope), oldest first  # (peer, member) -> when its sync was last written down
+        self._verified: dict[tuple[int, bytes], log.LogCheckpoint] = {}  # (federation version, envelope), oldest first
+        self._stored_sizes: dict[str, dict[str, int]] = {}  # peer -> member -> the size stored for it
+        self._held: dict[bytes, tuple[str, int]] | None = None  # held checkpoints by their bytes; None: read again
+        self._held_gen = 0
+        node.store.watch_commits(self._checkpoint_committed)  # (peer, member) -> when its sync was last written down
         self._channels: dict[str, tuple[tuple[int, int], grpc.Channel]] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
@@ -269,21 +273,19 @@ class Syncer:
             ))
             return report
         peer_sizes = self._peer_sizes(peer)
-        held = self.node.store.checkpoints()
+        held = self._held_envelopes()
         synced: dict[str, int] = {}
         fillable: dict[str, int] = {}  # member -> the size of the peer's verified checkpoint
         for envelope in offered_list:
-            same = held.get(rep.claimed_code(envelope))
-            if same is not None and same == envelope:
-                # exactly the checkpoint this node holds, whose signature was checked when it
+            same = held.get(envelope)
+            if same is not None:
+                # exactly a checkpoint this node holds, whose signature was checked when it
                 # was stored: nothing to decide, verify or pull (anti-entropy at rest is a
-                # byte comparison per member)
-                size = _size_of(envelope)
-                synced[rep.claimed_code(envelope)] = size
-                fillable[rep.claimed_code(envelope)] = size
+                # lookup of the bytes per member)
+                synced[same[0]] = fillable[same[0]] = same[1]
                 continue
             self._offer(stub, report, envelope, peer_sizes, synced, fillable)
-        self._note(peer, synced, peer_sizes)
+        self._note(peer, synced)
         if not report.withheld and not report.error:  # a peer that withheld entries this pass would again
             self._fill(stub, report, fillable)
         return report
@@ -318,13 +320,39 @@ class Syncer:
         return report
 
     def _peer_sizes(self, peer: str) -> dict[str, int]:
-        """The largest size the peer has shown per member: stored, and shown since by pushes."""
-        sizes = self.node.store.peer_sizes(peer)
+        """The largest size the peer has shown per member: stored (read once, then kept up to
+        date here: only this node's sync of the peer writes them), and shown since by pushes."""
         with self._lock:
+            stored = self._stored_sizes.get(peer)
+        if stored is None:
+            stored = self.node.store.peer_sizes(peer)
+            with self._lock:
+                self._stored_sizes[peer] = stored
+        with self._lock:
+            sizes = dict(stored)
             for (p, m), n in self._unnoted.items():
                 if p == peer:
                     sizes[m] = max(n, sizes.get(m, 0))
         return sizes
+
+    def _held_envelopes(self) -> dict[bytes, tuple[str, int]]:
+        """Every checkpoint this node holds, by its bytes: (member, size). Read again only
+        after a checkpoint was committed (``Store.watch_commits``)."""
+        with self._lock:
+            if self._held is not None:
+                return self._held
+            self._held_gen += 1
+            gen = self._held_gen
+        held = {envelope: (member, _size_of(envelope)) for member, envelope in self.node.store.checkpoints().items()}
+        with self._lock:
+            if gen == self._held_gen:  # no commit since it was read
+                self._held = held
+        return held
+
+    def _checkpoint_committed(self) -> None:
+        with self._lock:
+            self._held = None
+            self._held_gen += 1
 
     def _verify_offered(self, envelope: bytes) -> log.LogCheckpoint:
         """``rep.verify_offered_checkpoint``, once per envelope and federation version: the
@@ -366,7 +394,7 @@ class Syncer:
         except grpc.RpcError as e:
             self._rpc_failed(report, offered.member, e)
 
-    def _note(self, peer: str, synced: dict[str, int], peer_sizes: dict[str, int]) -> None:
+    def _note(self, peer: str, synced: dict[str, int]) -> None:
         """Remember what the peer showed: at once when a size changed, else at most every
         NOTE_EVERY seconds per (peer, member) (the time of the last successful sync that
         `counterpart-node status` shows is that fresh; a federation at rest writes nothing
@@ -377,7 +405,7 @@ class Syncer:
             unnoted = {m: n for (p, m), n in self._unnoted.items() if p == peer}
             for m in unnoted:
                 del self._unnoted[(peer, m)]
-        stored = self.node.store.peer_sizes(peer) if unnoted else peer_sizes
+            stored = dict(self._stored_sizes.get(peer) or {})
         due = {
             m: n for m, n in synced.items()
             if stored.get(m) != n or now - self._noted.get((peer, m), -NOTE_EVERY) >= NOTE_EVERY
@@ -385,6 +413,10 @@ class Syncer:
         for m, n in unnoted.items():
             due[m] = max(n, due.get(m, 0))
         self.node.store.note_peer_checkpoints(peer, due, self.node.clock())
+        with self._lock:
+            kept = self._stored_sizes.setdefault(peer, {})
+            for m, n in due.items():
+                kept[m] = max(n, kept.get(m, 0))
         for m in due:
             self._noted[(peer, m)] = now
 
