@@ -15,7 +15,7 @@
    (GetConsistencyProof and GetEntries: pulls; GetCheckpoints: whole passes) and what it
    ingested, of which members (its own log lines).
 5. Watched by 200 peers: the simulator opens 200 WatchCheckpoints streams to the node; how
-   many it accepts (WATCH_LIMIT), its threads and CPU at rest for ``--rest`` / 2 s, then
+   many it accepts (WATCH_LIMIT, 32), its threads and CPU at rest for ``--rest`` / 2 s, then
    one more change (its pushes to the watchers included).
 
 ``--baseline-ref REF`` first runs the same with the node serving directory_server as of that
