@@ -178,13 +178,13 @@ class Syncer:
         self._fork_checks: dict[tuple[str, str], tuple[tuple[int, bytes], bool]] = {}
         self._fill_after: dict[tuple[str, str], int] = {}  # (peer, member) -> where the last fill stopped
         self._whole: dict[str, int] = {}  # member -> a size up to which it holds no entry withheld
-        self._noted: dict[tuple[str, str], float] = {}
+        self._noted: dict[tuple[str, str], float] = {}  # (peer, member) -> when its sync was last written down
         self._unnoted: dict[tuple[str, str], int] = {}  # (peer, member) -> size synced by a push, not yet written
         self._verified: dict[tuple[int, bytes], log.LogCheckpoint] = {}  # (federation version, envelope), oldest first
         self._stored_sizes: dict[str, dict[str, int]] = {}  # peer -> member -> the size stored for it
         self._held: dict[bytes, tuple[str, int]] | None = None  # held checkpoints by their bytes; None: read again
         self._held_gen = 0
-        node.store.watch_commits(self._checkpoint_committed)  # (peer, member) -> when its sync was last written down
+        node.store.watch_commits(self._checkpoint_committed)
         self._channels: dict[str, tuple[tuple[int, int], grpc.Channel]] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
