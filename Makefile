@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := node_modules/.bin/buf
 
-.PHONY: all venv generate lint-proto lint test demo bench bench-find-dated wheels clean
+.PHONY: all venv generate lint-proto lint test demo bench bench-find-dated bench-propagation bench-rest wheels clean
 
 all: test
 
@@ -49,6 +49,14 @@ bench: $(STAMP)
 ## A current FindCounterpart over dated records (the as-of view of now) against the fast path.
 bench-find-dated: $(STAMP)
 	$(PY) bench/bench_find_dated.py
+
+## One change reaching the nine other nodes of ten, against main's behaviour in the same run.
+bench-propagation: $(STAMP)
+	$(PY) bench/bench_propagation.py --baseline-ref main
+
+## A node of a 200-member federation at rest, and one change, against main's behaviour in the same run.
+bench-rest: $(STAMP)
+	$(PY) bench/bench_rest.py --baseline-ref main
 
 ## Wheels of the three distributions into dist/.
 wheels: $(STAMP)

@@ -32,6 +32,7 @@ from counterpart_core.records import (
     references_of,
 )
 from counterpart_core.timeutil import from_timestamp, utcnow
+from directory_server import wake
 from directory_server.config import NodeConfig
 from directory_server.storage.store import Store
 
@@ -149,7 +150,13 @@ class Node:
         self.config = config
         self.store = store or Store(config.db_url)
         self.clock = clock
+        # every checkpoint or federation document committed wakes the node's serving
+        # processes, which push it to their peers (directory_server.wake)
+        self.store.watch_commits(self._wake_servers)
         self._federation: fed.Federation | None = None
+
+    def _wake_servers(self) -> None:
+        wake.poke(self.config.data_dir)
 
     @property
     def member(self) -> str:

@@ -25,29 +25,39 @@ engine like an unreachable one, its pushes ignored meanwhile. A log of this node
 member offered by a peer is refused (``OWN_LOG_FROM_PEER``) and raises an alarm, unless
 the operator restores the log from peers (``restore_from_peers``).
 
-``SyncEngine`` runs one thread per peer (a slow or hostile peer only ever holds up its own
-thread) that pulls on start, on every push the peer sends through ``WatchCheckpoints``,
-and on an anti-entropy timer with jitter, backing off exponentially while the peer fails.
+``SyncEngine`` runs in a bounded number of threads whatever the number of peers: one event
+loop follows every peer's ``WatchCheckpoints`` stream and keeps the timers, and a small pool
+runs the jobs, one per peer at a time (a slow or hostile peer holds up one worker, not the
+others). Each peer gets a whole pass on start and on an anti-entropy timer with jitter; a
+push is a hint that pulls only the member it names (``Syncer.sync_pushed``), and only when
+its checkpoint is newer than the one held; a peer that fails is backed off exponentially.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from counterpart.v1 import log_pb2
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
 from counterpart_core import federation as fed
-from counterpart_core import log, merkle
+from counterpart_core import log, merkle, signing
 from counterpart_core import replication as rep
 from counterpart_core.errors import ConflictError, CounterpartError, VerificationError
+from counterpart_core.timeutil import from_timestamp
 from directory_server import security
 from directory_server.node import Node
 from directory_server.security import TlsIdentity
@@ -79,6 +89,50 @@ class PeerReport:
 STALL = 2.0  # seconds without a batch after which a peer's claim on a range lapses
 FILL_MAX_ENTRIES = 1000  # withheld positions one pass asks one peer for, in all
 FILL_MAX_RUNS = 16  # GetEntries calls one pass makes to one peer to fill withheld positions
+VERIFIED_KEEP = 4096  # offered checkpoints whose verification is remembered
+NOTE_EVERY = 300.0  # seconds: how stale a (peer, member)'s last success time may be at rest
+
+
+def _size_of(envelope: bytes) -> int:
+    """The size a checkpoint claims, parsed, not verified: only for one this node holds
+    byte for byte, whose signature was checked when it was stored."""
+    cp = log_pb2.Checkpoint()
+    cp.ParseFromString(signing.parse_envelope(envelope, signing.CHECKPOINT_TYPE).payload)
+    return int(cp.size)
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """What a checkpoint says of its log, enough to tell whether another one is newer."""
+
+    size: int
+    root_hash: bytes
+    issue_time: datetime
+
+    def newer_than(self, held: _Tree | None) -> bool:
+        """A larger log, or the same tree signed again later (a heartbeat), or another tree
+        of the same size (an equivocation, for ``decide`` to see). A smaller one is left to
+        anti-entropy."""
+        if held is None:
+            return True
+        if self.size != held.size:
+            return self.size > held.size
+        return self.root_hash != held.root_hash or self.issue_time > held.issue_time
+
+
+def _claimed_tree(envelope: bytes) -> tuple[str, _Tree] | None:
+    """The member and tree a checkpoint claims, parsed, NOT verified (None if unparseable):
+    only to drop a push that could not be newer than what is held without verifying it."""
+    try:
+        cp = log_pb2.Checkpoint()
+        cp.ParseFromString(signing.parse_envelope(envelope, signing.CHECKPOINT_TYPE).payload)
+        return cp.member, _Tree(int(cp.size), bytes(cp.root_hash), from_timestamp(cp.issue_time))
+    except (VerificationError, DecodeError, ValueError, OverflowError):
+        return None
 
 
 @dataclass
@@ -123,6 +177,14 @@ class Syncer:
         # and whether that showed an equivocation: the fork check runs once per tree
         self._fork_checks: dict[tuple[str, str], tuple[tuple[int, bytes], bool]] = {}
         self._fill_after: dict[tuple[str, str], int] = {}  # (peer, member) -> where the last fill stopped
+        self._whole: dict[str, int] = {}  # member -> a size up to which it holds no entry withheld
+        self._noted: dict[tuple[str, str], float] = {}  # (peer, member) -> when its sync was last written down
+        self._unnoted: dict[tuple[str, str], int] = {}  # (peer, member) -> size synced by a push, not yet written
+        self._verified: dict[tuple[int, bytes], log.LogCheckpoint] = {}  # (federation version, envelope), oldest first
+        self._stored_sizes: dict[str, dict[str, int]] = {}  # peer -> member -> the size stored for it
+        self._held: dict[bytes, tuple[str, int]] | None = None  # held checkpoints by their bytes; None: read again
+        self._held_gen = 0
+        node.store.watch_commits(self._checkpoint_committed)
         self._channels: dict[str, tuple[tuple[int, int], grpc.Channel]] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
@@ -139,6 +201,24 @@ class Syncer:
     # come withheld.
     tls_identity: TlsIdentity | None = None
 
+    def channel_args(self, peer: str) -> tuple[str, grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+        """Where and how to call the peer (address, TLS credentials or None for plaintext
+        on loopback, channel options): the federation's message limit, enforced by gRPC
+        before parsing; over TLS, only the certificates the current federation document
+        lists for the member at that endpoint are trusted."""
+        federation = self.node.federation()
+        limit = int(federation.limits.max_message_bytes)
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.enable_retries", 0),
+        ]
+        address = peer.removeprefix(security.TLS_SCHEME)
+        if peer.startswith(security.TLS_SCHEME) or not security.is_loopback(peer):
+            creds, names = security.channel_credentials(federation, peer, self.tls_identity)
+            return address, creds, options + names
+        return address, None, options
+
     def channel(self, peer: str) -> grpc.Channel:
         """A channel whose message limit is the federation's, enforced by gRPC before parsing.
 
@@ -154,15 +234,9 @@ class Syncer:
                 return cached[1]
             if cached is not None:
                 cached[1].close()
-            options: list[tuple[str, Any]] = [
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.enable_retries", 0),
-            ]
-            address = peer.removeprefix(security.TLS_SCHEME)
-            if peer.startswith(security.TLS_SCHEME) or not security.is_loopback(peer):
-                creds, names = security.channel_credentials(federation, peer, self.tls_identity)
-                channel = grpc.secure_channel(address, creds, options=options + names)
+            address, creds, options = self.channel_args(peer)
+            if creds is not None:
+                channel = grpc.secure_channel(address, creds, options=options)
             else:
                 channel = grpc.insecure_channel(address, options=options)
             self._channels[peer] = (key, channel)
@@ -198,30 +272,153 @@ class Syncer:
                 reason="TOO_MANY_CHECKPOINTS",
             ))
             return report
-        peer_sizes = self.node.store.peer_sizes(peer)
+        peer_sizes = self._peer_sizes(peer)
+        held = self._held_envelopes()
         synced: dict[str, int] = {}
         fillable: dict[str, int] = {}  # member -> the size of the peer's verified checkpoint
         for envelope in offered_list:
-            try:
-                offered = rep.verify_offered_checkpoint(envelope, self.node.federation())
-            except VerificationError as e:
-                self._reject(report, rep.claimed_member(envelope, self.node.federation()), e)
+            same = held.get(envelope)
+            if same is not None:
+                # exactly a checkpoint this node holds, whose signature was checked when it
+                # was stored: nothing to decide, verify or pull (anti-entropy at rest is a
+                # lookup of the bytes per member)
+                synced[same[0]] = fillable[same[0]] = same[1]
                 continue
-            try:
-                if self._sync_member(stub, report, offered, peer_sizes.get(offered.member)):
-                    synced[offered.member] = offered.size
-                    fillable[offered.member] = offered.size
-            except VerificationError as e:
-                self._reject(report, offered.member, e)
-            except ConflictError:
-                # another peer's pull changed the member's log meanwhile; the next pass looks again
-                fillable[offered.member] = offered.size
-            except grpc.RpcError as e:
-                self._rpc_failed(report, offered.member, e)
-        self.node.store.note_peer_checkpoints(peer, synced, self.node.clock())
+            self._offer(stub, report, envelope, peer_sizes, synced, fillable)
+        self._note(peer, synced)
         if not report.withheld and not report.error:  # a peer that withheld entries this pass would again
             self._fill(stub, report, fillable)
         return report
+
+    def sync_pushed(self, peer: str, envelopes: Iterable[bytes]) -> PeerReport:
+        """What a push from the peer asks for: each checkpoint it pushed (only a hint) is
+        verified and, only if it is newer than the one this node holds for its member, that
+        member alone is pulled from the peer, as a pass would. An older or the same
+        checkpoint costs a signature check and nothing else; a push never starts a pass over
+        every member."""
+        report = PeerReport(peer)
+        stub = rs_grpc.ReplicationServiceStub(self.channel(peer))
+        synced: dict[str, int] = {}
+        fillable: dict[str, int] = {}
+        peer_sizes: dict[str, int] | None = None
+        for envelope in envelopes:
+            try:
+                offered = self._verify_offered(envelope)
+            except VerificationError as e:
+                self._reject(report, rep.claimed_member(envelope, self.node.federation()), e)
+                continue
+            row = self.node.store.checkpoint_row(offered.member)
+            held = _Tree(row.size, row.root_hash, row.issue_time) if row is not None else None
+            if not _Tree(offered.size, offered.root_hash, offered.issue_time).newer_than(held):
+                continue  # not newer than what this node holds: nothing to do
+            if peer_sizes is None:
+                peer_sizes = self._peer_sizes(peer)
+            self._offer(stub, report, envelope, peer_sizes, synced, fillable, offered)
+        with self._lock:  # written down with the peer's next pass, not one transaction per push
+            for m, n in synced.items():
+                self._unnoted[(peer, m)] = max(n, self._unnoted.get((peer, m), 0))
+        return report
+
+    def _peer_sizes(self, peer: str) -> dict[str, int]:
+        """The largest size the peer has shown per member: stored (read once, then kept up to
+        date here: only this node's sync of the peer writes them), and shown since by pushes."""
+        with self._lock:
+            stored = self._stored_sizes.get(peer)
+        if stored is None:
+            stored = self.node.store.peer_sizes(peer)
+            with self._lock:
+                self._stored_sizes[peer] = stored
+        with self._lock:
+            sizes = dict(stored)
+            for (p, m), n in self._unnoted.items():
+                if p == peer:
+                    sizes[m] = max(n, sizes.get(m, 0))
+        return sizes
+
+    def _held_envelopes(self) -> dict[bytes, tuple[str, int]]:
+        """Every checkpoint this node holds, by its bytes: (member, size). Read again only
+        after a checkpoint was committed (``Store.watch_commits``)."""
+        with self._lock:
+            if self._held is not None:
+                return self._held
+            self._held_gen += 1
+            gen = self._held_gen
+        held = {envelope: (member, _size_of(envelope)) for member, envelope in self.node.store.checkpoints().items()}
+        with self._lock:
+            if gen == self._held_gen:  # no commit since it was read
+                self._held = held
+        return held
+
+    def _checkpoint_committed(self) -> None:
+        with self._lock:
+            self._held = None
+            self._held_gen += 1
+
+    def _verify_offered(self, envelope: bytes) -> log.LogCheckpoint:
+        """``rep.verify_offered_checkpoint``, once per envelope and federation version: the
+        same bytes pushed or offered again by other peers are not verified again (what it
+        checks, the member's keys as of the issue time, changes only with the document)."""
+        federation = self.node.federation()
+        key = (federation.version, envelope)
+        with self._lock:
+            cached = self._verified.get(key)
+        if cached is not None:
+            return cached
+        offered = rep.verify_offered_checkpoint(envelope, federation)
+        with self._lock:
+            self._verified[key] = offered
+            while len(self._verified) > VERIFIED_KEEP:
+                self._verified.pop(next(iter(self._verified)))
+        return offered
+
+    def _offer(
+        self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, envelope: bytes, peer_sizes: dict[str, int],
+        synced: dict[str, int], fillable: dict[str, int], offered: log.LogCheckpoint | None = None,
+    ) -> None:
+        """Verify one checkpoint the peer offers and bring its member up to it."""
+        if offered is None:
+            try:
+                offered = self._verify_offered(envelope)
+            except VerificationError as e:
+                self._reject(report, rep.claimed_member(envelope, self.node.federation()), e)
+                return
+        try:
+            if self._sync_member(stub, report, offered, peer_sizes.get(offered.member)):
+                synced[offered.member] = offered.size
+                fillable[offered.member] = offered.size
+        except VerificationError as e:
+            self._reject(report, offered.member, e)
+        except ConflictError:
+            # another peer's pull changed the member's log meanwhile; the next pass looks again
+            fillable[offered.member] = offered.size
+        except grpc.RpcError as e:
+            self._rpc_failed(report, offered.member, e)
+
+    def _note(self, peer: str, synced: dict[str, int]) -> None:
+        """Remember what the peer showed: at once when a size changed, else at most every
+        NOTE_EVERY seconds per (peer, member) (the time of the last successful sync that
+        `counterpart-node status` shows is that fresh; a federation at rest writes nothing
+        each pass). What pushes synced since the last pass is written here too: a push
+        costs no bookkeeping transaction of its own."""
+        now = time.monotonic()
+        with self._lock:
+            unnoted = {m: n for (p, m), n in self._unnoted.items() if p == peer}
+            for m in unnoted:
+                del self._unnoted[(peer, m)]
+            stored = dict(self._stored_sizes.get(peer) or {})
+        due = {
+            m: n for m, n in synced.items()
+            if stored.get(m) != n or now - self._noted.get((peer, m), -NOTE_EVERY) >= NOTE_EVERY
+        }
+        for m, n in unnoted.items():
+            due[m] = max(n, due.get(m, 0))
+        self.node.store.note_peer_checkpoints(peer, due, self.node.clock())
+        with self._lock:
+            kept = self._stored_sizes.setdefault(peer, {})
+            for m, n in due.items():
+                kept[m] = max(n, kept.get(m, 0))
+        for m in due:
+            self._noted[(peer, m)] = now
 
     @property
     def _ambiguous_restricted(self) -> bool:
@@ -441,8 +638,12 @@ class Syncer:
                 return
             if member == self.node.member and not restore:
                 continue
+            if self._whole.get(member, 0) >= sizes[member]:
+                continue  # nothing withheld up to there: filling only ever removes withheld entries
             held = self.node.store.withheld_hashes(member, upto=sizes[member])
             if not held:
+                row = self.node.store.checkpoint_row(member)  # entries up to its size are all there
+                self._whole[member] = min(sizes[member], row.size if row else 0)
                 continue
             key = (report.peer, member)
             penalty = self._penalties.get(key)
@@ -540,16 +741,50 @@ class Syncer:
         report.error = f"{code.name if code else 'ERROR'}: {details}"
 
 
-class SyncEngine:
-    """Background sync from every peer, each in its own thread."""
+@dataclass
+class _PeerState:
+    """What the engine knows of one peer; touched only by the engine's event loop thread."""
 
-    # Called with the report of every pass, from the peer's thread (metrics, progress).
+    address: str
+    failures: int = 0  # passes in a row the peer could not be reached
+    refused: int = 0  # passes in a row where what it offered failed verification and nothing succeeded
+    strict_until: float = 0.0  # time.monotonic() before which its pushes are ignored (it failed verification)
+    full: bool = False  # a whole pass is due
+    pushed: dict[str, bytes] = field(default_factory=dict)  # member -> the last checkpoint it pushed, not yet looked at
+    seen: dict[str, bytes] = field(default_factory=dict)  # member -> the last checkpoint it pushed (repeats are dropped)
+    busy: bool = False  # a job for it is queued or running in the pool
+    timer: asyncio.TimerHandle | None = None  # the next anti-entropy pass
+    watch: asyncio.Task[None] | None = None
+
+
+class SyncEngine:
+    """Background sync from every peer, in a bounded number of threads whatever the number
+    of peers: one event loop thread follows every peer's ``WatchCheckpoints`` stream (grpc.aio)
+    and keeps every timer; passes and pulls run on a pool of ``workers`` threads, at most one
+    job per peer at a time (a slow or hostile peer holds up one worker, never the others'
+    pushes).
+
+    - On start, and then on an anti-entropy timer with jitter (``interval``), a whole pass
+      against the peer (``Syncer.sync_peer``); a pass at rest compares each offered
+      checkpoint with the held one byte for byte and verifies nothing.
+    - A push carries a signed checkpoint: it is only a hint. The same bytes pushed again are
+      dropped; otherwise ``Syncer.sync_pushed`` verifies it and pulls that member alone, from
+      that peer, only if it is newer than what this node holds. Pushes that arrive while a
+      job runs are coalesced (the last per member). A push of a newer federation version
+      makes the next job a whole pass.
+    - A peer that cannot be reached is retried after an exponential backoff; a peer whose
+      pass (or pushes) failed verification, with nothing else succeeding, is backed off by
+      2, 4, 8... intervals, and its pushes are ignored meanwhile (a hostile peer could push
+      as often as it likes).
+    """
+
+    # Called with the report of every pass or push job, from a worker thread (metrics, progress).
     on_report: Callable[[PeerReport], None] | None = None
 
     def __init__(
         self, node: Node, peers: Callable[[], Iterable[str]], *, interval: float = 30.0,
         deadline: float = 10.0, backoff_max: float = 60.0, rng: random.Random | None = None,
-        reject_backoff_max: float = 600.0,
+        reject_backoff_max: float = 600.0, workers: int = 4,
     ) -> None:
         self.node = node
         self.reject_backoff_max = max(reject_backoff_max, interval)
@@ -558,136 +793,272 @@ class SyncEngine:
         self.interval = interval
         self.backoff_max = backoff_max
         self._rng = rng or random.Random()
-        self._stop = threading.Event()
-        self._peers_changed = threading.Event()
-        self._wake: dict[str, threading.Event] = {}
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._peers: dict[str, _PeerState] = {}
+        self._channels: dict[str, tuple[tuple[int, int], grpc.aio.Channel]] = {}
+        self._peers_changed: asyncio.Event | None = None
+        self._stopped = False
         self.last_reports: dict[str, PeerReport] = {}
+        # jobs run, by kind ("pass": a whole pass; "push": members a push named), for tests
+        # and benchmarks that count the work a change causes
+        self.jobs: dict[str, int] = {"pass": 0, "push": 0}
+        self.pushes = 0  # pushes received from all peers
+        self._watching: set[str] = set()  # peers whose WatchCheckpoints stream is open
+        self._held: dict[str, _Tree | None] = {}
+        self._held_stale = False
+        node.store.watch_commits(self._checkpoint_committed)
 
     def start(self) -> None:
-        threading.Thread(target=self._supervise, name="sync-supervisor", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="sync-loop", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._peers_changed.set()
-        with self._lock:
-            for event in self._wake.values():
-                event.set()
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+            self._thread.join(10.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.syncer.close()
 
     def trigger(self, peer: str | None = None) -> None:
-        """Pull now from one peer, or from all."""
-        with self._lock:
-            targets = [self._wake[peer]] if peer in self._wake else ([] if peer else list(self._wake.values()))
-        for event in targets:
-            event.set()
+        """A whole pass now against one peer, or against all."""
+        def due() -> None:
+            for state in ([self._peers[peer]] if peer in self._peers else [] if peer else list(self._peers.values())):
+                state.full = True
+                self._kick(state)
+
+        self._call(due)
+
+    def idle(self) -> bool:
+        """No job runs or waits for any peer (a snapshot; for tests and benchmarks)."""
+        return all(not (p.busy or p.full or p.pushed) for p in list(self._peers.values()))
+
+    def peers(self) -> list[str]:
+        return sorted(self._peers)
+
+    def watching(self) -> int:
+        """How many peers' WatchCheckpoints streams are open."""
+        return len(self._watching)
 
     def refresh_peers(self) -> None:
-        self._peers_changed.set()
+        self._call(lambda: self._peers_changed.set() if self._peers_changed is not None else None)
 
-    def _supervise(self) -> None:
-        """Start a thread pair for each peer as peers appear (configuration, new federation
-        documents); a peer that disappears stops at its next wake-up."""
-        while not self._stop.is_set():
-            self._peers_changed.clear()
-            try:
-                wanted = set(self._peers_fn())
-            except CounterpartError as e:
-                logger.warning("cannot list peers", extra={"reason": e.reason, "error": e.message})
-                wanted = set()
-            with self._lock:
-                for peer in sorted(wanted - set(self._wake)):
-                    self._wake[peer] = threading.Event()
-                    for target, name in ((self._pull_loop, "sync"), (self._watch_loop, "watch")):
-                        t = threading.Thread(target=target, args=(peer,), name=f"{name}-{peer}", daemon=True)
-                        self._threads.append(t)
-                        t.start()
-                for peer in set(self._wake) - wanted:
-                    self._wake.pop(peer).set()
-            self._peers_changed.wait(min(self.interval, 5.0))
+    def _call(self, fn: Callable[[], None]) -> None:
+        if not self._stopped and self._loop.is_running():
+            self._loop.call_soon_threadsafe(fn)
 
-    def _active(self, peer: str) -> bool:
-        with self._lock:
-            return not self._stop.is_set() and peer in self._wake
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._supervise())
+        finally:
+            self._loop.close()
+
+    async def _shutdown(self) -> None:
+        self._stopped = True
+        if self._peers_changed is not None:
+            self._peers_changed.set()
+
+    async def _supervise(self) -> None:
+        """Follow the peer list (configuration, new federation documents) every few seconds
+        or when told; a peer that disappears is dropped (its job, if one runs, finishes)."""
+        self._peers_changed = asyncio.Event()
+        try:
+            while not self._stopped:
+                self._peers_changed.clear()
+                try:
+                    wanted = set(self._peers_fn())
+                except CounterpartError as e:
+                    logger.warning("cannot list peers", extra={"reason": e.reason, "error": e.message})
+                    wanted = set()
+                for peer in sorted(wanted - set(self._peers)):
+                    state = self._peers[peer] = _PeerState(peer, full=True)
+                    state.watch = asyncio.create_task(self._watch(state), name=f"watch-{peer}")
+                    self._kick(state)
+                for peer in set(self._peers) - wanted:
+                    self._drop(self._peers.pop(peer))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._peers_changed.wait(), min(self.interval, 5.0))
+        finally:
+            for state in list(self._peers.values()):
+                self._drop(state)
+            self._peers.clear()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for _, channel in self._channels.values():
+                await channel.close(None)
+            self._channels.clear()
+
+    def _drop(self, state: _PeerState) -> None:
+        if state.timer is not None:
+            state.timer.cancel()
+        if state.watch is not None:
+            state.watch.cancel()
+        self._channels.pop(state.address, None)  # closed with the loop; a re-added peer gets a new one
 
     def _jitter(self, seconds: float) -> float:
         return seconds * self._rng.uniform(0.8, 1.2)
 
-    def _pull_loop(self, peer: str) -> None:
-        failures = 0  # passes in a row the peer could not be reached
-        refused = 0  # passes in a row where what the peer offered failed verification and nothing succeeded
-        while self._active(peer):
-            with self._lock:
-                wake = self._wake.get(peer)
-            if wake is None:
-                return
-            wake.clear()
-            try:
-                report = self.syncer.sync_peer(peer)
-            except Exception:  # a bug must not kill the peer's thread for good
-                logger.exception("sync pass failed", extra={"peer": peer})
-                report = PeerReport(peer, error="internal error")
-            self.last_reports[peer] = report
-            if self.on_report is not None:
-                self.on_report(report)
-            strict = False
-            if report.error:
-                failures += 1
-                wait = min(self.backoff_max, 0.5 * 2 ** min(failures, 16))
-                logger.info("peer unavailable; backing off", extra={"peer": peer, "error": report.error, "seconds": round(wait, 2)})
-            elif (report.rejected or report.held_off) and not (report.pulled or report.refreshed or report.filled):
-                # A peer that keeps failing verification is not pulled at full cost every
-                # pass: 2, 4, 8... intervals, up to reject_backoff_max, and its pushes do not
-                # cut the wait short (a hostile peer could push as often as it likes).
-                failures, refused = 0, refused + 1
-                wait = rep.backoff(refused, 2 * self.interval, self.reject_backoff_max)
-                strict = True
-                logger.info(
-                    "peer failed verification; backing off",
-                    extra={"peer": peer, "rejected": [r for _, r, _ in report.rejected], "seconds": round(wait, 2)},
-                )
-            else:
-                failures = refused = 0
-                # a member left to another peer's pull: look again once that pull could have stalled
-                wait = min(self.interval, 1.5 * STALL) if report.deferred else self.interval
-            self._sleep(peer, wake, self._jitter(wait), ignore_pushes=strict)
+    # --- jobs on the pool ------------------------------------------------------------------
 
-    def _sleep(self, peer: str, wake: threading.Event, seconds: float, *, ignore_pushes: bool) -> None:
-        """Wait ``seconds`` or until woken (a push, a trigger); with ``ignore_pushes``, only
-        the node stopping or the peer going away end the wait early."""
-        if not ignore_pushes:
-            wake.wait(seconds)
+    def _kick(self, state: _PeerState) -> None:
+        """Start the peer's next job if it has work and none runs."""
+        if state.busy or self._stopped or self._peers.get(state.address) is not state:
             return
-        deadline = time.monotonic() + seconds
-        while self._active(peer):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            wake.wait(remaining)
-            wake.clear()
+        if state.full:
+            state.full, state.pushed = False, {}
+            self.jobs["pass"] += 1
+            job: Callable[[], PeerReport] = lambda: self.syncer.sync_peer(state.address)
+            whole = True
+        elif state.pushed:
+            envelopes, state.pushed = list(state.pushed.values()), {}
+            self.jobs["push"] += 1
+            job = lambda: self.syncer.sync_pushed(state.address, envelopes)
+            whole = False
+        else:
+            return
+        state.busy = True
+        try:
+            future = self._pool.submit(self._work, state.address, job)
+        except RuntimeError:  # the pool is shut down: the engine stops
+            state.busy = False
+            return
+        future.add_done_callback(lambda f: self._call(lambda: self._done(state, f.result(), whole)))
 
-    def _watch_loop(self, peer: str) -> None:
-        """Follow the peer's pushes; each one wakes the peer's pull thread."""
+    def _work(self, peer: str, job: Callable[[], PeerReport]) -> PeerReport:
+        try:
+            report = job()
+        except Exception:  # a bug must not stop the engine
+            logger.exception("sync pass failed", extra={"peer": peer})
+            report = PeerReport(peer, error="internal error")
+        self.last_reports[peer] = report
+        if self.on_report is not None:
+            self.on_report(report)
+        return report
+
+    def _done(self, state: _PeerState, report: PeerReport, whole: bool) -> None:
+        state.busy = False
+        if report.error:
+            state.failures += 1
+            wait = min(self.backoff_max, 0.5 * 2 ** min(state.failures, 16))
+            logger.info("peer unavailable; backing off", extra={
+                "peer": state.address, "error": report.error, "seconds": round(wait, 2)})
+            self._schedule(state, wait)
+        elif (report.rejected or report.held_off) and not (report.pulled or report.refreshed or report.filled):
+            # A peer that keeps failing verification is not pulled at full cost every
+            # pass: 2, 4, 8... intervals, up to reject_backoff_max, and its pushes are
+            # ignored meanwhile (a hostile peer could push as often as it likes).
+            state.failures, state.refused = 0, state.refused + 1
+            wait = self._jitter(rep.backoff(state.refused, 2 * self.interval, self.reject_backoff_max))
+            state.strict_until = time.monotonic() + wait
+            state.pushed = {}
+            logger.info("peer failed verification; backing off", extra={
+                "peer": state.address, "rejected": [r for _, r, _ in report.rejected], "seconds": round(wait, 2)})
+            self._schedule(state, wait, jitter=False)
+        elif whole:
+            state.failures = state.refused = 0
+            # a member left to another peer's pull: look again once that pull could have stalled
+            self._schedule(state, min(self.interval, 1.5 * STALL) if report.deferred else self.interval)
+        elif report.pulled or report.refreshed:
+            state.failures = state.refused = 0
+        self._kick(state)
+
+    def _schedule(self, state: _PeerState, seconds: float, *, jitter: bool = True) -> None:
+        """The peer's next whole pass, ``seconds`` from now (replacing the one planned)."""
+        if state.timer is not None:
+            state.timer.cancel()
+
+        def due() -> None:
+            state.timer = None
+            state.full = True
+            self._kick(state)
+
+        state.timer = self._loop.call_later(self._jitter(seconds) if jitter else seconds, due)
+
+    # --- pushes ----------------------------------------------------------------------------
+
+    def _channel(self, peer: str) -> grpc.aio.Channel:
+        federation = self.node.federation()
+        limit = int(federation.limits.max_message_bytes)
+        key = (limit, federation.version)
+        cached = self._channels.get(peer)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        address, credentials, options = self.syncer.channel_args(peer)
+        channel = (
+            grpc.aio.secure_channel(address, credentials, options=options) if credentials is not None
+            else grpc.aio.insecure_channel(address, options=options)
+        )
+        if cached is not None:
+            asyncio.ensure_future(cached[1].close(None))
+        self._channels[peer] = (key, channel)
+        return channel
+
+    async def _watch(self, state: _PeerState) -> None:
+        """Follow the peer's pushes for as long as it is a peer; reconnect with backoff."""
         failures = 0
-        while self._active(peer):
-            stub = rs_grpc.ReplicationServiceStub(self.syncer.channel(peer))
-            call = stub.WatchCheckpoints(rs.WatchCheckpointsRequest())
-            stopper = threading.Thread(target=self._cancel_when_gone, args=(peer, call), daemon=True)
-            stopper.start()
+        while not self._stopped:
             try:
-                for _push in call:
-                    failures = 0
-                    self.trigger(peer)
+                stub = rs_grpc.ReplicationServiceStub(self._channel(state.address))
+                call = stub.WatchCheckpoints(rs.WatchCheckpointsRequest())
+                try:
+                    await call.wait_for_connection()  # the peer accepted the watcher
+                    self._watching.add(state.address)
+                    async for push in call:
+                        failures = 0
+                        self._pushed(state, push)
+                finally:
+                    self._watching.discard(state.address)
+                    call.cancel()
             except grpc.RpcError:
                 pass
+            except CounterpartError as e:  # no federation document yet, a certificate missing...
+                logger.warning("cannot watch peer", extra={"peer": state.address, "reason": e.reason, "error": e.message})
             failures += 1
-            self._stop.wait(self._jitter(min(self.backoff_max, 0.25 * 2 ** min(failures, 16))))
+            await asyncio.sleep(self._jitter(min(self.backoff_max, 0.25 * 2 ** min(failures, 16))))
 
-    def _cancel_when_gone(self, peer: str, call: grpc.Future[Any]) -> None:
-        while self._active(peer) and not call.done():
-            self._stop.wait(0.5)
-        call.cancel()
+    def _pushed(self, state: _PeerState, push: rs.WatchCheckpointsResponse) -> None:
+        """Note what a push asks for; the peer's next job does it. Costs O(1) and keeps at
+        most one checkpoint per member of the federation, whatever the peer sends."""
+        self.pushes += 1
+        if time.monotonic() < state.strict_until:
+            return  # backed off for failing verification: its pushes do not cut the wait short
+        federation = self.node.federation()
+        if push.federation_version > federation.version:
+            state.full = True
+        envelope = push.signed_checkpoint
+        if envelope:
+            claimed = _claimed_tree(envelope)
+            if claimed is None or federation.member(claimed[0]) is None or state.seen.get(claimed[0]) == envelope:
+                return  # unparseable, not a member, or exactly what it pushed last time
+            member, tree = claimed
+            state.seen[member] = envelope
+            if tree.newer_than(self._held_tree(member)):
+                # what it claims is newer: the job verifies it before anything else
+                state.pushed[member] = envelope
+            # else: even if genuine it could not be newer; a pushed relay of what this node
+            # already holds costs a parse and nothing else
+        self._kick(state)
+
+    def _held_tree(self, member: str) -> _Tree | None:
+        """The tree this node holds for the member, cached until the next commit of a
+        checkpoint (``Store.watch_commits``)."""
+        if self._held_stale:
+            self._held_stale = False
+            self._held.clear()
+        if member not in self._held:
+            row = self.node.store.checkpoint_row(member)
+            self._held[member] = _Tree(row.size, row.root_hash, row.issue_time) if row is not None else None
+        return self._held[member]
+
+    def _checkpoint_committed(self) -> None:
+        self._held_stale = True  # from any thread; the loop clears the cache when it next looks
 
 
 def peers_of(node: Node, configured: Iterable[str], own_address: str) -> list[str]:

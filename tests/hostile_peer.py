@@ -38,6 +38,7 @@ class HostilePeer(rs_grpc.ReplicationServiceServicer):
         self.proof: Callable[[rs.GetConsistencyProofRequest], list[bytes]] | None = None  # None: honest
         self.federation_version: int | None = None  # None: the source's
         self.documents: list[bytes] | None = None  # None: the source's federation chain
+        self.pushes: list[bytes] | None = None  # None: pushes nothing; else these, on each watch stream
         self.member_node = False  # True: serve members-only entries whole, as to a member node
         self.calls: list[tuple[str, int, int]] = []  # (method, first, second) as asked
         self.times: list[tuple[str, float]] = []  # (method, time.monotonic()) of each call
@@ -140,7 +141,16 @@ class HostilePeer(rs_grpc.ReplicationServiceServicer):
         self, request: rs.WatchCheckpointsRequest, context: grpc.ServicerContext
     ) -> Iterator[rs.WatchCheckpointsResponse]:
         self._note("WatchCheckpoints")
-        return iter(())  # pushes nothing: a hostile peer need not help
+        if self.pushes is None:
+            return iter(())  # pushes nothing: a hostile peer need not help
+        return self._flood(list(self.pushes), context)
+
+    @staticmethod
+    def _flood(pushes: list[bytes], context: grpc.ServicerContext) -> Iterator[rs.WatchCheckpointsResponse]:
+        for envelope in pushes:
+            yield rs.WatchCheckpointsResponse(signed_checkpoint=envelope)
+        while context.is_active():  # then keeps the stream open, as a watcher expects
+            time.sleep(0.05)
 
     def GetFederation(self, request: rs.GetFederationRequest, context: grpc.ServicerContext) -> rs.GetFederationResponse:
         self._note("GetFederation", request.from_version)

@@ -113,7 +113,6 @@ class Cluster:
     def start(self, member: str) -> NodeServer:
         server = NodeServer(
             self.nodes[member], "127.0.0.1:0", access_log=False, peers=[], sync_interval=self.sync_interval,
-            push_poll=0.05,
         )
         server.start()
         self.servers[member] = server

@@ -90,7 +90,7 @@ def make_tls_node(root: Path, member: Member, document: bytes, publish: str | No
 def serve(node: Node, member: Member, *, peers: list[str] | None = None, sync_interval: float = 30.0) -> NodeServer:
     server = NodeServer(
         node, "127.0.0.1:0", access_log=False, tls_identity=member.identity, peer_address="127.0.0.1:0",
-        peers=peers, sync_interval=sync_interval, push_poll=0.05,
+        peers=peers, sync_interval=sync_interval,
     )
     server.start()
     return server

@@ -7,6 +7,7 @@ from callers that may not see them (``domain.redaction.serve_whole``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -43,17 +44,25 @@ class Broadcaster:
             self._events.append((self._generation, event))
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Wake every watcher to look whether its caller is still there (a call ended)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
 
-    def follow(self, active: Callable[[], bool], poll: float = 1.0) -> Iterator[rs.WatchCheckpointsResponse]:
+    def follow(self, active: Callable[[], bool], poll: float = 60.0) -> Iterator[rs.WatchCheckpointsResponse]:
+        """Events from now on, while ``active()``. The caller wakes the watchers with
+        ``wake`` when a call ends; ``poll`` is only a safety net, not a latency: a
+        watcher that waits costs no CPU."""
         with self._cond:
             seen = self._generation
         while True:
             with self._cond:
-                if not self._closed and self._generation == seen:
+                if not self._closed and self._generation == seen and active():
                     self._cond.wait(timeout=poll)
                 if self._closed:
                     return
@@ -163,6 +172,9 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
         if not self._watchers.acquire(blocking=False):
             raise ResourceExhaustedError("too many peers are watching this node; try again later", reason="TOO_MANY_WATCHERS")
         try:
+            context.add_callback(self.broadcaster.wake)  # the call ended: its thread is given back at once
+            with contextlib.suppress(ValueError):  # already sent (by an interceptor): as good
+                context.send_initial_metadata(())  # the watcher knows at once that it was accepted
             yield from self.broadcaster.follow(context.is_active)
         finally:
             self._watchers.release()

@@ -38,11 +38,18 @@ from directory_server.service.interceptors import Behaviour, rewrap, status_name
 from directory_server.service.metrics import NodeMetrics
 from directory_server.service.replication import Broadcaster, ReplicationServicer
 from directory_server.sync import PeerReport, SyncEngine, peers_of
+from directory_server.wake import WakeSocket
 
 log = logging.getLogger("counterpart.node")
 DIRECTORY_SERVICE = directory_service_pb2.DESCRIPTOR.services_by_name["DirectoryService"].full_name
 REPLICATION_SERVICE = replication_service_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name
-WATCH_LIMIT = 64  # peers that may follow WatchCheckpoints at once; each holds a server thread
+# Peers that may follow WatchCheckpoints at once; each holds a server thread (the sync
+# server has no other way to hold a stream open), so this bounds what a node watched by a
+# big federation costs: with 32, a node of 200 members stays under 64 threads. A peer
+# refused is told RESOURCE_EXHAUSTED, retries with backoff, and meanwhile learns of changes
+# from the peers that relay them (every node pushes what it ingests: in two hops, 32 x 32
+# watchers reach far more than 200 nodes) and from anti-entropy.
+WATCH_LIMIT = 32
 
 
 def rfc3339(created: float) -> str:
@@ -163,8 +170,8 @@ class NodeServer:
     def __init__(
         self, node: Node, address: str, *, max_workers: int = 4, access_log: bool = True,
         peers: list[str] | None = None, sync_interval: float = 30.0, sync_deadline: float = 10.0,
-        push_poll: float = 0.1, tls_identity: TlsIdentity | None = None, peer_address: str = "",
-        several_processes: bool = False, metrics_address: str = "",
+        push_poll: float = 5.0, tls_identity: TlsIdentity | None = None, peer_address: str = "",
+        several_processes: bool = False, metrics_address: str = "", watch_limit: int = WATCH_LIMIT,
     ) -> None:
         self.node = node
         self.directory = Directory(node.store, node.federation, node.clock)
@@ -175,14 +182,14 @@ class NodeServer:
         ]
         interceptors.append(Authenticator(node.federation, node.store.revoked, node.member, node.clock))
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers + WATCH_LIMIT), interceptors=interceptors,
-            maximum_concurrent_rpcs=max_workers + WATCH_LIMIT,
+            futures.ThreadPoolExecutor(max_workers=max_workers + watch_limit), interceptors=interceptors,
+            maximum_concurrent_rpcs=max_workers + watch_limit,
             options=[("grpc.so_reuseport", 1 if several_processes else 0)],
         )
         directory_service_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(self.directory), self.server)
         self.broadcaster = Broadcaster()
         replication_service_pb2_grpc.add_ReplicationServiceServicer_to_server(
-            ReplicationServicer(node, self.broadcaster, WATCH_LIMIT), self.server
+            ReplicationServicer(node, self.broadcaster, watch_limit), self.server
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -220,6 +227,7 @@ class NodeServer:
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._push_poll = push_poll
+        self._wakeup: WakeSocket | None = None
         self.sync: SyncEngine | None = None
         self._configured_peers = list(peers or [])
         if peers is not None:
@@ -252,7 +260,13 @@ class NodeServer:
         if key is not None:
             self._heartbeat = threading.Thread(target=self._beat, args=(key,), name="heartbeat", daemon=True)
             self._heartbeat.start()
-        threading.Thread(target=self._push, name="push", daemon=True).start()
+        try:
+            self._wakeup = WakeSocket(self.node.config.data_dir)
+        except OSError as e:
+            log.warning("cannot bind the wake-up socket; pushes of commits by other processes wait for the "
+                        "fallback poll", extra={"error": str(e), "seconds": self._push_poll})
+            self._wakeup = None
+        threading.Thread(target=self._push, args=(self._wakeup,), name="push", daemon=True).start()
         if self.sync is not None:
             self.sync.start()
         log.info("serving", extra={
@@ -267,26 +281,40 @@ class NodeServer:
         if self.sync is not None:
             self.sync.refresh_peers()
 
-    def _push(self) -> None:
-        """Watch the store for checkpoints and federation versions this node accepted (in
-        this process or another: `counterpart-node publish` is one) and push each."""
+    def _push(self, wakeup: WakeSocket | None) -> None:
+        """Push every checkpoint and federation version this node accepted (in this process
+        or another over the same data directory: `counterpart-node publish` is one) to the
+        peers that watch it. Woken by every such commit (``directory_server.wake``), so a
+        push waits on no interval; ``push_poll`` is only the fallback for commits no poke
+        reaches (serving processes over one PostgreSQL database on several machines, or a
+        data directory where the socket cannot be bound)."""
         seen = self.node.store.checkpoints()
         version = self.node.federation().version
-        while not self._stop.wait(self._push_poll):
-            try:
-                if self.node.refresh_federation():
-                    version = self.node.federation().version
-                    self.broadcaster.publish(replication_service_pb2.WatchCheckpointsResponse(federation_version=version))
-                current = self.node.store.checkpoints()
-            except Exception:  # the database may be briefly unavailable; try again next tick
-                log.exception("push poll failed")
-                continue
-            for member, envelope in sorted(current.items()):
-                if seen.get(member) != envelope:
-                    self.broadcaster.publish(
-                        replication_service_pb2.WatchCheckpointsResponse(signed_checkpoint=envelope, federation_version=version)
-                    )
-            seen = current
+        try:
+            while not self._stop.is_set():
+                if wakeup is not None:
+                    wakeup.wait(self._push_poll)
+                else:
+                    self._stop.wait(self._push_poll)
+                if self._stop.is_set():
+                    return
+                try:
+                    if self.node.refresh_federation():
+                        version = self.node.federation().version
+                        self.broadcaster.publish(replication_service_pb2.WatchCheckpointsResponse(federation_version=version))
+                    current = self.node.store.checkpoints()
+                except Exception:  # the database may be briefly unavailable; the next wake-up or poll tries again
+                    log.exception("push failed")
+                    continue
+                for member, envelope in sorted(current.items()):
+                    if seen.get(member) != envelope:
+                        self.broadcaster.publish(
+                            replication_service_pb2.WatchCheckpointsResponse(signed_checkpoint=envelope, federation_version=version)
+                        )
+                seen = current
+        finally:
+            if wakeup is not None:
+                wakeup.close()
 
     def _beat(self, key: signing.SigningKey) -> None:
         interval = self.node.config.heartbeat_interval_td.total_seconds()
@@ -302,6 +330,8 @@ class NodeServer:
     def stop(self, grace: float = 5.0) -> None:
         """Graceful shutdown: report NOT_SERVING, let calls in flight finish, then stop."""
         self._stop.set()
+        if self._wakeup is not None:
+            self._wakeup.stop()
         if self.sync is not None:
             self.sync.stop()
         self.broadcaster.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,6 +88,18 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+_PUBLISHED = "counterpart.published"  # Session.info: a flush wrote a checkpoint or federation document
+
+
+def _note_published(session: Session, _context: Any) -> None:
+    if any(isinstance(o, (CheckpointRow, FederationDocumentRow)) for o in (*session.new, *session.dirty)):
+        session.info[_PUBLISHED] = True
+
+
+def _forget_published(session: Session) -> None:
+    session.info.pop(_PUBLISHED, None)
+
+
 class Store:
     """All persistent state of a node."""
 
@@ -101,7 +113,23 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._commit_watchers: list[Callable[[], None]] = []
+        event.listen(self._session, "after_flush", _note_published)
+        event.listen(self._session, "after_commit", self._committed)
+        event.listen(self._session, "after_rollback", _forget_published)
         self.migrate()
+
+    def watch_commits(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every commit, by this Store, that wrote a checkpoint or a
+        federation document (what a serving node pushes to its peers), once per commit and
+        after it (never for a rolled back transaction). A commit by another process is not
+        seen here: ``directory_server.wake`` carries those."""
+        self._commit_watchers.append(callback)
+
+    def _committed(self, session: Session) -> None:
+        if session.info.pop(_PUBLISHED, False):
+            for callback in list(self._commit_watchers):
+                callback()
 
     def close(self) -> None:
         self.engine.dispose()

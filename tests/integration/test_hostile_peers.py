@@ -565,6 +565,40 @@ def test_sync_engine_converges_with_a_hostile_peer_configured(world: World) -> N
         node.stop(grace=0)
 
 
+def test_a_flood_of_pushes_costs_one_verification_and_is_then_ignored(world: World) -> None:
+    """A peer pushing thousands of checkpoints (forged ones, replays of genuine old ones, in
+    turn, so that no two in a row are the same) makes the node verify what one job picks
+    up, refuse it, back the peer off and drop its pushes meanwhile: no pull, a bounded
+    count of jobs and rejections, nothing stored."""
+    assert world.syncer.sync_peer(world.honest.address).pulled == {ORIGIN: world.current.size}
+    # checkpoints of GE, each claiming a larger log than the last, signed by AZ's key (so
+    # they fail verification), in turn with replays of GE's genuine older checkpoints
+    wrong_key = world.key(TARGET)
+    forged = [
+        log.build_checkpoint(ORIGIN, world.current.size + i, bytes(32), world.clock(), wrong_key).envelope
+        for i in range(1, 2001)
+    ]
+    flood = [e for i, f in enumerate(forged) for e in (f, world.checkpoints[i % len(world.checkpoints)].envelope)]
+    world.hostile.checkpoints = []  # its passes offer nothing: the pushes are the attack
+    world.hostile.pushes = flood
+    node = NodeServer(world.target, "127.0.0.1:0", access_log=False, peers=[world.hostile.address], sync_interval=30)
+    before = stored(world.target.store)
+    node.start()
+    try:
+        engine = node.sync
+        assert engine is not None
+        wait_for(lambda: engine.pushes >= len(flood) and engine.idle(), 60, "the whole flood, looked at")
+        assert engine.jobs["pass"] == 1  # the one on start; pushes never start a pass
+        assert engine.jobs["push"] <= 2, engine.jobs  # pushes coalesce; after one refusal they are dropped
+        rejections = world.target.store.rejections()
+        assert 1 <= sum(r.count for r in rejections) <= 2, rejections
+        assert {(r.peer, r.member) for r in rejections} == {(world.hostile.address, ORIGIN)}
+        assert not world.hostile.asked("GetEntries") and not world.hostile.asked("GetConsistencyProof")
+        assert stored(world.target.store) == before
+    finally:
+        node.stop(grace=0)
+
+
 def test_tampered_envelopes_still_parse_as_envelopes(world: World) -> None:
     """The tamperings above reach the signature check: they are not mere parse failures."""
     original = world.hostile.envelopes()[4]

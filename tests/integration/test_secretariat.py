@@ -109,7 +109,7 @@ class Site:
         self.nodes[code] = node
         c = node.config
         server = NodeServer(
-            node, listen or c.listen, access_log=False, peers=[], sync_interval=1.0, push_poll=0.05,
+            node, listen or c.listen, access_log=False, peers=[], sync_interval=1.0,
             tls_identity=security.load_tls_identity(c, PASSPHRASE), peer_address=peer_listen or c.peer_listen,
         )
         server.start()
