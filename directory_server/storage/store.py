@@ -679,6 +679,57 @@ class Store:
                 q = q.where(PlaceIndexRow.member == member)
             return list(s.scalars(q))
 
+    # --- read-only queries of the lookup caches (directory_server/memberindex.py) ---------
+
+    def generations(self, members: Sequence[str]) -> dict[str, Generation]:
+        """Per member held, in one query: its checkpoint envelope and size, and how many of its
+        entries this node holds withheld. Every commit that changes a member's derived state
+        changes one of them (an append stores a new checkpoint; a fill lowers the withheld
+        count), so caches keyed by it are invalidated by any commit, from any process."""
+        wanted = sorted({m for m in members if m})
+        if not wanted:
+            return {}
+        # driver SQL: this runs once per lookup, and building the statement through the
+        # expression language cost ten times the query itself (bench/profile_find.py)
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            f"SELECT c.member, c.envelope, c.size, (SELECT count(*) FROM {EntryRow.__tablename__} e "
+            f"WHERE e.member = c.member AND e.kind = {mark}) FROM {CheckpointRow.__tablename__} c "
+            f"WHERE c.member IN ({', '.join([mark] * len(wanted))})"
+        )
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(sql, (WITHHELD, *wanted))
+            return {m: Generation(bytes(env), int(size), int(n)) for m, env, size, n in rows}
+
+    def member_rows(self, member: str) -> MemberRows:
+        """What FindCounterpart keeps in memory of one member's derived state, as plain tuples
+        (no ORM objects): records, place names, contacts' authorities and treaties' statuses."""
+        kinds = ("authority", "contact", "rule", "treaty", "place")
+        with self.engine.connect() as conn:
+            records = [
+                (n, k, int(seq), bool(pub)) for n, k, seq, pub in conn.execute(
+                    select(RecordRow.name, RecordRow.kind, RecordRow.seq, RecordRow.public)
+                    .where(RecordRow.kind.in_(kinds), RecordRow.member == member)
+                )
+            ]
+            places = [
+                (f, d, n, sub, int(k)) for f, d, n, sub, k in conn.execute(
+                    select(PlaceIndexRow.folded, PlaceIndexRow.display, PlaceIndexRow.name, PlaceIndexRow.subdivision,
+                           PlaceIndexRow.kind).where(PlaceIndexRow.member == member)
+                )
+            ]
+            attrs = {
+                kind: [
+                    (n, v) for n, v in conn.execute(
+                        select(RecordAttrRow.name, RecordAttrRow.value)
+                        .join(RecordRow, RecordRow.name == RecordAttrRow.name)
+                        .where(RecordRow.kind == kind, RecordRow.member == member, RecordAttrRow.attr == attr)
+                    )
+                ]
+                for kind, attr in (("contact", "authority"), ("treaty", "status"))
+            }
+        return MemberRows(records, places, attrs["contact"], attrs["treaty"])
+
     # --- sync bookkeeping ----------------------------------------------------------------
 
     def peer_sizes(self, peer: str) -> dict[str, int]:
@@ -811,6 +862,25 @@ class Store:
     def audit_count(self) -> int:
         with self._session() as s:
             return int(s.scalar(select(func.count()).select_from(AuditRow)) or 0)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a member's cached lookup state depends on (``Store.generations``)."""
+
+    checkpoint: bytes
+    size: int
+    withheld: int
+
+
+@dataclass(frozen=True)
+class MemberRows:
+    """One member's derived state as plain tuples (``Store.member_rows``)."""
+
+    records: list[tuple[str, str, int, bool]]  # name, kind, seq, public
+    places: list[tuple[str, str, str, str, int]]  # folded, display, record, subdivision, kind
+    contact_authorities: list[tuple[str, str]]  # contact, the authority it belongs to
+    treaty_statuses: list[tuple[str, str]]  # treaty, its status
 
 
 @dataclass(frozen=True)
