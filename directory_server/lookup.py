@@ -32,12 +32,11 @@ from directory_server.memberindex import (
     PROOF_BYTES,
     STATE_BYTES,
     CompactTree,
-    FindRows,
     Indexes,
     MemberIndex,
-    Rec,
+    PlaceNames,
 )
-from directory_server.storage.store import Generation, Store
+from directory_server.storage.store import Generation, RecordKey, Store
 
 log = logging.getLogger("counterpart.access")
 logger = logging.getLogger("counterpart.lookup")
@@ -58,7 +57,7 @@ _SCOPE_RANK = {
 
 
 class RowLike(Protocol):
-    """A current record's row: ``RecordRow`` from the store, or ``memberindex.Rec``."""
+    """A current record's row (``RecordRow``, or anything with its fields)."""
 
     @property
     def name(self) -> str: ...
@@ -284,16 +283,17 @@ class Directory:
 
         return self._once(idx, "state", build, weigh, heavy=True)[0]
 
-    def _find_rows(self, idx: MemberIndex) -> FindRows:
-        """The member's derived state in memory (records, coverage, competences, places, ...),
-        read once per generation; RETRY when the member published while it was read."""
-        def read() -> FindRows:
-            raw = self.store.member_rows(idx.member)
+    def _places(self, idx: MemberIndex) -> PlaceNames:
+        """The member's place names (gazetteer and coverage), read once per generation (again
+        after being dropped); RETRY when the member published while they were read."""
+
+        def read() -> PlaceNames:
+            rows = self.store.place_rows(idx.member)
             if self.store.generations([idx.member]).get(idx.member) != idx.generation:
                 raise ConflictError("the records changed while the answer was made; ask again", reason="RETRY")
-            return FindRows(idx.member, raw)
+            return PlaceNames(rows)
 
-        return self._once(idx, "rows", read, lambda rows: rows.weight, heavy=True)
+        return self._once(idx, "places", read, lambda names: names.weight, heavy=True)
 
     def _load_rows(self, rows: Sequence[RowLike], snap: Snapshot) -> list[Loaded]:
         """Each row's record with its inclusion proof and state proof, against the snapshot's
@@ -632,7 +632,7 @@ class Directory:
                 f"{', '.join(resp.languages)} for {req.request_type}; the request needs a translation"
             )
 
-        all_contacts = self._contacts_of(member, [c.authority.name for c, _ in candidates], snap)
+        all_contacts = self.store.contact_keys([c.authority.name for c, _ in candidates])
         contact_rows = [r for r in all_contacts if self._visible(r, caller)]
         resp.withheld_contacts = len(all_contacts) - len(contact_rows)
         if resp.withheld_contacts:
@@ -664,42 +664,10 @@ class Directory:
                                                            "records": restricted})
 
     def _load_name(self, name: str, snap: Snapshot) -> Loaded | None:
-        """A public current record of the member the name belongs to, or None."""
-        parts = name.split("/")
-        member = parts[1] if len(parts) > 2 and parts[0] == "members" else ""
-        if member and snap.generation(member) is not None:
-            row: RowLike | None = self._find_rows(snap.index(member)).records.get(name)
-        else:
-            row = self.store.record_row(name)
+        row = self.store.record_row(name)
         if row is None or not row.public:
             return None
         return self._load_rows([row], snap)[0]
-
-    def _rows_named(self, member: str, wanted: Iterable[str], snap: Snapshot) -> dict[str, RowLike]:
-        """Current rows of the names, from the member's index (others from the store)."""
-        records = self._find_rows(snap.index(member)).records
-        out: dict[str, RowLike] = {}
-        others = []
-        for name in wanted:
-            rec = records.get(name)
-            if rec is not None:
-                out[name] = rec
-            else:
-                others.append(name)
-        if others:
-            out.update(self.store.record_rows(others))
-        return out
-
-    def _contacts_of(self, member: str, authorities: Sequence[str], snap: Snapshot) -> list[RowLike]:
-        """Current contacts (members-only ones too) that belong to any of the authorities, by name."""
-        rows = self._find_rows(snap.index(member))
-        own = [a for a in authorities if a in rows.records]
-        names = sorted({c for a in own for c in rows.contacts.get(a, ())})
-        out: list[RowLike] = [rows.records[n] for n in names]
-        others = [a for a in authorities if a not in rows.records]
-        if others:
-            out = sorted([*out, *self.store.contacts_of(others, public_only=False)], key=lambda r: r.name)
-        return out
 
     def _absence(self, name: str, snap: Snapshot) -> list[ds.AbsenceProof]:
         """The proof that ``name`` is not current (in the tree the caller may see), with the
@@ -715,13 +683,15 @@ class Directory:
 
     def _place_names(self, member: str, snap: Snapshot) -> list[places.PlaceName]:
         """The member's place names, kept for its generation."""
-        return self._find_rows(snap.index(member)).place_names
+        return self._places(snap.index(member)).names
 
     def _resolve_place(self, member: str, query: str, snap: Snapshot) -> places.Resolution:
         """Where the query leads, resolved once per generation and query (an error is not kept)."""
-        return self._piece(
-            snap.index(member), ("place", query), lambda: places.resolve(query, member, self._place_names(member, snap))
-        )
+        def resolve() -> places.Resolution:
+            names = self._places(snap.index(member))
+            return places.resolve(query, member, names.names, names.grouped)
+
+        return self._piece(snap.index(member), ("place", query), resolve)
 
     def _place_answer(
         self, query: str, res: places.Resolution, evidence: Evidence, snap: Snapshot
@@ -773,8 +743,9 @@ class Directory:
         municipalities = sorted(res.folded_names) if place.level == ds.COVERAGE_LEVEL_MUNICIPALITY else []
         shown_place = place.matched_name or place.query.strip()
         levels: dict[str, tuple[ds.CoverageLevel.ValueType, str]] = {}
-        for cov in self.store.coverage_matches(member, subdivisions, municipalities, place.postal_code):
-            cov_name, cov_level, cov_key, cov_last = cov.name, cov.level, cov.key, cov.last
+        for cov_name, cov_level, cov_key, cov_last in self.store.coverage_rows(
+            member, subdivisions, municipalities, place.postal_code
+        ):
             match: tuple[ds.CoverageLevel.ValueType, str]
             if cov_level == index.LEVEL_NATIONAL:
                 match = (ds.COVERAGE_LEVEL_NATIONAL, f"competent for the whole of {member}")
@@ -788,8 +759,7 @@ class Directory:
                 levels[cov_name] = match
 
         roles: dict[str, set[records_pb2.CompetenceRole.ValueType]] = {}
-        for c in self.store.competences(member, req.request_type, names=list(levels)):
-            c_name, c_role, c_offence, c_stage = c.name, c.role, c.offence, c.stage
+        for c_name, c_role, c_offence, c_stage in self.store.competence_rows(member, req.request_type, list(levels)):
             if req.offence_category and c_offence not in ("", req.offence_category):
                 continue
             if req.stage and c_stage not in (0, int(req.stage)):
@@ -823,7 +793,7 @@ class Directory:
                     )
                 roles.setdefault(name, set()).add(role)
         levels = {n: lv for n, lv in levels.items() if n in roles}
-        rows = self._rows_named(member, levels, snap)
+        rows = self.store.record_rows(list(levels))
         loaded = {ld.name: ld for ld in self._load_rows([rows[n] for n in sorted(levels) if n in rows], snap)}
         out: list[tuple[ds.Candidate, Loaded]] = []
         for name, ld in loaded.items():
@@ -884,8 +854,9 @@ class Directory:
                 f"this node holds no records of {requesting}: legal bases are shown from {member}'s side only"
             )
 
-        def in_force(m: str) -> dict[str, Rec]:
-            return self._find_rows(snap.index(m)).in_force
+        def in_force(m: str) -> dict[str, RecordKey]:
+            rows = self._piece(snap.index(m), ("in force",), lambda: self.store.treaties_in_force(m))
+            return {r.name.rsplit("/", 1)[1]: r for r in rows}
 
         theirs = in_force(member)
         ours = in_force(requesting) if requesting_known else {}

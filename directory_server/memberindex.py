@@ -9,8 +9,8 @@ a new checkpoint invalidates everything here without any message between process
 Everything here is bounded, in (estimated) bytes, least recently used first out:
 - per member (``MAX_LIGHT_BYTES`` together): its proof tree, records with their proofs,
   state proofs, resolved places;
-- the heavy parts a miss needs (``MAX_HEAVY_BYTES``): a member's records and place names in
-  memory (``FindRows``) and its state trees, dropped first and rebuilt when needed again;
+- the heavy parts a miss needs (``MAX_HEAVY_BYTES``): a member's place names (``PlaceNames``)
+  and its state trees, dropped first and rebuilt when needed again;
 - whole answers (``MAX_ANSWER_BYTES``), each keyed by everything it depends on.
 Pieces that depend on what the caller may see are kept per visibility (public /
 members-only), so an anonymous answer never reuses a piece made for a signed-in caller.
@@ -21,11 +21,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from counterpart.v1 import log_pb2
 from counterpart_core import merkle, places, signing
-from directory_server.storage.store import Generation, MemberRows
+from directory_server.storage.store import Generation
 
 MIB = 1 << 20
 MAX_LIGHT_BYTES = 64 * MIB
@@ -34,23 +34,13 @@ MAX_ANSWER_BYTES = 64 * MIB
 MAX_KEPT_PER_MEMBER = 4096  # records with their proofs, and state proofs, per member
 MAX_PIECES_PER_MEMBER = 1024  # resolved places and the like, per member
 # what each thing costs in memory, measured on the benchmark datasets (bench/README.md)
-ROW_BYTES = 270  # a record or place name in FindRows
+ROW_BYTES = 300  # a place name in PlaceNames, grouped too
 STATE_BYTES = 820  # a record in the two state trees
 LEAF_BYTES = 70  # a leaf of a CompactTree (all levels)
 PROOF_BYTES = 600  # a kept record or state proof, besides its envelope (counted three times)
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
-
-
-class Rec(NamedTuple):
-    """A current record of the member (a row of ``records``)."""
-
-    name: str
-    member: str
-    kind: str
-    seq: int
-    public: bool
 
 
 class CompactTree:
@@ -85,22 +75,14 @@ class CompactTree:
         return path
 
 
-class FindRows:
-    """A member's derived state as FindCounterpart reads it, indexed in memory."""
+class PlaceNames:
+    """A member's place names (gazetteer and coverage), and grouped by place, for resolving
+    place queries (``counterpart_core.places``)."""
 
-    def __init__(self, member: str, rows: MemberRows) -> None:
-        self.records = {n: Rec(n, member, k, seq, pub) for n, k, seq, pub in rows.records}
-        self.place_names = [places.PlaceName(f, d, n, sub, k) for f, d, n, sub, k in rows.places]
-        self.contacts: dict[str, list[str]] = {}
-        for contact, authority in sorted(rows.contact_authorities):
-            if contact in self.records:
-                self.contacts.setdefault(authority, []).append(contact)
-        self.in_force: dict[str, Rec] = {}  # instrument code -> public treaty in force
-        for name, status in rows.treaty_statuses:
-            rec = self.records.get(name)
-            if rec is not None and rec.public and status == "TREATY_STATUS_IN_FORCE":
-                self.in_force[name.rsplit("/", 1)[1]] = rec
-        self.weight = ROW_BYTES * (len(rows.records) + len(rows.places))
+    def __init__(self, rows: Sequence[tuple[str, str, str, str, int]]) -> None:
+        self.names = [places.PlaceName(f, d, n, sub, k) for f, d, n, sub, k in rows]
+        self.grouped = places.group(self.names)
+        self.weight = ROW_BYTES * len(self.names)
 
 
 class Kept(OrderedDict[_K, tuple[_V, int]]):
@@ -145,7 +127,7 @@ class MemberIndex:
         self.lock = threading.Lock()  # one build of each piece at a time
         self.tree: CompactTree | None = None
         # heavy parts (Indexes.charge_heavy may drop them; each is read and set as one attribute)
-        self.rows: FindRows | None = None
+        self.places: PlaceNames | None = None
         self.state: tuple[Any] | None = None  # (lookup.MemberState or None: no state root,) once built
         self.heavy = 0
         # (name, seq, members-only visible) -> lookup.Loaded; (name, members-only visible) -> StateProof
@@ -168,7 +150,7 @@ class MemberIndex:
 
     def drop_heavy(self) -> int:
         with self.lock:
-            self.rows = None
+            self.places = None
             self.state = None
             dropped, self.heavy = self.heavy, 0
         return dropped

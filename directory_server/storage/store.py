@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -689,46 +689,80 @@ class Store:
         wanted = sorted({m for m in members if m})
         if not wanted:
             return {}
-        # driver SQL: this runs once per lookup, and building the statement through the
-        # expression language cost ten times the query itself (bench/profile_find.py)
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        sql = (
+        rows = self._driver(
             f"SELECT c.member, c.envelope, c.size, (SELECT count(*) FROM {EntryRow.__tablename__} e "
-            f"WHERE e.member = c.member AND e.kind = {mark}) FROM {CheckpointRow.__tablename__} c "
-            f"WHERE c.member IN ({', '.join([mark] * len(wanted))})"
+            f"WHERE e.member = c.member AND e.kind = ?) FROM {CheckpointRow.__tablename__} c "
+            f"WHERE c.member IN ({_marks(wanted)})",
+            (WITHHELD, *wanted),
         )
-        with self.engine.connect() as conn:
-            rows = conn.exec_driver_sql(sql, (WITHHELD, *wanted))
-            return {m: Generation(bytes(env), int(size), int(n)) for m, env, size, n in rows}
+        return {m: Generation(bytes(env), int(size), int(n)) for m, env, size, n in rows}
 
-    def member_rows(self, member: str) -> MemberRows:
-        """What FindCounterpart keeps in memory of one member's derived state, as plain tuples
-        (no ORM objects): records, place names, contacts' authorities and treaties' statuses."""
-        kinds = ("authority", "contact", "rule", "treaty", "place")
+    def _driver(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Rows of a read sent as is to the driver, ``?`` the placeholder. For the queries
+        every lookup runs: building them through the expression language cost several
+        times the query itself (bench/profile_find.py)."""
+        if self.engine.dialect.paramstyle != "qmark":
+            sql = sql.replace("?", "%s")
         with self.engine.connect() as conn:
-            records = [
-                (n, k, int(seq), bool(pub)) for n, k, seq, pub in conn.execute(
-                    select(RecordRow.name, RecordRow.kind, RecordRow.seq, RecordRow.public)
-                    .where(RecordRow.kind.in_(kinds), RecordRow.member == member)
-                )
-            ]
-            places = [
-                (f, d, n, sub, int(k)) for f, d, n, sub, k in conn.execute(
-                    select(PlaceIndexRow.folded, PlaceIndexRow.display, PlaceIndexRow.name, PlaceIndexRow.subdivision,
-                           PlaceIndexRow.kind).where(PlaceIndexRow.member == member)
-                )
-            ]
-            attrs = {
-                kind: [
-                    (n, v) for n, v in conn.execute(
-                        select(RecordAttrRow.name, RecordAttrRow.value)
-                        .join(RecordRow, RecordRow.name == RecordAttrRow.name)
-                        .where(RecordRow.kind == kind, RecordRow.member == member, RecordAttrRow.attr == attr)
-                    )
-                ]
-                for kind, attr in (("contact", "authority"), ("treaty", "status"))
-            }
-        return MemberRows(records, places, attrs["contact"], attrs["treaty"])
+            return list(conn.exec_driver_sql(sql, tuple(params)))
+
+    def coverage_rows(
+        self, member: str, subdivisions: Sequence[str] = (), municipalities: Sequence[str] = (), postal_code: str = "",
+    ) -> list[tuple[str, int, str, str]]:
+        """``coverage_matches`` as (authority, level, key, last) tuples, through the driver."""
+        conditions = [f"level = {LEVEL_NATIONAL}"]
+        params: list[Any] = [member]
+        for level, keys in ((LEVEL_SUBDIVISION, subdivisions), (LEVEL_MUNICIPALITY, municipalities)):
+            if keys:
+                conditions.append(f'(level = {level} AND "key" IN ({_marks(keys)}))')
+                params += list(keys)
+        if postal_code:
+            conditions.append(f'(level = {LEVEL_POSTAL_CODE} AND length("key") = ? AND "key" <= ? AND "last" >= ?)')
+            params += [len(postal_code), postal_code, postal_code]
+        sql = (
+            f'SELECT name, level, "key", "last" FROM {CoverageIndexRow.__tablename__} '
+            f"WHERE member = ? AND ({' OR '.join(conditions)})"
+        )
+        return [(n, int(lv), k, last) for n, lv, k, last in self._driver(sql, params)]
+
+    def competence_rows(self, member: str, request_type: str, names: Sequence[str]) -> list[tuple[str, int, str, int]]:
+        """``competences`` of some authorities as (authority, role, offence, stage) tuples, through the driver."""
+        out: list[tuple[str, int, str, int]] = []
+        for chunk in _chunks(sorted(set(names))):
+            sql = (
+                f"SELECT name, role, offence, stage FROM {CompetenceIndexRow.__tablename__} "
+                f"WHERE member = ? AND request_type = ? AND name IN ({_marks(chunk)})"
+            )
+            out += [(n, int(role), off, int(stage)) for n, role, off, stage in self._driver(sql, [member, request_type, *chunk])]
+        return out
+
+    def contact_keys(self, authorities: Sequence[str]) -> list[RecordKey]:
+        """``contacts_of(..., public_only=False)`` through the driver, from the attribute index."""
+        out: list[RecordKey] = []
+        for chunk in _chunks(sorted(set(authorities))):
+            sql = (
+                f"SELECT r.name, r.member, r.kind, r.seq, r.public FROM {RecordAttrRow.__tablename__} a "
+                f"JOIN {RecordRow.__tablename__} r ON r.name = a.name "
+                f"WHERE a.attr = 'authority' AND a.value IN ({_marks(chunk)}) AND r.kind = 'contact'"
+            )
+            out += [RecordKey(n, m, k, int(seq), bool(pub)) for n, m, k, seq, pub in self._driver(sql, chunk)]
+        return sorted(set(out))
+
+    def treaties_in_force(self, member: str) -> list[RecordKey]:
+        """The member's public treaties whose status is in force, through the driver."""
+        sql = (
+            f"SELECT r.name, r.member, r.kind, r.seq, r.public FROM {RecordRow.__tablename__} r "
+            f"JOIN {RecordAttrRow.__tablename__} a ON a.name = r.name AND a.attr = 'status' "
+            f"WHERE r.kind = 'treaty' AND r.member = ? AND r.public = ? AND a.value = 'TREATY_STATUS_IN_FORCE' "
+            f"ORDER BY r.name"
+        )
+        return [RecordKey(n, m, k, int(seq), bool(pub)) for n, m, k, seq, pub in self._driver(sql, [member, True])]
+
+    def place_rows(self, member: str) -> list[tuple[str, str, str, str, int]]:
+        """``place_names`` as (folded, display, record, subdivision, kind) tuples: no ORM objects
+        for the thousands of names of a large member."""
+        sql = f"SELECT folded, display, name, subdivision, kind FROM {PlaceIndexRow.__tablename__} WHERE member = ?"
+        return [(f, d, n, sub, int(k)) for f, d, n, sub, k in self._driver(sql, [member])]
 
     # --- sync bookkeeping ----------------------------------------------------------------
 
@@ -864,6 +898,16 @@ class Store:
             return int(s.scalar(select(func.count()).select_from(AuditRow)) or 0)
 
 
+class RecordKey(NamedTuple):
+    """A current record's row as plain values (the fields of ``RecordRow`` lookups read)."""
+
+    name: str
+    member: str
+    kind: str
+    seq: int
+    public: bool
+
+
 @dataclass(frozen=True)
 class Generation:
     """What a member's cached lookup state depends on (``Store.generations``)."""
@@ -871,16 +915,6 @@ class Generation:
     checkpoint: bytes
     size: int
     withheld: int
-
-
-@dataclass(frozen=True)
-class MemberRows:
-    """One member's derived state as plain tuples (``Store.member_rows``)."""
-
-    records: list[tuple[str, str, int, bool]]  # name, kind, seq, public
-    places: list[tuple[str, str, str, str, int]]  # folded, display, record, subdivision, kind
-    contact_authorities: list[tuple[str, str]]  # contact, the authority it belongs to
-    treaty_statuses: list[tuple[str, str]]  # treaty, its status
 
 
 @dataclass(frozen=True)
@@ -925,6 +959,11 @@ def _table(model: type[Base]) -> Table:
     """A model's Core table: bulk inserts through it skip the ORM's bulk path, which costs a
     quarter more on a sync's 1.65 M derived rows per 100,000 entries (bench/README.md)."""
     return Base.metadata.tables[model.__tablename__]
+
+
+def _marks(items: Sequence[object]) -> str:
+    """One ``?`` per item, for an IN (...) of driver SQL."""
+    return ", ".join("?" * len(items))
 
 
 def _chunks(items: Sequence[_T], size: int = 500) -> list[Sequence[_T]]:
