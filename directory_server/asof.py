@@ -295,6 +295,11 @@ class AsOfViews:
     def find_counterpart(
         self, current: Directory, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS
     ) -> ds.FindCounterpartResponse:
+        return ds.FindCounterpartResponse.FromString(self.find_counterpart_bytes(current, req, caller))
+
+    def find_counterpart_bytes(
+        self, current: Directory, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS
+    ) -> bytes:
         """FindCounterpart as of the request's instant, or now (in effect) without one; the
         answer always says which. A current answer over a member with dated records reads
         the view of now, and shows each scheduled version next to the one in effect."""
@@ -303,7 +308,7 @@ class AsOfViews:
             instant = requested(req.as_of, now)
             resp = self.view(instant).find_counterpart(req, caller)
             resp.as_of.CopyFrom(instant.message())
-            return resp
+            return resp.SerializeToString()
         instant = Instant(now, effective.IN_EFFECT)
         # one query: what the answer and the decision below depend on (memberindex)
         asked = [m for m in (req.requested_member, req.requesting_member) if m]
@@ -315,10 +320,9 @@ class AsOfViews:
             view = self.view(instant, keys)
             resp = view.find_counterpart(req, caller)
             self._add_pending(view, resp, caller, now, keys)
-        else:
-            resp = current.find_counterpart(req, caller, generations)
-        resp.as_of.CopyFrom(instant.message())
-        return resp
+            resp.as_of.CopyFrom(instant.message())
+            return resp.SerializeToString()
+        return current.find_counterpart_bytes(req, caller, generations, instant.message())
 
     def _add_pending(
         self, view: Directory, resp: ds.FindCounterpartResponse, caller: Caller, now: datetime,

@@ -28,6 +28,7 @@ from counterpart_core.query import (
 from counterpart_core.records import Record
 from counterpart_core.timeutil import from_timestamp, to_duration, utcnow
 from directory_server.memberindex import (
+    ANSWER_BYTES,
     LEAF_BYTES,
     PROOF_BYTES,
     STATE_BYTES,
@@ -129,7 +130,7 @@ class Answer:
     """A FindCounterpart answer but its provenance, as kept for one generation: ``served``
     are the members-only records in it (audited at every answer that shows them)."""
 
-    body: ds.FindCounterpartResponse
+    body: bytes  # serialized: a third of the memory of the message, and sent as it is
     members: tuple[str, ...]
     served: tuple[RowLike, ...]
     weight: int
@@ -332,7 +333,7 @@ class Directory:
                 loaded = Loaded(row.name, row.member, record, proof)
                 idx = snap.index(row.member)
                 with idx.lock:
-                    delta = idx.loaded.keep((row.name, row.seq, sees), loaded, PROOF_BYTES + 3 * len(envelope))
+                    delta = idx.loaded.keep((row.name, row.seq, sees), loaded, PROOF_BYTES + 6 * len(envelope))
                 self.indexes.charge(idx, delta)
                 found[(row.name, row.seq)] = loaded
         return [found[(r.name, r.seq)] for r in rows]
@@ -517,6 +518,16 @@ class Directory:
     ) -> ds.FindCounterpartResponse:
         """The answer to a prosecutor's question. ``generations``: those of the requested and
         requesting members when the caller has read them already (else one query reads them)."""
+        return ds.FindCounterpartResponse.FromString(self.find_counterpart_bytes(req, caller, generations))
+
+    def find_counterpart_bytes(
+        self, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS,
+        generations: Mapping[str, Generation | None] | None = None, as_of: ds.AsOf | None = None,
+    ) -> bytes:
+        """``find_counterpart``, serialized (with ``as_of`` stated): the kept answer's bytes
+        and, after them, its provenance as of now. Protobuf merges concatenated messages:
+        repeated fields append (the staleness warnings come after the kept ones), and the
+        kept bytes hold no provenance and no as_of."""
         for field_name, value, maximum in (
             ("requested_member", req.requested_member, bounds.MAX_CODE_CHARS),
             ("requesting_member", req.requesting_member, bounds.MAX_CODE_CHARS),
@@ -569,14 +580,13 @@ class Directory:
         )
         answer = self.indexes.answer(key, lambda: self._answer(req, caller, federation, snap), lambda a: a.weight)
         self._audit(caller, "FindCounterpart", answer.served)
-        resp = ds.FindCounterpartResponse()
-        resp.CopyFrom(answer.body)
+        tail = ds.FindCounterpartResponse(as_of=as_of)
         for m in answer.members:
             prov = self._provenance(m, snap)
             if prov.stale:
-                resp.warnings.append(f"the data of {m} is stale: its latest checkpoint expired")
-            resp.provenances.append(prov)
-        return resp
+                tail.warnings.append(f"the data of {m} is stale: its latest checkpoint expired")
+            tail.provenances.append(prov)
+        return answer.body + tail.SerializeToString()
 
     def _answer(
         self, req: ds.FindCounterpartRequest, caller: Caller, federation: Federation, snap: Snapshot
@@ -648,7 +658,8 @@ class Directory:
         self._uncertainty_warnings(evidence, resp.warnings)
         resp.proofs.extend(evidence.proofs[n] for n in sorted(evidence.proofs))
         served = [r for r in contact_rows if not r.public]
-        return Answer(resp, tuple(sorted(evidence.members)), tuple(served), 1024 + 2 * resp.ByteSize())
+        body = resp.SerializeToString()
+        return Answer(body, tuple(sorted(evidence.members)), tuple(served), ANSWER_BYTES + len(body))
 
     @staticmethod
     def _visible(row: RowLike, caller: Caller) -> bool:

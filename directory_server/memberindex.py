@@ -28,16 +28,17 @@ from counterpart_core import merkle, places, signing
 from directory_server.storage.store import Generation
 
 MIB = 1 << 20
-MAX_LIGHT_BYTES = 64 * MIB
-MAX_HEAVY_BYTES = 64 * MIB
+MAX_LIGHT_BYTES = 48 * MIB
+MAX_HEAVY_BYTES = 32 * MIB
 MAX_ANSWER_BYTES = 64 * MIB
 MAX_KEPT_PER_MEMBER = 4096  # records with their proofs, and state proofs, per member
 MAX_PIECES_PER_MEMBER = 1024  # resolved places and the like, per member
 # what each thing costs in memory, measured on the benchmark datasets (bench/README.md)
-ROW_BYTES = 300  # a place name in PlaceNames, grouped too
+ROW_BYTES = 450  # a place name in PlaceNames, grouped too
 STATE_BYTES = 820  # a record in the two state trees
 LEAF_BYTES = 70  # a leaf of a CompactTree (all levels)
-PROOF_BYTES = 600  # a kept record or state proof, besides its envelope (counted three times)
+PROOF_BYTES = 2000  # a kept record or state proof, besides its envelope (counted six times: parsed too)
+ANSWER_BYTES = 1024  # a kept answer, besides its serialized bytes
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
