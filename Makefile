@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := node_modules/.bin/buf
 
-.PHONY: all venv generate lint-proto lint test demo bench bench-find-dated wheels clean
+.PHONY: all venv generate lint-proto lint test demo bench bench-find-all bench-memory bench-find-dated wheels clean
 
 all: test
 
@@ -45,6 +45,15 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_find.py
+
+## FindCounterpart with one and two serving processes, on SQLite and on PostgreSQL (127.0.0.1:5432,
+## db test; a fresh schema, dropped after). The dataset is kept in /tmp/counterpart-bench-find.
+bench-find-all: $(STAMP)
+	$(PY) bench/bench_find.py --data-dir /tmp/counterpart-bench-find --processes 1,2 --database sqlite,postgres
+
+## Memory of a node holding 1,000,000 entries (the dataset takes minutes; kept in /tmp/counterpart-bench-1m).
+bench-memory: $(STAMP)
+	$(PY) bench/bench_memory.py --finds 2000
 
 ## A current FindCounterpart over dated records (the as-of view of now) against the fast path.
 bench-find-dated: $(STAMP)

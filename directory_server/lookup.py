@@ -698,6 +698,9 @@ class Directory:
 
     def _resolve_place(self, member: str, query: str, snap: Snapshot) -> places.Resolution:
         """Where the query leads, resolved once per generation and query (an error is not kept)."""
+        if not query.strip():
+            return places.Resolution("national")  # no place: nothing to read
+
         def resolve() -> places.Resolution:
             names = self._places(snap.index(member))
             return places.resolve(query, member, names.names, names.grouped)

@@ -28,13 +28,13 @@ from counterpart_core import merkle, places, signing
 from directory_server.storage.store import Generation
 
 MIB = 1 << 20
-MAX_LIGHT_BYTES = 48 * MIB
-MAX_HEAVY_BYTES = 32 * MIB
-MAX_ANSWER_BYTES = 64 * MIB
+MAX_LIGHT_BYTES = 40 * MIB
+MAX_HEAVY_BYTES = 64 * MIB
+MAX_ANSWER_BYTES = 48 * MIB
 MAX_KEPT_PER_MEMBER = 4096  # records with their proofs, and state proofs, per member
 MAX_PIECES_PER_MEMBER = 1024  # resolved places and the like, per member
 # what each thing costs in memory, measured on the benchmark datasets (bench/README.md)
-ROW_BYTES = 450  # a place name in PlaceNames, grouped too
+ROW_BYTES = 400  # a place name in PlaceNames, grouped too (measured 110-420)
 STATE_BYTES = 820  # a record in the two state trees
 LEAF_BYTES = 70  # a leaf of a CompactTree (all levels)
 PROOF_BYTES = 2000  # a kept record or state proof, besides its envelope (counted six times: parsed too)
@@ -81,7 +81,10 @@ class PlaceNames:
     place queries (``counterpart_core.places``)."""
 
     def __init__(self, rows: Sequence[tuple[str, str, str, str, int]]) -> None:
-        self.names = [places.PlaceName(f, d, n, sub, k) for f, d, n, sub, k in rows]
+        same: dict[str, str] = {}  # one string object per record name and subdivision code
+        self.names = [
+            places.PlaceName(f, d, same.setdefault(n, n), same.setdefault(sub, sub), k) for f, d, n, sub, k in rows
+        ]
         self.grouped = places.group(self.names)
         self.weight = ROW_BYTES * len(self.names)
 

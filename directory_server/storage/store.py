@@ -681,20 +681,22 @@ class Store:
 
     # --- read-only queries of the lookup caches (directory_server/memberindex.py) ---------
 
-    def generations(self, members: Sequence[str]) -> dict[str, Generation]:
+    def generations(self, members: Sequence[str] | None) -> dict[str, Generation]:
         """Per member held, in one query: its checkpoint envelope and size, and how many of its
         entries this node holds withheld. Every commit that changes a member's derived state
         changes one of them (an append stores a new checkpoint; a fill lowers the withheld
-        count), so caches keyed by it are invalidated by any commit, from any process."""
-        wanted = sorted({m for m in members if m})
-        if not wanted:
+        count), so caches keyed by it are invalidated by any commit, from any process.
+        ``members`` None: every member held."""
+        wanted = [] if members is None else sorted({m for m in members if m})
+        if members is not None and not wanted:
             return {}
-        rows = self._driver(
+        sql = (
             f"SELECT c.member, c.envelope, c.size, (SELECT count(*) FROM {EntryRow.__tablename__} e "
-            f"WHERE e.member = c.member AND e.kind = ?) FROM {CheckpointRow.__tablename__} c "
-            f"WHERE c.member IN ({_marks(wanted)})",
-            (WITHHELD, *wanted),
+            f"WHERE e.member = c.member AND e.kind = ?) FROM {CheckpointRow.__tablename__} c"
         )
+        if members is not None:
+            sql += f" WHERE c.member IN ({_marks(wanted)})"
+        rows = self._driver(sql, (WITHHELD, *wanted))
         return {m: Generation(bytes(env), int(size), int(n)) for m, env, size, n in rows}
 
     def _driver(self, sql: str, params: Sequence[Any]) -> list[Any]:

@@ -35,7 +35,7 @@ APPROXIMATE_LEAD = 8.0
 SUGGESTIONS = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlaceName:
     """One name of one place of a member (a row of the place index)."""
 
