@@ -11,13 +11,16 @@ Everything here is bounded, in (estimated) bytes, least recently used first out:
   state proofs, resolved places;
 - the heavy parts a miss needs (``MAX_HEAVY_BYTES``): a member's place names (``PlaceNames``)
   and its state trees, dropped first and rebuilt when needed again;
-- whole answers (``MAX_ANSWER_BYTES``), each keyed by everything it depends on.
+- whole answers (``MAX_ANSWER_BYTES``), each keyed by everything it depends on, evicted at
+  random (``Kept``'s ``scattered``).
 Pieces that depend on what the caller may see are kept per visibility (public /
 members-only), so an anonymous answer never reuses a piece made for a signed-in caller.
 """
 
 from __future__ import annotations
 
+import itertools
+import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -28,9 +31,9 @@ from counterpart_core import merkle, places, signing
 from directory_server.storage.store import Generation
 
 MIB = 1 << 20
-MAX_LIGHT_BYTES = 40 * MIB
-MAX_HEAVY_BYTES = 48 * MIB
-MAX_ANSWER_BYTES = 64 * MIB
+MAX_LIGHT_BYTES = 32 * MIB
+MAX_HEAVY_BYTES = 32 * MIB
+MAX_ANSWER_BYTES = 48 * MIB
 MAX_KEPT_PER_MEMBER = 4096  # records with their proofs, and state proofs, per member
 MAX_PIECES_PER_MEMBER = 1024  # resolved places and the like, per member
 # what each thing costs in memory, measured on the benchmark datasets (bench/README.md)
@@ -90,14 +93,17 @@ class PlaceNames:
 
 
 class Kept(OrderedDict[_K, tuple[_V, int]]):
-    """At most ``limit`` items and ``max_weight`` of weight, least recently used out first.
-    Not thread-safe: its owner locks."""
+    """At most ``limit`` items and ``max_weight`` of weight, least recently used out first,
+    or (``scattered``) any but the newest, drawn at random: questions asked over and over in
+    a cycle longer than the cache would each be evicted just before being asked again under
+    LRU, and under random eviction most of them stay. Not thread-safe: its owner locks."""
 
-    def __init__(self, limit: int, max_weight: int | None = None) -> None:
+    def __init__(self, limit: int, max_weight: int | None = None, scattered: bool = False) -> None:
         super().__init__()
         self.limit = limit
         self.max_weight = max_weight
         self.weight = 0
+        self._draw = random.Random(0).randrange if scattered else None
 
     def find(self, key: _K) -> tuple[bool, _V | None]:
         item = self.get(key)
@@ -115,7 +121,11 @@ class Kept(OrderedDict[_K, tuple[_V, int]]):
         self[key] = (value, weight)
         self.weight += weight
         while len(self) > 1 and (len(self) > self.limit or (self.max_weight is not None and self.weight > self.max_weight)):
-            self.weight -= self.popitem(last=False)[1][1]
+            if self._draw is None:
+                self.weight -= self.popitem(last=False)[1][1]
+            else:
+                victim = next(itertools.islice(iter(self), self._draw(len(self) - 1), None))
+                self.weight -= self.pop(victim)[1]
         return self.weight - before
 
 
@@ -172,7 +182,7 @@ class Indexes:
         self._heavy: OrderedDict[str, MemberIndex] = OrderedDict()
         self._light_weight = 0
         self._heavy_weight = 0
-        self._answers: Kept[tuple[object, ...], Any] = Kept(1 << 30, max_answers)
+        self._answers: Kept[tuple[object, ...], Any] = Kept(1 << 30, max_answers, scattered=True)
         self._lock = threading.Lock()
 
     def get(self, member: str, generation: Generation) -> MemberIndex:

@@ -206,3 +206,20 @@ def test_kept_drops_the_least_recently_used_first() -> None:
     assert kept.keep("e", 5, 90) == 90 - 20  # c and a go: at most 3 items and 100 of weight
     assert list(kept) == ["d", "e"] and kept.weight == 100
     assert kept.find("b") == (False, None)
+
+
+def test_scattered_eviction_keeps_most_of_a_cycle_longer_than_the_cache() -> None:
+    """Asked in a cycle of 12 with room for 9, LRU keeps none at the time each is asked again;
+    random eviction keeps most of them, and the bounds hold either way."""
+    hits = {}
+    for scattered in (False, True):
+        kept: Kept[int, int] = Kept(limit=9, scattered=scattered)
+        found = 0
+        for i in range(1200):
+            found += kept.find(i % 12)[0]
+            if not kept.find(i % 12)[0]:
+                kept.keep(i % 12, i, 1)
+            assert len(kept) <= 9 and kept.weight == len(kept)
+        hits[scattered] = found
+    assert hits[False] == 0 and hits[True] > 600
+
