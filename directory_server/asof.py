@@ -189,7 +189,9 @@ class AsOfViews:
         self._marks: tuple[object, list[datetime]] = ((), [])  # boundary instants, for the logs held
         self._lock = threading.Lock()
 
-    def _log(self, member: str, key: tuple[int, int]) -> _Log:
+    def _log(self, member: str, key: tuple[int, int], keep: bool = True) -> _Log:
+        """The member's log parsed, by name; kept (``MAX_LOGS`` members) when ``keep`` or when
+        it is dated (a view will read it); whether it is dated is remembered either way."""
         size, withheld = key
         with self._lock:
             cached = self._logs.get(member)
@@ -213,10 +215,11 @@ class AsOfViews:
             by_name.setdefault(row.name, []).append((version, e))
         log = _Log(key, by_name, dated)
         with self._lock:
-            self._logs[member] = log
-            self._logs.move_to_end(member)
-            while len(self._logs) > MAX_LOGS:
-                self._logs.popitem(last=False)
+            if keep or dated:
+                self._logs[member] = log
+                self._logs.move_to_end(member)
+                while len(self._logs) > MAX_LOGS:
+                    self._logs.popitem(last=False)
             self._dated[member] = (key, dated)
         return log
 
@@ -236,7 +239,9 @@ class AsOfViews:
             known = self._dated.get(member)
         if known is not None and known[0] == key:
             return known[1]
-        return self._log(member, key).dated
+        # a member without dated records (the usual case) keeps no parsed log: 5,000 parsed
+        # entries are ~25 MB, and the fast path needs only this answer
+        return self._log(member, key, keep=False).dated
 
     def versions(
         self, name: str, member: str, keys: dict[str, tuple[int, int]] | None = None

@@ -33,7 +33,7 @@ from directory_server.storage.store import Generation
 MIB = 1 << 20
 MAX_LIGHT_BYTES = 32 * MIB
 MAX_HEAVY_BYTES = 32 * MIB
-MAX_ANSWER_BYTES = 48 * MIB
+MAX_ANSWER_BYTES = 64 * MIB
 MAX_KEPT_PER_MEMBER = 4096  # records with their proofs, and state proofs, per member
 MAX_PIECES_PER_MEMBER = 1024  # resolved places and the like, per member
 # what each thing costs in memory, measured on the benchmark datasets (bench/README.md)
