@@ -189,9 +189,8 @@ class AsOfViews:
         self._marks: tuple[object, list[datetime]] = ((), [])  # boundary instants, for the logs held
         self._lock = threading.Lock()
 
-    def _log(self, member: str, key: tuple[int, int], keep: bool = True) -> _Log:
-        """The member's log parsed, by name; kept (``MAX_LOGS`` members) when ``keep`` or when
-        it is dated (a view will read it); whether it is dated is remembered either way."""
+    def _log(self, member: str, key: tuple[int, int]) -> _Log:
+        """The member's log parsed, by name, kept for ``MAX_LOGS`` members."""
         size, withheld = key
         with self._lock:
             cached = self._logs.get(member)
@@ -215,11 +214,10 @@ class AsOfViews:
             by_name.setdefault(row.name, []).append((version, e))
         log = _Log(key, by_name, dated)
         with self._lock:
-            if keep or dated:
-                self._logs[member] = log
-                self._logs.move_to_end(member)
-                while len(self._logs) > MAX_LOGS:
-                    self._logs.popitem(last=False)
+            self._logs[member] = log
+            self._logs.move_to_end(member)
+            while len(self._logs) > MAX_LOGS:
+                self._logs.popitem(last=False)
             self._dated[member] = (key, dated)
         return log
 
@@ -240,8 +238,20 @@ class AsOfViews:
         if known is not None and known[0] == key:
             return known[1]
         # a member without dated records (the usual case) keeps no parsed log: 5,000 parsed
-        # entries are ~25 MB, and the fast path needs only this answer
-        return self._log(member, key, keep=False).dated
+        # entries are ~25 MB, and the fast path needs only this answer. Each entry is parsed
+        # and dropped; at the first dated one, the whole log is read for the views.
+        size, _ = key
+        for row in self.store.log_rows(member, 1, size):
+            if row.withheld or not row.envelope:
+                continue
+            entry = log_pb2.Entry.FromString(signing.parse_envelope(row.envelope).payload)
+            e = LogEntry(member, row.seq, row.name, row.kind, row.envelope, row.leaf_hash, entry)
+            version = effective.version_of(row.seq, e.publish_time, e.record)
+            if version.start_time is not None or version.end_time is not None:
+                return self._log(member, key).dated
+        with self._lock:
+            self._dated[member] = (key, False)
+        return False
 
     def versions(
         self, name: str, member: str, keys: dict[str, tuple[int, int]] | None = None
