@@ -424,10 +424,10 @@ class Directory:
         if matching:
             terms |= {r.folded for r in self.store.place_rows_named(sorted({r.name for r in matching}))}
         if len(terms) == 1:
-            return self.store.search(folded, member, limit, offset)
+            return self.store.search_page(folded, member, limit, offset)
         best: dict[str, int] = {}
         for term in sorted(terms)[:MAX_PLACE_TERMS]:
-            for name, rank in self.store.search(term, member, offset + limit, 0):
+            for name, rank in self.store.search_page(term, member, offset + limit, 0):
                 best[name] = min(rank, best.get(name, rank))
         ordered = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
         return ordered[offset : offset + limit]
