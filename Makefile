@@ -47,13 +47,13 @@ bench: $(STAMP)
 	$(PY) bench/bench_find.py
 
 ## FindCounterpart with one and two serving processes, on SQLite and on PostgreSQL (127.0.0.1:5432,
-## db test; a fresh schema, dropped after). The dataset is kept in /tmp/counterpart-bench-find.
+## db test; a fresh schema, dropped after). Pass a kept dataset with ARGS="--data-dir DIR".
 bench-find-all: $(STAMP)
-	$(PY) bench/bench_find.py --data-dir /tmp/counterpart-bench-find --processes 1,2 --database sqlite,postgres
+	$(PY) bench/bench_find.py --processes 1,2 --database sqlite,postgres --connections 8 $(ARGS)
 
-## Memory of a node holding 1,000,000 entries (the dataset takes minutes; kept in /tmp/counterpart-bench-1m).
+## Memory of a node holding 1,000,000 entries (the dataset takes minutes; bench_memory.py keeps it).
 bench-memory: $(STAMP)
-	$(PY) bench/bench_memory.py --finds 2000
+	$(PY) bench/bench_memory.py --finds 1000 $(ARGS)
 
 ## A current FindCounterpart over dated records (the as-of view of now) against the fast path.
 bench-find-dated: $(STAMP)
