@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := node_modules/.bin/buf
 
-.PHONY: all venv generate lint-proto lint test demo bench bench-find-dated bench-propagation bench-rest wheels clean
+.PHONY: all venv generate lint-proto lint test demo bench bench-find-all bench-memory bench-find-dated bench-propagation bench-rest wheels clean
 
 all: test
 
@@ -46,17 +46,26 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_find.py
 
+## FindCounterpart with one and two serving processes, on SQLite and on PostgreSQL (127.0.0.1:5432,
+## db test; a fresh schema, dropped after). Pass a kept dataset with ARGS="--data-dir DIR".
+bench-find-all: $(STAMP)
+	$(PY) bench/bench_find.py --processes 1,2 --database sqlite,postgres --connections 8 $(ARGS)
+
+## Memory of a node holding 1,000,000 entries (the dataset takes minutes; bench_memory.py keeps it).
+bench-memory: $(STAMP)
+	$(PY) bench/bench_memory.py --finds 1000 $(ARGS)
+
 ## A current FindCounterpart over dated records (the as-of view of now) against the fast path.
 bench-find-dated: $(STAMP)
 	$(PY) bench/bench_find_dated.py
 
 ## One change reaching the nine other nodes of ten, against main's behaviour in the same run.
 bench-propagation: $(STAMP)
-	$(PY) bench/bench_propagation.py --baseline-ref main
+	$(PY) bench/bench_propagation.py --baseline-ref 99ead67
 
 ## A node of a 200-member federation at rest, and one change, against main's behaviour in the same run.
 bench-rest: $(STAMP)
-	$(PY) bench/bench_rest.py --baseline-ref main
+	$(PY) bench/bench_rest.py --baseline-ref 99ead67
 
 ## Wheels of the three distributions into dist/.
 wheels: $(STAMP)

@@ -31,6 +31,7 @@ Usage: python bench/bench_find.py [--data-dir DIR] [--duration 10] [--concurrenc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -152,6 +153,15 @@ class Server:
     target: str
     log_path: Path
     tls_roots: bytes | None = None  # the node's certificate: TLS, trusting exactly it
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)  # more serving processes
+
+    @property
+    def procs(self) -> list[subprocess.Popen[bytes]]:
+        return [self.proc, *self.others]
+
+    def cpu_seconds(self) -> float:
+        """CPU time of every serving process (Linux /proc)."""
+        return sum(proc_cpu_seconds(p.pid) for p in self.procs)
 
     def channel(self, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
         if self.tls_roots is None:
@@ -179,15 +189,9 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
-@contextmanager
-def server_process(
-    name: str, argv: Sequence[str], target: str, log_dir: Path, env: dict[str, str] | None = None,
-    tls_roots: bytes | None = None,
-) -> Iterator[Server]:
-    """Start a server process, wait for health SERVING, stop it on exit."""
-    log_path = log_dir / f"{name}.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
+def _start(argv: Sequence[str], log_path: Path, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -195,12 +199,60 @@ def server_process(
             env=_clean_env() | (env or {}),
             start_new_session=True,  # our Ctrl-C handling stops it, in order
         )
-    server = Server(name, proc, target, log_path, tls_roots)
+
+
+def listening(pid: int, port: int) -> bool:
+    """Does the process hold a socket listening on ``port`` (Linux /proc)?"""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
+@contextmanager
+def server_process(
+    name: str, argv: Sequence[str], target: str, log_dir: Path, env: dict[str, str] | None = None,
+    tls_roots: bytes | None = None, processes: int = 1,
+) -> Iterator[Server]:
+    """Start a server (``processes`` of them on one port), wait for health SERVING and for
+    every process to listen, stop them all on exit."""
+    log_path = log_dir / f"{name}.log"
+    log_path.write_bytes(b"")
+    server = Server(name, _start(argv, log_path, env), target, log_path, tls_roots)
     try:
         wait_serving(server)
+        port = int(target.rsplit(":", 1)[1])
+        for _ in range(processes - 1):
+            server.others.append(_start(argv, log_path, env))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not all(listening(p.pid, port) for p in server.others):
+            if any(p.poll() is not None for p in server.others):
+                raise RuntimeError(f"{name}: a serving process exited:\n{server.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: not every process listens after {START_TIMEOUT_S:.0f} s")
+            time.sleep(0.2)
         yield server
     finally:
-        stop_process(proc)
+        for p in reversed(server.procs):
+            stop_process(p)
 
 
 def wait_serving(server: Server) -> None:
@@ -234,6 +286,9 @@ def wait_serving(server: Server) -> None:
 @dataclass
 class RunResult:
     server: str
+    label: str  # "cold": every question new to the node; "warm": after every one was asked once
+    processes: int
+    connections: int
     concurrency: int
     duration_s: float
     calls: int
@@ -247,6 +302,7 @@ class RunResult:
     request_bytes_avg: float
     response_bytes_avg: float
     server_cpu_s: float
+    server_cpu_ms_per_call: float
     client_cpu_s: float
     other_cpu_s: float  # used by other processes on the machine during the run (interference)
     loadavg_after: list[float] = field(default_factory=list)
@@ -289,6 +345,42 @@ def _loop(
         sizes.append(len(resp))
 
 
+def channels(server: Server, count: int) -> list[grpc.Channel]:
+    """``count`` channels, each on a connection of its own (SO_REUSEPORT spreads connections,
+    not calls, over the serving processes)."""
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.use_local_subchannel_pool", 1)]
+    return [server.channel(options) for _ in range(count)]
+
+
+def prime(server: Server, payloads: Sequence[bytes], connections: int, stop: threading.Event) -> float:
+    """Ask every request once on every connection (in parallel), not measured: each serving
+    process then holds the answers it will be asked for. Returns the seconds it took."""
+    chans = channels(server, connections)
+    t0 = time.perf_counter()
+    try:
+        def ask_all(ch: grpc.Channel) -> None:
+            call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(METHOD)
+            for payload in payloads:
+                if stop.is_set():
+                    return
+                try:
+                    call(payload, timeout=CALL_TIMEOUT_S)
+                except grpc.RpcError:
+                    pass
+
+        threads = [threading.Thread(target=ask_all, args=(ch,), daemon=True) for ch in chans]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for ch in chans:
+            ch.close()
+    if stop.is_set():
+        raise KeyboardInterrupt
+    return time.perf_counter() - t0
+
+
 def run_load(
     server: Server,
     payloads: Sequence[bytes],
@@ -296,12 +388,15 @@ def run_load(
     duration: float,
     warmup: float,
     stop: threading.Event,
+    connections: int = 1,
+    label: str = "",
 ) -> RunResult:
-    """``concurrency`` threads calling the server for ``duration`` s (after ``warmup`` s)."""
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE)]
-    with server.channel(options) as channel:
+    """``concurrency`` threads calling the server for ``duration`` s (after ``warmup`` s),
+    thread k on connection k mod ``connections``."""
+    chans = channels(server, max(1, min(connections, concurrency)))
+    try:
         # no (de)serializers: bytes in, bytes out
-        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
+        callables: list[grpc.UnaryUnaryMultiCallable[bytes, bytes]] = [ch.unary_unary(METHOD) for ch in chans]
         stride = max(1, len(payloads) // concurrency)
 
         def phase(seconds: float) -> tuple[list[list[float]], list[list[int]], Counter[str], float]:
@@ -314,7 +409,7 @@ def run_load(
                 threading.Thread(
                     target=_loop,
                     args=(
-                        call,
+                        callables[k % len(callables)],
                         payloads,
                         k * stride + int(seconds * 1000),
                         deadline,
@@ -344,18 +439,24 @@ def run_load(
 
         if warmup > 0:
             phase(warmup)
-        cpu0 = proc_cpu_seconds(server.proc.pid)
+        cpu0 = server.cpu_seconds()
         client0 = time.process_time()
         busy0 = system_busy_seconds()
         lat, sizes, errors, elapsed = phase(duration)
-        server_cpu = proc_cpu_seconds(server.proc.pid) - cpu0
+        server_cpu = server.cpu_seconds() - cpu0
         client_cpu = time.process_time() - client0
         other_cpu = max(0.0, system_busy_seconds() - busy0 - server_cpu - client_cpu)
+    finally:
+        for ch in chans:
+            ch.close()
     all_lat = sorted(x * 1000 for per in lat for x in per)
     all_sizes = [s for per in sizes for s in per]
     calls = len(all_lat)
     return RunResult(
         server=server.name,
+        label=label or ("warm" if warmup > 0 else "cold"),
+        processes=len(server.procs),
+        connections=len(chans),
         concurrency=concurrency,
         duration_s=round(elapsed, 3),
         calls=calls,
@@ -369,6 +470,7 @@ def run_load(
         request_bytes_avg=round(sum(map(len, payloads)) / len(payloads), 1),
         response_bytes_avg=round(sum(all_sizes) / len(all_sizes), 1) if all_sizes else 0.0,
         server_cpu_s=round(server_cpu, 2),
+        server_cpu_ms_per_call=round(1000 * server_cpu / calls, 3) if calls else float("nan"),
         client_cpu_s=round(client_cpu, 2),
         other_cpu_s=round(other_cpu, 2),
         loadavg_after=[round(x, 2) for x in os.getloadavg()],
@@ -449,32 +551,38 @@ def tls_ratios(runs: list[RunResult]) -> list[dict[str, Any]]:
 
 
 def print_table(runs: list[RunResult]) -> list[dict[str, Any]]:
-    by = {(r.server, r.concurrency): r for r in runs}
+    """Each node run beside the baseline at the same concurrency, as ratios."""
+    base = {(r.concurrency, r.connections): r for r in runs if r.server == "baseline"}
     header = (
-        f"{'conc':>4} | {'node calls/s':>12} {'p50 ms':>8} {'p99 ms':>8} | "
-        f"{'base calls/s':>12} {'p50 ms':>8} {'p99 ms':>8} | "
-        f"{'thr ratio':>9} {'p50 ratio':>9} {'p99 ratio':>9}"
+        f"{'node':>18} {'conc':>4} | {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>7} | "
+        f"{'base calls/s':>12} {'p50 ms':>7} {'p99 ms':>7} | {'thr ratio':>9} {'p50 ratio':>9} {'p99 ratio':>9}"
     )
     print(header)
     print("-" * len(header))
     ratios: list[dict[str, Any]] = []
-    for c in sorted({r.concurrency for r in runs}):
-        n, b = by.get(("node", c)), by.get(("baseline", c))
-        if n is None:
+    for n in runs:
+        if n.server == "baseline" or n.server == "node-tls":
             continue
-        node_cols = f"{c:>4} | {n.throughput:>12.1f} {n.p50_ms:>8.2f} {n.p99_ms:>8.2f} | "
+        name = f"{n.server}/{n.label}"
+        cols = (
+            f"{name:>18} {n.concurrency:>4} | {n.throughput:>9.1f} {n.p50_ms:>8.2f} {n.p99_ms:>8.2f} "
+            f"{n.server_cpu_ms_per_call:>7.2f} | "
+        )
+        b = base.get((n.concurrency, n.connections)) or base.get((n.concurrency, 1))
         if b is None:
-            print(node_cols + f"{'-':>12} {'-':>8} {'-':>8} | {'-':>9} {'-':>9} {'-':>9}")
+            print(cols + f"{'-':>12} {'-':>7} {'-':>7} | {'-':>9} {'-':>9} {'-':>9}")
             continue
         row = {
-            "concurrency": c,
+            "server": n.server, "label": n.label, "processes": n.processes, "concurrency": n.concurrency,
+            "connections": n.connections, "baseline_connections": b.connections,
             "throughput_ratio": round(n.throughput / b.throughput, 4) if b.throughput else None,
             "p50_ratio": round(n.p50_ms / b.p50_ms, 1) if b.p50_ms else None,
             "p99_ratio": round(n.p99_ms / b.p99_ms, 1) if b.p99_ms else None,
+            "server_cpu_ms_per_call": n.server_cpu_ms_per_call,
         }
         ratios.append(row)
         print(
-            node_cols + f"{b.throughput:>12.1f} {b.p50_ms:>8.3f} {b.p99_ms:>8.3f} | "
+            cols + f"{b.throughput:>12.1f} {b.p50_ms:>7.3f} {b.p99_ms:>7.3f} | "
             f"{row['throughput_ratio']:>9} {row['p50_ratio']:>9} {row['p99_ratio']:>9}"
         )
     return ratios
@@ -483,10 +591,10 @@ def print_table(runs: list[RunResult]) -> list[dict[str, Any]]:
 def describe_run(r: RunResult) -> str:
     errs = f", errors {r.errors}" if r.errors else ""
     return (
-        f"{r.server:>8} c={r.concurrency:<3} {r.calls:>7} calls in {r.duration_s:.1f} s = "
+        f"{r.server:>8} {r.label} p={r.processes} conns={r.connections} c={r.concurrency:<3} {r.calls:>7} calls in {r.duration_s:.1f} s = "
         f"{r.throughput:.1f}/s; ms mean {r.mean_ms:.2f} p50 {r.p50_ms:.2f} p90 {r.p90_ms:.2f} "
         f"p99 {r.p99_ms:.2f} max {r.max_ms:.2f}; resp {r.response_bytes_avg:.0f} B; "
-        f"CPU s: server {r.server_cpu_s:.1f} client {r.client_cpu_s:.1f} "
+        f"CPU s: server {r.server_cpu_s:.1f} ({r.server_cpu_ms_per_call:.2f} ms/call) client {r.client_cpu_s:.1f} "
         f"other {r.other_cpu_s:.1f}{errs}"
     )
 
@@ -542,7 +650,7 @@ def load_or_generate(
     return data_dir, manifest
 
 
-def node_argv(data_dir: Path, target: str) -> list[str]:
+def node_argv(data_dir: Path, target: str, several: bool = False) -> list[str]:
     exe = Path(sys.executable).parent / "counterpart-node"
     cmd = [str(exe)] if exe.exists() else [shutil.which("counterpart-node") or "counterpart-node"]
     return cmd + [
@@ -554,7 +662,49 @@ def node_argv(data_dir: Path, target: str) -> list[str]:
         target,
         "--log-level",
         "WARNING",
+        *(["--allow-several"] if several else []),
     ]
+
+
+def postgres_url() -> str:
+    return os.environ.get("COUNTERPART_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@contextmanager
+def postgres_copy(data_dir: Path) -> Iterator[tuple[str, float]]:
+    """The dataset's SQLite database copied into a fresh PostgreSQL schema (migrated by the
+    node's own Store, then every table row for row); yields the node's database URL and the
+    seconds the copy took; drops the schema on the way out."""
+    import sqlalchemy as sa
+
+    from directory_server.storage.models import Base
+    from directory_server.storage.store import Store, sqlite_url
+
+    schema = f"cp_bench_{secrets.token_hex(6)}"
+    admin = sa.create_engine(postgres_url())
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in postgres_url() else "?"
+    url = f"{postgres_url()}{sep}options=-csearch_path%3D{schema}"
+    t0 = time.perf_counter()
+    try:
+        Store(url).close()  # the schema, by the node's migrations
+        src = sa.create_engine(sqlite_url(data_dir))
+        dst = sa.create_engine(url)
+        for table in Base.metadata.sorted_tables:
+            with src.connect() as s, dst.begin() as d:
+                result = s.execution_options(yield_per=5000).execute(table.select())
+                for part in result.partitions(5000):
+                    d.execute(table.insert(), [dict(row._mapping) for row in part])
+        with dst.begin() as d:
+            d.execute(sa.text("ANALYZE"))
+        src.dispose()
+        dst.dispose()
+        yield url, time.perf_counter() - t0
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -578,7 +728,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-baseline", action="store_true", help="measure the node only")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this file")
     p.add_argument("--tls", action="store_true", help="also serve the node over TLS and compare")
+    p.add_argument(
+        "--processes", default="1",
+        help="comma-separated numbers of serving processes of the node (one port, --allow-several), e.g. 1,2",
+    )
+    p.add_argument(
+        "--database", default="sqlite",
+        help="comma-separated: sqlite (the dataset's file) and/or postgres (a copy in a fresh schema of "
+        "$COUNTERPART_BENCH_POSTGRES_URL, default postgresql+psycopg://postgres@127.0.0.1:5432/test, dropped after)",
+    )
+    p.add_argument(
+        "--connections", type=int, default=16,
+        help="client connections when the node runs several processes (calls spread per connection)",
+    )
+    p.add_argument(
+        "--no-cold", action="store_true",
+        help="skip the cold run (every question new to the node) and the priming pass before the warm runs",
+    )
     a = p.parse_args(argv)
+    process_counts = [int(x) for x in a.processes.split(",") if x.strip()]
+    databases = [x.strip() for x in a.database.split(",") if x.strip()]
+    if not process_counts or min(process_counts) < 1 or max(process_counts) > 16:
+        raise SystemExit("--processes: counts between 1 and 16")
+    if not set(databases) <= {"sqlite", "postgres"} or not databases:
+        raise SystemExit("--database: sqlite and/or postgres")
     concurrencies = [int(x) for x in a.concurrency.split(",") if x.strip()]
     if not concurrencies or min(concurrencies) < 1 or max(concurrencies) > 256:
         raise SystemExit("--concurrency: thread counts between 1 and 256")
@@ -599,6 +772,12 @@ def main(argv: list[str] | None = None) -> int:
         data_dir, manifest = load_or_generate(a.data_dir, a.members, a.authorities, tmp_root)
         requests = make_requests(manifest, a.requests, a.seed)
         payloads = [r.SerializeToString() for r in requests]
+        # one question per member, with a place, from another mix: warms each member's index
+        first: dict[str, bytes] = {}
+        for r in make_requests(manifest, 50 * len(manifest["members"]), a.seed + 1000):
+            if r.place and r.requested_member not in first:
+                first[r.requested_member] = r.SerializeToString()
+        touch = list(first.values())
         db_bytes = sum(f.stat().st_size for f in data_dir.glob("node.sqlite3*"))
         print(
             f"dataset: {len(manifest['members'])} members x {manifest['authorities_per_member']} "
@@ -606,15 +785,40 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(payloads)} requests, avg {sum(map(len, payloads)) / len(payloads):.0f} B"
         )
         sanity: dict[str, Any] = {}
-        port = free_port()
-        target = f"127.0.0.1:{port}"
-        with server_process("node", node_argv(data_dir, target), target, tmp_root) as node:
-            sanity = sanity_check(node, requests[:100])
-            print(f"sanity (100 parsed answers): {sanity}")
-            for c in concurrencies:
-                r = run_load(node, payloads, c, a.duration, a.warmup, stop)
-                runs.append(r)
-                print(describe_run(r), flush=True)
+        copies: dict[str, float] = {}
+        for database in databases:
+            with contextlib.ExitStack() as stack:
+                env: dict[str, str] = {}
+                if database == "postgres":
+                    url, seconds = stack.enter_context(postgres_copy(data_dir))
+                    env["COUNTERPART_DATABASE_URL"] = url
+                    copies[database] = round(seconds, 1)
+                    print(f"copied the dataset into PostgreSQL in {seconds:.1f} s")
+                for n in process_counts:
+                    port = free_port()
+                    target = f"127.0.0.1:{port}"
+                    name = f"node-{database}-p{n}"
+                    conns = 1 if n == 1 else a.connections
+                    argv_node = node_argv(data_dir, target, several=n > 1)
+                    with server_process(name, argv_node, target, tmp_root, env, processes=n) as node:
+                        if not sanity:
+                            sanity = sanity_check(node, requests[:100])
+                            print(f"sanity (100 parsed answers): {sanity}")
+                        if not a.no_cold:
+                            # every question new to the node (what a kept answer cannot help),
+                            # after one other question per member (what a member's index holds
+                            # is built: its tree, its place names)
+                            took = prime(node, touch, conns, stop)
+                            print(f"touched every member of {name} in {took:.1f} s")
+                            r = run_load(node, payloads[100:], 1, a.duration, 0.0, stop, label="cold")
+                            runs.append(r)
+                            print(describe_run(r), flush=True)
+                            took = prime(node, payloads, conns, stop)
+                            print(f"primed {name}: every request once on each of {conns} connection(s) in {took:.1f} s")
+                        for c in concurrencies:
+                            r = run_load(node, payloads, c, a.duration, a.warmup, stop, conns, label="warm")
+                            runs.append(r)
+                            print(describe_run(r), flush=True)
         if a.tls:
             # the same node and data over TLS 1.3 (a certificate made for this run; the node's
             # key file is encrypted like a real one)
@@ -638,11 +842,17 @@ def main(argv: list[str] | None = None) -> int:
                 "--workers",
                 NodeConfig.__dataclass_fields__["workers"].default,  # the node's default
             ]
+            # the client as each node run had it: one connection, and as many as the runs of
+            # several processes had
+            layouts = sorted({1} | ({a.connections} if max(process_counts) > 1 else set()))
             with server_process("baseline", argv_base, target, tmp_root) as base:
-                for c in concurrencies:
-                    r = run_load(base, payloads, c, a.duration, a.warmup, stop)
-                    runs.append(r)
-                    print(describe_run(r), flush=True)
+                for conns in layouts:
+                    for c in concurrencies:
+                        if conns > 1 and c == 1:
+                            continue  # one thread uses one connection
+                        r = run_load(base, payloads, c, a.duration, a.warmup, stop, conns, label="empty")
+                        runs.append(r)
+                        print(describe_run(r), flush=True)
         print()
         ratios = print_table(runs)
         tls_cost = tls_ratios(runs)
@@ -652,6 +862,10 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": machine_info(),
                 "code": version | {"changed_during_run": str(code_version() != version)},
                 "settings": {
+                    "processes": process_counts,
+                    "databases": databases,
+                    "connections_when_several": a.connections,
+                    "postgres_copy_s": copies,
                     "duration_s": a.duration,
                     "warmup_s": a.warmup,
                     "concurrency": concurrencies,

@@ -15,6 +15,8 @@
    - ``lookups``: ListMembers, ListAuthorities over every member (first page of 500)
      and of one member to its end, GetAuthority, SearchAuthorities and ``--finds``
      FindCounterpart calls (bench_find's request mix);
+   - ``more_finds``: ``--finds`` more FindCounterpart calls of another mix (new questions:
+     with every cache bounded, memory stays where it was);
    - ``one_range``: GetCheckpoints, then GetEntries of one member's whole log;
    - ``consistency``: GetConsistencyProof of every member, from half to full size;
    - ``all_ranges``: GetEntries of every member's whole log, one after the other
@@ -103,6 +105,16 @@ def lookups(channel: grpc.Channel, manifest: dict[str, Any], finds: int) -> dict
         "finds": len(requests),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def more_finds(channel: grpc.Channel, manifest: dict[str, Any], finds: int) -> dict[str, Any]:
+    """``finds`` FindCounterpart calls of another request mix (seed 2): questions new to the node."""
+    stub = ds_grpc.DirectoryServiceStub(channel)
+    t0 = time.perf_counter()
+    for req in bench_find.make_requests(manifest, finds, seed=2):
+        stub.FindCounterpart(req, timeout=60)
+    seconds = time.perf_counter() - t0
+    return {"finds": finds, "seconds": round(seconds, 2), "finds_per_s": round(finds / seconds, 1)}
 
 
 def pull_range(stub: rs_grpc.ReplicationServiceStub, member: str, end: int) -> tuple[int, int]:
@@ -205,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             step("idle")
             details["lookups"] = lookups(channel, manifest, a.finds)
             step("lookups")
+            # as many new questions again: with every cache bounded, memory stays where it was
+            details["more_finds"] = more_finds(channel, manifest, a.finds)
+            step("more_finds")
             repl = rs_grpc.ReplicationServiceStub(channel)
             vector = repl.GetCheckpoints(rs.GetCheckpointsRequest(), timeout=60)
             sizes = manifest["member_data"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,9 +36,10 @@ from counterpart_core.redaction import record_members_only
 from counterpart_core.timeutil import from_timestamp, to_timestamp, utcnow
 from directory_server.lookup import Directory, Loaded, Snapshot
 from directory_server.storage.models import Base, EntryRow
-from directory_server.storage.store import Store
+from directory_server.storage.store import Generation, Store
 
 MAX_VIEWS = 4  # each holds the derived rows of one instant; a handful covers a session's questions
+MAX_LOGS = 4  # members whose whole parsed log is kept (a view reads every member's; 5,000 entries ~ 25 MB)
 _READINGS = {
     ds.AS_OF_READING_UNSPECIFIED: effective.IN_EFFECT,
     ds.AS_OF_READING_IN_EFFECT: effective.IN_EFFECT,
@@ -108,6 +109,9 @@ class _ViewStore(Store):
     def checkpoint(self, member: str) -> bytes | None:
         return self.real.checkpoint(member)
 
+    def generations(self, members: Sequence[str] | None) -> dict[str, Generation]:
+        return self.real.generations(members)
+
     def checkpoints(self) -> dict[str, bytes]:
         return self.real.checkpoints()
 
@@ -164,9 +168,12 @@ class _View(Directory):
         with self._serial:
             return super().search(query, member, size, token, caller)
 
-    def find_counterpart(self, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS) -> ds.FindCounterpartResponse:
+    def find_counterpart(
+        self, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS,
+        generations: Mapping[str, Generation | None] | None = None,
+    ) -> ds.FindCounterpartResponse:
         with self._serial:
-            return super().find_counterpart(req, caller)
+            return super().find_counterpart(req, caller, generations)
 
 
 class AsOfViews:
@@ -176,13 +183,14 @@ class AsOfViews:
         self.store = store
         self._federation = federation
         self.clock = clock
-        self._logs: dict[str, _Log] = {}
+        self._logs: OrderedDict[str, _Log] = OrderedDict()
+        self._dated: dict[str, tuple[tuple[int, int], bool]] = {}  # member -> (key, dated)
         self._views: OrderedDict[tuple[object, ...], Directory] = OrderedDict()
         self._marks: tuple[object, list[datetime]] = ((), [])  # boundary instants, for the logs held
-        self._sizes: tuple[dict[str, bytes], dict[str, int]] = ({}, {})  # checkpoint envelopes -> sizes
         self._lock = threading.Lock()
 
     def _log(self, member: str, key: tuple[int, int]) -> _Log:
+        """The member's log parsed, by name, kept for ``MAX_LOGS`` members."""
         size, withheld = key
         with self._lock:
             cached = self._logs.get(member)
@@ -207,29 +215,43 @@ class AsOfViews:
         log = _Log(key, by_name, dated)
         with self._lock:
             self._logs[member] = log
+            self._logs.move_to_end(member)
+            while len(self._logs) > MAX_LOGS:
+                self._logs.popitem(last=False)
+            self._dated[member] = (key, dated)
         return log
 
     def _keys(self) -> dict[str, tuple[int, int]]:
-        """Per member held: (checkpoint size, entries held withheld). Read once per answer
-        (two small queries); the checkpoints are parsed again only when one changes."""
-        withheld = self.store.withheld_counts()
-        envelopes = self.store.checkpoints()
-        with self._lock:
-            known, sizes = self._sizes
-        if known != envelopes:
-            sizes = {}
-            for member, envelope in envelopes.items():
-                cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(envelope).payload)
-                sizes[member] = int(cp.size)
-            with self._lock:
-                self._sizes = (envelopes, sizes)
-        return {member: (size, withheld.get(member, 0)) for member, size in sizes.items()}
+        """Per member held: (checkpoint size, entries held withheld). Read once per answer,
+        in one query (``Store.generations``: a count per member on the withheld index, not
+        a GROUP BY over every entry)."""
+        return {m: (g.size, g.withheld) for m, g in self.store.generations(None).items()}
 
     def dated(self, member: str, keys: dict[str, tuple[int, int]] | None = None) -> bool:
         """Whether any version of the member's records carries an effective period (else a
         current answer is the latest version of each name, and the fast path answers)."""
         key = (self._keys() if keys is None else keys).get(member)
-        return key is not None and self._log(member, key).dated
+        if key is None:
+            return False
+        with self._lock:
+            known = self._dated.get(member)
+        if known is not None and known[0] == key:
+            return known[1]
+        # a member without dated records (the usual case) keeps no parsed log: 5,000 parsed
+        # entries are ~25 MB, and the fast path needs only this answer. Each entry is parsed
+        # and dropped; at the first dated one, the whole log is read for the views.
+        size, _ = key
+        for row in self.store.log_rows(member, 1, size):
+            if row.withheld or not row.envelope:
+                continue
+            entry = log_pb2.Entry.FromString(signing.parse_envelope(row.envelope).payload)
+            e = LogEntry(member, row.seq, row.name, row.kind, row.envelope, row.leaf_hash, entry)
+            version = effective.version_of(row.seq, e.publish_time, e.record)
+            if version.start_time is not None or version.end_time is not None:
+                return self._log(member, key).dated
+        with self._lock:
+            self._dated[member] = (key, False)
+        return False
 
     def versions(
         self, name: str, member: str, keys: dict[str, tuple[int, int]] | None = None
@@ -277,6 +299,11 @@ class AsOfViews:
     def find_counterpart(
         self, current: Directory, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS
     ) -> ds.FindCounterpartResponse:
+        return ds.FindCounterpartResponse.FromString(self.find_counterpart_bytes(current, req, caller))
+
+    def find_counterpart_bytes(
+        self, current: Directory, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS
+    ) -> bytes:
         """FindCounterpart as of the request's instant, or now (in effect) without one; the
         answer always says which. A current answer over a member with dated records reads
         the view of now, and shows each scheduled version next to the one in effect."""
@@ -284,16 +311,22 @@ class AsOfViews:
         if req.HasField("as_of"):
             instant = requested(req.as_of, now)
             resp = self.view(instant).find_counterpart(req, caller)
-        elif req.requested_member and self.dated(req.requested_member, keys := self._keys()):
-            instant = Instant(now, effective.IN_EFFECT)
+            resp.as_of.CopyFrom(instant.message())
+            return resp.SerializeToString()
+        instant = Instant(now, effective.IN_EFFECT)
+        # one query: what the answer and the decision below depend on (memberindex)
+        asked = [m for m in (req.requested_member, req.requesting_member) if m]
+        found = self.store.generations(asked)
+        generations = {m: found.get(m) for m in asked}
+        member = generations.get(req.requested_member)
+        if member is not None and self.dated(req.requested_member, {req.requested_member: (member.size, member.withheld)}):
+            keys = self._keys()
             view = self.view(instant, keys)
             resp = view.find_counterpart(req, caller)
             self._add_pending(view, resp, caller, now, keys)
-        else:
-            instant = Instant(now, effective.IN_EFFECT)
-            resp = current.find_counterpart(req, caller)
-        resp.as_of.CopyFrom(instant.message())
-        return resp
+            resp.as_of.CopyFrom(instant.message())
+            return resp.SerializeToString()
+        return current.find_counterpart_bytes(req, caller, generations, instant.message())
 
     def _add_pending(
         self, view: Directory, resp: ds.FindCounterpartResponse, caller: Caller, now: datetime,
@@ -317,17 +350,17 @@ class AsOfViews:
             entry = next(e for v, e in versions if v.seq == later.seq)
             if entry.record is not None and record_members_only(entry.record) and not caller.sees_members_only:
                 continue  # a members-only version stays invisible to this caller
-            checkpoint = self.store.checkpoint(member)
-            if checkpoint is None:
+            snap = Snapshot(view, caller)
+            if snap.checkpoint(member) is None:
                 continue
-            _, tree = view._tree(member, checkpoint)
+            _, tree = snap.tree(member)
             if tree.size != sizes.get(member):
                 continue  # published meanwhile: the next answer shows it
             pending = ds.RecordProof(
                 name=proof.name, signed_entry=entry.envelope, leaf_index=later.seq - 1, tree_size=tree.size,
                 inclusion_path=tree.inclusion_path(later.seq - 1),
             )
-            latest = Snapshot(view, caller).state_proof(proof.name, member)
+            latest = snap.state_proof(proof.name, member)
             if latest is not None:  # the scheduled version is the latest: proven like any other
                 pending.state.CopyFrom(latest)
             pending_proofs.append(pending)

@@ -7,10 +7,10 @@ what matches and how it ranks is made here or in the pure helpers of the domain.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterable, MutableSequence, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart.v1 import federation_pb2, log_pb2, records_pb2
@@ -20,7 +20,6 @@ from counterpart_core.errors import ConflictError, InvalidArgumentError, NotFoun
 from counterpart_core.federation import Federation
 from counterpart_core.index import fold
 from counterpart_core.query import (
-    ProofTree,
     decode_page_token,
     encode_page_token,
     page_size,
@@ -28,14 +27,23 @@ from counterpart_core.query import (
 )
 from counterpart_core.records import Record
 from counterpart_core.timeutil import from_timestamp, to_duration, utcnow
-from directory_server.storage.models import RecordRow
-from directory_server.storage.store import Store
+from directory_server.memberindex import (
+    ANSWER_BYTES,
+    LEAF_BYTES,
+    PROOF_BYTES,
+    STATE_BYTES,
+    CompactTree,
+    Indexes,
+    MemberIndex,
+    PlaceNames,
+)
+from directory_server.storage.store import Generation, RecordKey, Store
 
 log = logging.getLogger("counterpart.access")
 logger = logging.getLogger("counterpart.lookup")
 MAX_PLACE_TERMS = 16  # names of a place a search also looks for
-MAX_STATE_TREES = 64  # members whose state trees are kept in memory (about 1 MB per 5,000 records)
 
+_P = TypeVar("_P")
 _KIND_CLASS: dict[str, type[Record]] = {
     "authority": records_pb2.Authority,
     "contact": records_pb2.Contact,
@@ -47,6 +55,21 @@ _SCOPE_RANK = {
     federation_pb2.INSTRUMENT_SCOPE_REGIONAL: 1,
     federation_pb2.INSTRUMENT_SCOPE_UNIVERSAL: 2,
 }
+
+
+class RowLike(Protocol):
+    """A current record's row (``RecordRow``, or anything with its fields)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def member(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def public(self) -> bool: ...
 
 
 @dataclass
@@ -102,42 +125,68 @@ class MemberState:
         return out
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A FindCounterpart answer but its provenance, as kept for one generation: ``served``
+    are the members-only records in it (audited at every answer that shows them)."""
+
+    body: bytes  # serialized: a third of the memory of the message, and sent as it is
+    members: tuple[str, ...]
+    served: tuple[RowLike, ...]
+    weight: int
+
+
 class Snapshot:
-    """What one answer reads of each member's log: the checkpoint, read once.
+    """What one answer reads of each member: its generation (checkpoint, size, withheld
+    count; ``Store.generations``), read once, and the member's index for exactly it.
 
     Every proof and provenance of an answer then refers to the same tree, even when
     the member publishes while the answer is being made. ``caller`` decides which state
     tree proves that a record is the latest (``MemberState.proof``).
     """
 
-    def __init__(self, directory: Directory, caller: Caller = ANONYMOUS) -> None:
+    def __init__(
+        self, directory: Directory, caller: Caller = ANONYMOUS,
+        generations: Mapping[str, Generation | None] | None = None,
+    ) -> None:
         self._directory = directory
         self.caller = caller
-        self._states: dict[str, MemberState | None] = {}
-        self._checkpoints: dict[str, bytes | None] = {}
-        self._trees: dict[str, tuple[bytes, ProofTree]] = {}
+        self._generations: dict[str, Generation | None] = dict(generations or {})
+        self._indexes: dict[str, MemberIndex] = {}
+
+    def read(self, members: Iterable[str]) -> None:
+        """Read the generations of the members not read yet, in one query."""
+        missing = sorted({m for m in members if m and m not in self._generations})
+        if missing:
+            got = self._directory.store.generations(missing)
+            for m in missing:
+                self._generations[m] = got.get(m)
+
+    def generation(self, member: str) -> Generation | None:
+        self.read([member])
+        return self._generations.get(member)
 
     def checkpoint(self, member: str) -> bytes | None:
-        if member not in self._checkpoints:
-            self._checkpoints[member] = self._directory.store.checkpoint(member)
-        return self._checkpoints[member]
+        generation = self.generation(member)
+        return None if generation is None else generation.checkpoint
 
-    def tree(self, member: str) -> tuple[bytes, ProofTree]:
-        if member not in self._trees:
-            checkpoint = self.checkpoint(member)
-            if checkpoint is None:
+    def index(self, member: str) -> MemberIndex:
+        if member not in self._indexes:
+            generation = self.generation(member)
+            if generation is None:
                 raise NotFoundError(f"this node holds no verified data of member {member}", reason="MEMBER_NOT_FOUND")
-            self._trees[member] = self._directory._tree(member, checkpoint)
-        return self._trees[member]
+            self._indexes[member] = self._directory.indexes.get(member, generation)
+        return self._indexes[member]
+
+    def tree(self, member: str) -> tuple[bytes, CompactTree]:
+        idx = self.index(member)
+        return idx.generation.checkpoint, self._directory._tree(idx)
 
     def state_proof(self, name: str, member: str) -> ds.StateProof | None:
         """Proof that ``name`` is current at its latest seq, or absent; None when the member's
-        checkpoint signs no state root (then nothing proves it is the latest)."""
-        if member not in self._states:
-            checkpoint, _ = self.tree(member)
-            self._states[member] = self._directory._state(member, checkpoint)
-        member_state = self._states[member]
-        return None if member_state is None else member_state.proof(name, self.caller)
+        checkpoint signs no state root (then nothing proves it is the latest). Shared between
+        answers: copy it, never change it."""
+        return self._directory._state_proof(self.index(member), name, self.caller)
 
 
 class Directory:
@@ -147,32 +196,62 @@ class Directory:
         self.store = store
         self._federation = federation
         self.clock = clock
-        self._trees: dict[str, tuple[bytes, ProofTree]] = {}
-        self._states: dict[str, tuple[bytes, MemberState | None]] = {}
-        self._place_cache: dict[str, tuple[bytes, list[places.PlaceName]]] = {}
-        self._lock = threading.Lock()
+        self.indexes = Indexes()
 
     def federation(self) -> Federation:
         return self._federation()
 
     # --- proofs ------------------------------------------------------------------------
 
-    def _tree(self, member: str, checkpoint: bytes) -> tuple[bytes, ProofTree]:
-        """(checkpoint envelope, tree at the checkpoint's size), cached until it changes."""
-        with self._lock:
-            cached = self._trees.get(member)
-            if cached is not None and cached[0] == checkpoint:
-                return cached
-        env = signing.parse_envelope(checkpoint, signing.CHECKPOINT_TYPE)
-        cp = log_pb2.Checkpoint.FromString(env.payload)
-        tree = ProofTree(self.store.leaf_hashes(member, upto=cp.size))
-        with self._lock:
-            self._trees[member] = (checkpoint, tree)
-        return checkpoint, tree
+    def _once(
+        self, idx: MemberIndex, attr: str, make: Callable[[], _P], weigh: Callable[[_P], int], heavy: bool = False
+    ) -> _P:
+        """``idx.<attr>``, made (one thread at a time) and charged to the indexes' weight the
+        first time it is needed in this generation (again after a heavy part was dropped)."""
+        value: _P | None = getattr(idx, attr)
+        if value is None:
+            weight = 0
+            with idx.lock:
+                value = getattr(idx, attr)
+                if value is None:
+                    value = make()
+                    setattr(idx, attr, value)
+                    weight = weigh(value)
+            if weight:
+                (self.indexes.charge_heavy if heavy else self.indexes.charge)(idx, weight)
+        return value
 
-    def _state(self, member: str, checkpoint: bytes) -> MemberState | None:
-        """The member's state trees at this checkpoint (None: it signs no state root), built
-        from the derived records once per checkpoint and kept for MAX_STATE_TREES members.
+    def _piece(
+        self, idx: MemberIndex, key: tuple[object, ...], make: Callable[[], _P], weigh: Callable[[_P], int] = lambda _: 512
+    ) -> _P:
+        value, delta = idx.piece(key, make, weigh)
+        if delta:
+            self.indexes.charge(idx, delta)
+        return value
+
+    def _tree(self, idx: MemberIndex) -> CompactTree:
+        """The member's tree at the index's checkpoint, built once per generation."""
+        return self._once(
+            idx, "tree", lambda: CompactTree(self.store.leaf_hashes(idx.member, upto=idx.generation.size)),
+            lambda tree: LEAF_BYTES * tree.size,
+        )
+
+    def _state_proof(self, idx: MemberIndex, name: str, caller: Caller) -> ds.StateProof | None:
+        key = (name, caller.sees_members_only)
+        with idx.lock:
+            found, proof = idx.state_proofs.find(key)
+        if found:
+            return proof
+        member_state = self._state(idx)
+        proof = None if member_state is None else member_state.proof(name, caller)
+        with idx.lock:
+            delta = idx.state_proofs.keep(key, proof, PROOF_BYTES)
+        self.indexes.charge(idx, delta)
+        return proof
+
+    def _state(self, idx: MemberIndex) -> MemberState | None:
+        """The member's state trees at this generation (None: its checkpoint signs no state
+        root), built from the derived records once per generation.
 
         Raises ConflictError (RETRY) when the records no longer make the signed roots because
         the member published while the answer was being made. When they do not make them for
@@ -180,64 +259,91 @@ class Directory:
         no whole tree, or no state at all (clients then refuse the answers about the member,
         as they must), and says so in the log.
         """
-        with self._lock:
-            cached = self._states.get(member)
-            if cached is not None and cached[0] == checkpoint:
-                return cached[1]
-        cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(checkpoint, signing.CHECKPOINT_TYPE).payload)
-        built: MemberState | None = None
-        if cp.public_state_root:
+        member, cp = idx.member, idx.checkpoint
+
+        def build() -> tuple[MemberState | None]:
+            if not cp.public_state_root:
+                return (None,)
             everything, public = state.state_leaves(self.store.current_entries(member))
-            whole = not self.store.holds_withheld(member)
+            whole = idx.generation.withheld == 0
             public_tree = state.StateTree(public)
             whole_tree = state.StateTree(everything) if whole else None
             public_ok = public_tree.root == cp.public_state_root
             whole_ok = whole_tree is None or whole_tree.root == cp.state_root
             if not (public_ok and whole_ok):
-                if self.store.checkpoint(member) != checkpoint:
+                if self.store.generations([member]).get(member) != idx.generation:
                     raise ConflictError("the records changed while the answer was made; ask again", reason="RETRY")
                 logger.error(
                     "derived records do not make the checkpoint's state roots: run counterpart-node verify and rebuild",
                     extra={"member": member, "public_ok": public_ok, "whole_ok": whole_ok},
                 )
-            built = MemberState(public_tree, whole_tree if whole_ok else None) if public_ok else None
-        with self._lock:
-            self._states.pop(member, None)
-            while len(self._states) >= MAX_STATE_TREES:
-                self._states.pop(next(iter(self._states)))
-            self._states[member] = (checkpoint, built)
-        return built
+            return (MemberState(public_tree, whole_tree if whole_ok else None) if public_ok else None,)
 
-    def _load_rows(self, rows: Sequence[RecordRow], snap: Snapshot) -> list[Loaded]:
-        envelopes = self.store.envelopes_at([(r.member, r.seq) for r in rows])
-        out = []
-        for row in rows:
-            envelope = envelopes.get((row.member, row.seq))
-            if envelope is None:  # derived state points at a missing entry: rebuild needed
-                raise NotFoundError(f"{row.name}: entry {row.member}/{row.seq} is missing", reason="INDEX_STALE")
-            _, tree = snap.tree(row.member)
-            if row.seq > tree.size:  # published after this answer read the checkpoint
+        def weigh(built: tuple[MemberState | None]) -> int:
+            return 1 if built[0] is None else STATE_BYTES * (built[0].public.size + (built[0].everything or built[0].public).size)
+
+        return self._once(idx, "state", build, weigh, heavy=True)[0]
+
+    def _places(self, idx: MemberIndex) -> PlaceNames:
+        """The member's place names (gazetteer and coverage), read once per generation (again
+        after being dropped); RETRY when the member published while they were read."""
+
+        def read() -> PlaceNames:
+            rows = self.store.place_rows(idx.member)
+            if self.store.generations([idx.member]).get(idx.member) != idx.generation:
                 raise ConflictError("the records changed while the answer was made; ask again", reason="RETRY")
-            entry = log_pb2.Entry.FromString(signing.parse_envelope(envelope).payload)
-            record: Record = getattr(entry, row.kind)
-            proof = ds.RecordProof(
-                name=row.name, signed_entry=envelope, leaf_index=row.seq - 1, tree_size=tree.size,
-                inclusion_path=tree.inclusion_path(row.seq - 1),
-            )
-            # proves the latest version of the NAME: an answer that shows an older version
-            # (as of a past date) must let the client see that it is not the latest
-            latest = snap.state_proof(row.name, row.member)
-            if latest is not None:
-                proof.state.CopyFrom(latest)
-            out.append(Loaded(row.name, row.member, record, proof))
-        return out
+            return PlaceNames(rows)
+
+        return self._once(idx, "places", read, lambda names: names.weight, heavy=True)
+
+    def _load_rows(self, rows: Sequence[RowLike], snap: Snapshot) -> list[Loaded]:
+        """Each row's record with its inclusion proof and state proof, against the snapshot's
+        checkpoint; kept per generation and visibility (``MemberIndex.loaded``)."""
+        sees = snap.caller.sees_members_only
+        found: dict[tuple[str, int], Loaded] = {}
+        missing: list[RowLike] = []
+        for row in rows:
+            idx = snap.index(row.member)
+            if row.seq > idx.generation.size:  # published after this answer read the checkpoint
+                raise ConflictError("the records changed while the answer was made; ask again", reason="RETRY")
+            with idx.lock:
+                _, hit = idx.loaded.find((row.name, row.seq, sees))
+            if isinstance(hit, Loaded):
+                found[(row.name, row.seq)] = hit
+            else:
+                missing.append(row)
+        if missing:
+            envelopes = self.store.envelopes_at([(r.member, r.seq) for r in missing])
+            for row in missing:
+                envelope = envelopes.get((row.member, row.seq))
+                if envelope is None:  # derived state points at a missing entry: rebuild needed
+                    raise NotFoundError(f"{row.name}: entry {row.member}/{row.seq} is missing", reason="INDEX_STALE")
+                _, tree = snap.tree(row.member)
+                entry = log_pb2.Entry.FromString(signing.parse_envelope(envelope).payload)
+                record: Record = getattr(entry, row.kind)
+                proof = ds.RecordProof(
+                    name=row.name, signed_entry=envelope, leaf_index=row.seq - 1, tree_size=tree.size,
+                    inclusion_path=tree.inclusion_path(row.seq - 1),
+                )
+                # proves the latest version of the NAME: an answer that shows an older version
+                # (as of a past date) must let the client see that it is not the latest
+                latest = snap.state_proof(row.name, row.member)
+                if latest is not None:
+                    proof.state.CopyFrom(latest)
+                loaded = Loaded(row.name, row.member, record, proof)
+                idx = snap.index(row.member)
+                with idx.lock:
+                    delta = idx.loaded.keep((row.name, row.seq, sees), loaded, PROOF_BYTES + 6 * len(envelope))
+                self.indexes.charge(idx, delta)
+                found[(row.name, row.seq)] = loaded
+        return [found[(r.name, r.seq)] for r in rows]
 
     def provenance(self, member: str) -> ds.Provenance:
         return self._provenance(member, Snapshot(self))
 
     def _provenance(self, member: str, snap: Snapshot) -> ds.Provenance:
-        checkpoint, _ = snap.tree(member)
-        cp = log_pb2.Checkpoint.FromString(signing.parse_envelope(checkpoint).payload)
+        idx = snap.index(member)
+        checkpoint, cp = idx.generation.checkpoint, idx.checkpoint
         now = self.clock()
         issued = from_timestamp(cp.issue_time)
         p = ds.Provenance(
@@ -318,10 +424,10 @@ class Directory:
         if matching:
             terms |= {r.folded for r in self.store.place_rows_named(sorted({r.name for r in matching}))}
         if len(terms) == 1:
-            return self.store.search(folded, member, limit, offset)
+            return self.store.search_page(folded, member, limit, offset)
         best: dict[str, int] = {}
         for term in sorted(terms)[:MAX_PLACE_TERMS]:
-            for name, rank in self.store.search(term, member, offset + limit, 0):
+            for name, rank in self.store.search_page(term, member, offset + limit, 0):
                 best[name] = min(rank, best.get(name, rank))
         ordered = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
         return ordered[offset : offset + limit]
@@ -407,8 +513,21 @@ class Directory:
     # --- FindCounterpart ---------------------------------------------------------------
 
     def find_counterpart(
-        self, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS
+        self, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS,
+        generations: Mapping[str, Generation | None] | None = None,
     ) -> ds.FindCounterpartResponse:
+        """The answer to a prosecutor's question. ``generations``: those of the requested and
+        requesting members when the caller has read them already (else one query reads them)."""
+        return ds.FindCounterpartResponse.FromString(self.find_counterpart_bytes(req, caller, generations))
+
+    def find_counterpart_bytes(
+        self, req: ds.FindCounterpartRequest, caller: Caller = ANONYMOUS,
+        generations: Mapping[str, Generation | None] | None = None, as_of: ds.AsOf | None = None,
+    ) -> bytes:
+        """``find_counterpart``, serialized (with ``as_of`` stated): the kept answer's bytes
+        and, after them, its provenance as of now. Protobuf merges concatenated messages:
+        repeated fields append (the staleness warnings come after the kept ones), and the
+        kept bytes hold no provenance and no as_of."""
         for field_name, value, maximum in (
             ("requested_member", req.requested_member, bounds.MAX_CODE_CHARS),
             ("requesting_member", req.requesting_member, bounds.MAX_CODE_CHARS),
@@ -449,9 +568,30 @@ class Directory:
         for tag in req.preferred_languages:
             if not names.LANGUAGE_TAG_RE.match(tag):
                 raise InvalidArgumentError(f"{quote(tag)} is not a BCP 47 language tag", reason="INVALID_LANGUAGE")
-        snap = Snapshot(self, caller)
-        snap.tree(member)  # NOT_FOUND when the node holds nothing of the member
+        snap = Snapshot(self, caller, generations)
+        snap.read([member, req.requesting_member])
+        idx = snap.index(member)  # NOT_FOUND when the node holds nothing of the member
+        # the whole answer but its provenance (ages change with the clock), kept for the
+        # generations it was made from, per visibility: an anonymous caller never gets one
+        # made for a signed-in caller
+        key = (
+            member, idx.generation, req.SerializeToString(deterministic=True), caller.sees_members_only,
+            federation.version, snap.generation(req.requesting_member) if req.requesting_member else None,
+        )
+        answer = self.indexes.answer(key, lambda: self._answer(req, caller, federation, snap), lambda a: a.weight)
+        self._audit(caller, "FindCounterpart", answer.served)
+        tail = ds.FindCounterpartResponse(as_of=as_of)
+        for m in answer.members:
+            prov = self._provenance(m, snap)
+            if prov.stale:
+                tail.warnings.append(f"the data of {m} is stale: its latest checkpoint expired")
+            tail.provenances.append(prov)
+        return answer.body + tail.SerializeToString()
 
+    def _answer(
+        self, req: ds.FindCounterpartRequest, caller: Caller, federation: Federation, snap: Snapshot
+    ) -> Answer:
+        member = req.requested_member
         resp = ds.FindCounterpartResponse()
         evidence = Evidence()
         evidence.members.add(member)  # its checkpoint proves what the answer says it lacks
@@ -502,7 +642,7 @@ class Directory:
                 f"{', '.join(resp.languages)} for {req.request_type}; the request needs a translation"
             )
 
-        all_contacts = self.store.contacts_of([c.authority.name for c, _ in candidates], public_only=False)
+        all_contacts = self.store.contact_keys([c.authority.name for c, _ in candidates])
         contact_rows = [r for r in all_contacts if self._visible(r, caller)]
         resp.withheld_contacts = len(all_contacts) - len(contact_rows)
         if resp.withheld_contacts:
@@ -510,27 +650,23 @@ class Directory:
                 f"{resp.withheld_contacts} members-only contact point(s) withheld: sign in with an access token "
                 "issued by your national node (counterpart login) to see them"
             )
-        self._audit(caller, "FindCounterpart", contact_rows)
         for contact in self._load_rows(contact_rows, snap):
             evidence.add(contact)
             assert isinstance(contact.record, records_pb2.Contact)
             resp.contacts.append(contact.record)
 
         self._uncertainty_warnings(evidence, resp.warnings)
-        for m in sorted(evidence.members):
-            prov = self._provenance(m, snap)
-            if prov.stale:
-                resp.warnings.append(f"the data of {m} is stale: its latest checkpoint expired")
-            resp.provenances.append(prov)
         resp.proofs.extend(evidence.proofs[n] for n in sorted(evidence.proofs))
-        return resp
+        served = [r for r in contact_rows if not r.public]
+        body = resp.SerializeToString()
+        return Answer(body, tuple(sorted(evidence.members)), tuple(served), ANSWER_BYTES + len(body))
 
     @staticmethod
-    def _visible(row: RecordRow, caller: Caller) -> bool:
+    def _visible(row: RowLike, caller: Caller) -> bool:
         """Members-only records exist only for signed-in users of a member and member nodes."""
         return row.public or caller.sees_members_only
 
-    def _audit(self, caller: Caller, method: str, rows: Sequence[RecordRow]) -> None:
+    def _audit(self, caller: Caller, method: str, rows: Sequence[RowLike]) -> None:
         """Write every members-only record served to the audit log: who, which, when."""
         restricted = [r.name for r in rows if not r.public]
         if restricted:
@@ -557,21 +693,19 @@ class Directory:
         return [ds.AbsenceProof(state=proof, provenance=self._provenance(member, snap))]
 
     def _place_names(self, member: str, snap: Snapshot) -> list[places.PlaceName]:
-        """The member's place names, cached until its checkpoint changes."""
-        checkpoint = snap.checkpoint(member) or b""
-        with self._lock:
-            cached = self._place_cache.get(member)
-            if cached is not None and cached[0] == checkpoint:
-                return cached[1]
-        rows = [
-            places.PlaceName(r.folded, r.display, r.name, r.subdivision, r.kind) for r in self.store.place_names(member)
-        ]
-        with self._lock:
-            self._place_cache[member] = (checkpoint, rows)
-        return rows
+        """The member's place names, kept for its generation."""
+        return self._places(snap.index(member)).names
 
     def _resolve_place(self, member: str, query: str, snap: Snapshot) -> places.Resolution:
-        return places.resolve(query, member, self._place_names(member, snap))
+        """Where the query leads, resolved once per generation and query (an error is not kept)."""
+        if not query.strip():
+            return places.Resolution("national")  # no place: nothing to read
+
+        def resolve() -> places.Resolution:
+            names = self._places(snap.index(member))
+            return places.resolve(query, member, names.names, names.grouped)
+
+        return self._piece(snap.index(member), ("place", query), resolve)
 
     def _place_answer(
         self, query: str, res: places.Resolution, evidence: Evidence, snap: Snapshot
@@ -596,6 +730,11 @@ class Directory:
 
     def _subdivisions_of(self, member: str, code: str, snap: Snapshot) -> list[str]:
         """A subdivision and those it lies in, as the member's gazetteer says (AZ-NV in AZ-NX)."""
+        if not code:
+            return []
+        return list(self._piece(snap.index(member), ("subdivisions", code), lambda: tuple(self._parents(member, code, snap))))
+
+    def _parents(self, member: str, code: str, snap: Snapshot) -> list[str]:
         out = [code] if code else []
         names = self._place_names(member, snap)
         while code:
@@ -618,26 +757,28 @@ class Directory:
         municipalities = sorted(res.folded_names) if place.level == ds.COVERAGE_LEVEL_MUNICIPALITY else []
         shown_place = place.matched_name or place.query.strip()
         levels: dict[str, tuple[ds.CoverageLevel.ValueType, str]] = {}
-        for cov in self.store.coverage_matches(member, subdivisions, municipalities, place.postal_code):
+        for cov_name, cov_level, cov_key, cov_last in self.store.coverage_rows(
+            member, subdivisions, municipalities, place.postal_code
+        ):
             match: tuple[ds.CoverageLevel.ValueType, str]
-            if cov.level == index.LEVEL_NATIONAL:
+            if cov_level == index.LEVEL_NATIONAL:
                 match = (ds.COVERAGE_LEVEL_NATIONAL, f"competent for the whole of {member}")
-            elif cov.level == index.LEVEL_SUBDIVISION:
-                match = (ds.COVERAGE_LEVEL_SUBDIVISION, f"competent for subdivision {cov.key}")
-            elif cov.level == index.LEVEL_MUNICIPALITY:
+            elif cov_level == index.LEVEL_SUBDIVISION:
+                match = (ds.COVERAGE_LEVEL_SUBDIVISION, f"competent for subdivision {cov_key}")
+            elif cov_level == index.LEVEL_MUNICIPALITY:
                 match = (ds.COVERAGE_LEVEL_MUNICIPALITY, f"competent for the municipality {shown_place}")
             else:
-                match = (ds.COVERAGE_LEVEL_POSTAL_CODE, f"competent for postal codes {cov.key}-{cov.last}")
-            if match[0] > levels.get(cov.name, (ds.COVERAGE_LEVEL_UNSPECIFIED, ""))[0]:
-                levels[cov.name] = match
+                match = (ds.COVERAGE_LEVEL_POSTAL_CODE, f"competent for postal codes {cov_key}-{cov_last}")
+            if match[0] > levels.get(cov_name, (ds.COVERAGE_LEVEL_UNSPECIFIED, ""))[0]:
+                levels[cov_name] = match
 
         roles: dict[str, set[records_pb2.CompetenceRole.ValueType]] = {}
-        for c in self.store.competences(member, req.request_type, names=list(levels)):
-            if req.offence_category and c.offence not in ("", req.offence_category):
+        for c_name, c_role, c_offence, c_stage in self.store.competence_rows(member, req.request_type, list(levels)):
+            if req.offence_category and c_offence not in ("", req.offence_category):
                 continue
-            if req.stage and c.stage not in (0, int(req.stage)):
+            if req.stage and c_stage not in (0, int(req.stage)):
                 continue
-            roles.setdefault(c.name, set()).add(records_pb2.CompetenceRole.ValueType(c.role))
+            roles.setdefault(c_name, set()).add(records_pb2.CompetenceRole.ValueType(c_role))
         named_by_rule: dict[str, str] = {}
         if rule is not None:
             executing = rule.executing_authority
@@ -727,8 +868,8 @@ class Directory:
                 f"this node holds no records of {requesting}: legal bases are shown from {member}'s side only"
             )
 
-        def in_force(m: str) -> dict[str, RecordRow]:
-            rows = self.store.list_rows("treaty", m, "", 100_000, True, [("status", "=", "TREATY_STATUS_IN_FORCE")])
+        def in_force(m: str) -> dict[str, RecordKey]:
+            rows = self._piece(snap.index(m), ("in force",), lambda: self.store.treaties_in_force(m))
             return {r.name.rsplit("/", 1)[1]: r for r in rows}
 
         theirs = in_force(member)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -28,9 +28,13 @@ def _typed(kind: type[R], record: Record) -> R:
 
 
 class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
+    """``raw_answers`` (set by ``add_to_server``): FindCounterpart returns its answer's bytes,
+    which the method's serializer sends as they are; otherwise the message."""
+
     def __init__(self, directory: Directory) -> None:
         self.d = directory
         self.views = AsOfViews(directory.store, directory.federation, directory.clock)
+        self.raw_answers = False
 
     def _at(self, request: Message) -> tuple[Directory, ds.AsOf | None]:
         """The directory that answers a request: the current one, or the view of the instant
@@ -146,5 +150,30 @@ class DirectoryServicer(ds_grpc.DirectoryServiceServicer):
         return ds.ListRecordRevisionsResponse(revisions=revisions, next_page_token=token, provenance=prov)
 
     @handle_errors
-    def FindCounterpart(self, request: ds.FindCounterpartRequest, context: grpc.ServicerContext) -> ds.FindCounterpartResponse:
-        return self.views.find_counterpart(self.d, request, current())
+    def FindCounterpart(  # type: ignore[override]  # bytes too: see add_to_server
+        self, request: ds.FindCounterpartRequest, context: grpc.ServicerContext
+    ) -> ds.FindCounterpartResponse | bytes:
+        answer = self.views.find_counterpart_bytes(self.d, request, current())
+        return answer if self.raw_answers else ds.FindCounterpartResponse.FromString(answer)
+
+
+def _as_is(answer: ds.FindCounterpartResponse | bytes) -> bytes:
+    return answer if isinstance(answer, bytes) else answer.SerializeToString()
+
+
+def add_to_server(servicer: DirectoryServicer, server: grpc.Server) -> None:
+    """``add_DirectoryServiceServicer_to_server``, but FindCounterpart's answer, kept
+    serialized (``lookup.Directory.find_counterpart_bytes``), is sent without being parsed
+    and serialized again."""
+    service = ds.DESCRIPTOR.services_by_name["DirectoryService"]
+    handlers: dict[str, Any] = {}
+    for method in service.methods:
+        request: Any = getattr(ds, method.input_type.name)
+        response: Any = getattr(ds, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name), request_deserializer=request.FromString,
+            response_serializer=_as_is if method.name == "FindCounterpart" else response.SerializeToString,
+        )
+    servicer.raw_answers = True
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -21,7 +21,6 @@ from grpc_reflection.v1alpha import reflection
 
 from counterpart.v1 import (
     directory_service_pb2,
-    directory_service_pb2_grpc,
     replication_service_pb2,
     replication_service_pb2_grpc,
 )
@@ -32,6 +31,7 @@ from directory_server.lookup import Directory
 from directory_server.node import Node
 from directory_server.security import TlsIdentity
 from directory_server.service.directory import DirectoryServicer
+from directory_server.service.directory import add_to_server as add_directory_service
 from directory_server.service.guard import RequestGuard
 from directory_server.service.identity import Authenticator
 from directory_server.service.interceptors import Behaviour, rewrap, status_name
@@ -186,7 +186,7 @@ class NodeServer:
             maximum_concurrent_rpcs=max_workers + watch_limit,
             options=[("grpc.so_reuseport", 1 if several_processes else 0)],
         )
-        directory_service_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(self.directory), self.server)
+        add_directory_service(DirectoryServicer(self.directory), self.server)
         self.broadcaster = Broadcaster()
         replication_service_pb2_grpc.add_ReplicationServiceServicer_to_server(
             ReplicationServicer(node, self.broadcaster, watch_limit), self.server

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -707,6 +707,115 @@ class Store:
                 q = q.where(PlaceIndexRow.member == member)
             return list(s.scalars(q))
 
+    # --- read-only queries of the lookup caches (directory_server/memberindex.py) ---------
+
+    def generations(self, members: Sequence[str] | None) -> dict[str, Generation]:
+        """Per member held, in one query: its checkpoint envelope and size, and how many of its
+        entries this node holds withheld. Every commit that changes a member's derived state
+        changes one of them (an append stores a new checkpoint; a fill lowers the withheld
+        count), so caches keyed by it are invalidated by any commit, from any process.
+        ``members`` None: every member held."""
+        wanted = [] if members is None else sorted({m for m in members if m})
+        if members is not None and not wanted:
+            return {}
+        sql = (
+            f"SELECT c.member, c.envelope, c.size, (SELECT count(*) FROM {EntryRow.__tablename__} e "
+            f"WHERE e.member = c.member AND e.kind = ?) FROM {CheckpointRow.__tablename__} c"
+        )
+        if members is not None:
+            sql += f" WHERE c.member IN ({_marks(wanted)})"
+        rows = self._driver(sql, (WITHHELD, *wanted))
+        return {m: Generation(bytes(env), int(size), int(n)) for m, env, size, n in rows}
+
+    def _driver(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Rows of a read sent as is to the driver, ``?`` the placeholder. For the queries
+        every lookup runs: building them through the expression language cost several
+        times the query itself (bench/profile_find.py)."""
+        if self.engine.dialect.paramstyle != "qmark":
+            sql = sql.replace("?", "%s")
+        with self.engine.connect() as conn:
+            return list(conn.exec_driver_sql(sql, tuple(params)))
+
+    def coverage_rows(
+        self, member: str, subdivisions: Sequence[str] = (), municipalities: Sequence[str] = (), postal_code: str = "",
+    ) -> list[tuple[str, int, str, str]]:
+        """``coverage_matches`` as (authority, level, key, last) tuples, through the driver."""
+        conditions = [f"level = {LEVEL_NATIONAL}"]
+        params: list[Any] = [member]
+        for level, keys in ((LEVEL_SUBDIVISION, subdivisions), (LEVEL_MUNICIPALITY, municipalities)):
+            if keys:
+                conditions.append(f'(level = {level} AND "key" IN ({_marks(keys)}))')
+                params += list(keys)
+        if postal_code:
+            conditions.append(f'(level = {LEVEL_POSTAL_CODE} AND length("key") = ? AND "key" <= ? AND "last" >= ?)')
+            params += [len(postal_code), postal_code, postal_code]
+        sql = (
+            f'SELECT name, level, "key", "last" FROM {CoverageIndexRow.__tablename__} '
+            f"WHERE member = ? AND ({' OR '.join(conditions)})"
+        )
+        return [(n, int(lv), k, last) for n, lv, k, last in self._driver(sql, params)]
+
+    def competence_rows(self, member: str, request_type: str, names: Sequence[str]) -> list[tuple[str, int, str, int]]:
+        """``competences`` of some authorities as (authority, role, offence, stage) tuples, through the driver."""
+        out: list[tuple[str, int, str, int]] = []
+        for chunk in _chunks(sorted(set(names))):
+            sql = (
+                f"SELECT name, role, offence, stage FROM {CompetenceIndexRow.__tablename__} "
+                f"WHERE member = ? AND request_type = ? AND name IN ({_marks(chunk)})"
+            )
+            out += [(n, int(role), off, int(stage)) for n, role, off, stage in self._driver(sql, [member, request_type, *chunk])]
+        return out
+
+    def contact_keys(self, authorities: Sequence[str]) -> list[RecordKey]:
+        """``contacts_of(..., public_only=False)`` through the driver, from the attribute index."""
+        out: list[RecordKey] = []
+        for chunk in _chunks(sorted(set(authorities))):
+            sql = (
+                f"SELECT r.name, r.member, r.kind, r.seq, r.public FROM {RecordAttrRow.__tablename__} a "
+                f"JOIN {RecordRow.__tablename__} r ON r.name = a.name "
+                f"WHERE a.attr = 'authority' AND a.value IN ({_marks(chunk)}) AND r.kind = 'contact'"
+            )
+            out += [RecordKey(n, m, k, int(seq), bool(pub)) for n, m, k, seq, pub in self._driver(sql, chunk)]
+        return sorted(set(out))
+
+    def treaties_in_force(self, member: str) -> list[RecordKey]:
+        """The member's public treaties whose status is in force, through the driver."""
+        sql = (
+            f"SELECT r.name, r.member, r.kind, r.seq, r.public FROM {RecordRow.__tablename__} r "
+            f"JOIN {RecordAttrRow.__tablename__} a ON a.name = r.name AND a.attr = 'status' "
+            f"WHERE r.kind = 'treaty' AND r.member = ? AND r.public = ? AND a.value = 'TREATY_STATUS_IN_FORCE' "
+            f"ORDER BY r.name"
+        )
+        return [RecordKey(n, m, k, int(seq), bool(pub)) for n, m, k, seq, pub in self._driver(sql, [member, True])]
+
+    def search_page(self, folded: str, member: str | None, limit: int, offset: int) -> list[tuple[str, int]]:
+        """``search``, ranked and cut to the page in the database: ``search`` reads every
+        matching term into memory first (a common word over 1,000,000 entries took 170 MB for
+        a moment, bench/README.md)."""
+        if offset >= 2**31 or limit <= 0:  # a forged page token: past any result
+            return []
+        limit = min(limit, 2**31)
+        like = "%" + folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rank = "3 * st.weight + CASE WHEN st.term = ? THEN 0 WHEN substr(st.term, 1, ?) = ? THEN 1 ELSE 2 END"
+        sql = (
+            f"SELECT st.name, MIN(CASE WHEN {rank} > 3 THEN 3 ELSE {rank} END) AS best "
+            f"FROM {SearchTermRow.__tablename__} st JOIN {RecordRow.__tablename__} r ON r.name = st.name "
+            "WHERE st.term LIKE ? ESCAPE '\\' AND r.kind = 'authority' AND r.public = ?"
+            + (" AND st.member = ?" if member is not None else "")
+            + " GROUP BY st.name ORDER BY best, st.name LIMIT ? OFFSET ?"
+        )
+        params: list[Any] = [folded, len(folded), folded] * 2 + [like, True]
+        if member is not None:
+            params.append(member)
+        params += [limit, offset]
+        return [(n, int(best)) for n, best in self._driver(sql, params)]
+
+    def place_rows(self, member: str) -> list[tuple[str, str, str, str, int]]:
+        """``place_names`` as (folded, display, record, subdivision, kind) tuples: no ORM objects
+        for the thousands of names of a large member."""
+        sql = f"SELECT folded, display, name, subdivision, kind FROM {PlaceIndexRow.__tablename__} WHERE member = ?"
+        return [(f, d, n, sub, int(k)) for f, d, n, sub, k in self._driver(sql, [member])]
+
     # --- sync bookkeeping ----------------------------------------------------------------
 
     def peer_sizes(self, peer: str) -> dict[str, int]:
@@ -841,6 +950,25 @@ class Store:
             return int(s.scalar(select(func.count()).select_from(AuditRow)) or 0)
 
 
+class RecordKey(NamedTuple):
+    """A current record's row as plain values (the fields of ``RecordRow`` lookups read)."""
+
+    name: str
+    member: str
+    kind: str
+    seq: int
+    public: bool
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a member's cached lookup state depends on (``Store.generations``)."""
+
+    checkpoint: bytes
+    size: int
+    withheld: int
+
+
 @dataclass(frozen=True)
 class StoredEntry:
     """One entry of a log as stored: a withheld one has kind "withheld" and no envelope."""
@@ -883,6 +1011,11 @@ def _table(model: type[Base]) -> Table:
     """A model's Core table: bulk inserts through it skip the ORM's bulk path, which costs a
     quarter more on a sync's 1.65 M derived rows per 100,000 entries (bench/README.md)."""
     return Base.metadata.tables[model.__tablename__]
+
+
+def _marks(items: Sequence[object]) -> str:
+    """One ``?`` per item, for an IN (...) of driver SQL."""
+    return ", ".join("?" * len(items))
 
 
 def _chunks(items: Sequence[_T], size: int = 500) -> list[Sequence[_T]]:

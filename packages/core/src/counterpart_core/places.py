@@ -35,7 +35,7 @@ APPROXIMATE_LEAD = 8.0
 SUGGESTIONS = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlaceName:
     """One name of one place of a member (a row of the place index)."""
 
@@ -124,12 +124,21 @@ def closest(query: str, names: Sequence[PlaceName], limit: int = SUGGESTIONS) ->
     return [(_label(places[k], query), s) for k, s in ranked]
 
 
-def resolve(query: str, member: str, names: Sequence[PlaceName]) -> Resolution:
-    """The place ``query`` names in ``member``, given all the member's place names."""
+def group(names: Sequence[PlaceName]) -> dict[str, list[PlaceName]]:
+    """The names grouped by place, as ``resolve`` reads them: a server that resolves many
+    queries over the same names groups them once and passes the result."""
+    return _places(names)
+
+
+def resolve(
+    query: str, member: str, names: Sequence[PlaceName], grouped: dict[str, list[PlaceName]] | None = None
+) -> Resolution:
+    """The place ``query`` names in ``member``, given all the member's place names (and, if
+    at hand, ``group(names)``)."""
     q = query.strip()
     if not q:
         return Resolution("national")
-    places = _places(names)
+    places = _places(names) if grouped is None else grouped
     code = q.upper()
     m = SUBDIVISION_RE.match(code)
     if m and "-" in q:
