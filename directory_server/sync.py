@@ -333,12 +333,12 @@ class Syncer:
                 # only the peer's whole log, verified, can tell which.
                 self._check_fork(stub, report, held, offered, claim)
                 return False
-        verifier = rep.RangeVerifier(
-            member, decision.start, decision.end, federation,
-            # the tree as decided on: if another pull has committed since, append refuses
-            # this one as concurrent instead of blaming the peer for a size mismatch
-            merkle.CompactRange.from_leaf_hashes(self.node.store.leaf_hashes(member, upto=held_size)),
-        )
+        # the tree as decided on, from its stored frontier (no leaf is read): if another pull
+        # has committed since, this one is given up as concurrent, not blamed on the peer
+        base = self.node.store.frontier(member)
+        if base.size != held_size:
+            raise ConflictError(f"{member}: the log moved to {base.size} during the pull", reason="CONCURRENT_APPEND")
+        verifier = rep.RangeVerifier(member, decision.start, decision.end, federation, base)
         self._stream(stub, verifier, claim)
         entries = verifier.finish(offered)
         if verifier.withheld_count:

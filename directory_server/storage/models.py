@@ -52,6 +52,11 @@ class CheckpointRow(Base):
     issue_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expire_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    # the right frontier of the log's Merkle tree at ``size`` (merkle.CompactRange.frontier):
+    # one hash per set bit of the size, so a pull or a publish extends the tree and checks its
+    # root without reading the log; None until the first append after the upgrade to 0005
+    # (then computed once from the leaf hashes). ``verify`` recomputes it from the envelopes.
+    frontier: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class RecordRow(Base):
@@ -65,7 +70,11 @@ class RecordRow(Base):
     public: Mapped[bool] = mapped_column(Boolean)
     label: Mapped[str] = mapped_column(String(2000))
 
-    __table_args__ = (Index("ix_records_kind_member_name", "kind", "member", "name"),)
+    __table_args__ = (
+        Index("ix_records_kind_member_name", "kind", "member", "name"),
+        # a member's current records, without reading the other members' (state trees, publish)
+        Index("ix_records_member_name", "member", "name"),
+    )
 
 
 class RecordAttrRow(Base):
