@@ -53,6 +53,7 @@ from counterpart_core.index import (
     derive,
 )
 from counterpart_core.log import WITHHELD, LogCheckpoint, LogEntry
+from counterpart_core.log import read_entry as log_read_entry
 from counterpart_core.redaction import (
     Marker,
     deletion_restricted,
@@ -76,6 +77,7 @@ from directory_server.storage.models import (
     RecordRow,
     RejectionRow,
     SearchTermRow,
+    StagedEntryRow,
 )
 
 _T = TypeVar("_T")
@@ -366,17 +368,25 @@ class Store:
                     )
                 # only a name's last entry shapes its state; a withheld one has no name or state
                 latest = {e.name: e for e in entries if not e.withheld}
-                derived = [derive(e) for e in latest.values()]
-                self._replace_derived(s, list(latest), derived)
-                for e, d in zip(latest.values(), derived, strict=True):
-                    _update_trees(trees, e, d)
-                s.flush()
-                self._check_state(s, checkpoint, trees)
-                self._put_checkpoint(s, checkpoint, tree.frontier)
+                self._follow(s, trees, list(latest.values()))
+                self._seal(s, checkpoint, trees, tree.frontier)
         except IntegrityError as e:
             raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
         trees.basis = (checkpoint.size, checkpoint.root_hash)
         self._give_state(member, trees)
+
+    def _follow(self, s: Session, trees: _StateCache, last: Sequence[LogEntry]) -> None:
+        """Derived rows and state trees of the names of ``last``, each its name's last entry."""
+        derived = [derive(e) for e in last]
+        self._replace_derived(s, [e.name for e in last], derived)
+        for e, d in zip(last, derived, strict=True):
+            _update_trees(trees, e, d)
+
+    def _seal(self, s: Session, checkpoint: LogCheckpoint, trees: _StateCache, frontier: bytes) -> None:
+        """The end of an append's transaction: the state roots checked, the checkpoint stored."""
+        s.flush()
+        self._check_state(s, checkpoint, trees)
+        self._put_checkpoint(s, checkpoint, frontier)
 
     def _take_state(self, s: Session, member: str) -> _StateCache:
         """The member's state trees as of the checkpoint stored now (read in ``s``), taken
@@ -434,6 +444,108 @@ class Store:
             else:
                 public.put(key, leaf)
         return state.StateRoots(everything.root(), everything.size, public.root(), public.size)
+
+    # --- long ranges: staged, then moved into the log in one transaction --------------------
+
+    def stage(self, stage: str, entries: Sequence[LogEntry]) -> None:
+        """Keep entries of a range being pulled in the staging table (never served), so the
+        pull holds none of them in memory; ``append_staged`` moves them into the log."""
+        if not entries:
+            return
+        with self.transaction() as s:
+            s.execute(_table(StagedEntryRow).insert(), [
+                {
+                    "stage": stage, "seq": e.seq, "member": e.member, "name": e.name, "kind": e.kind,
+                    "envelope": e.envelope, "leaf_hash": e.leaf_hash,
+                    "publish_time": None if e.withheld else e.publish_time,
+                    "members_only": e.withheld or record_members_only(e.record),
+                }
+                for e in entries
+            ])
+
+    def drop_stages(self, stage: str | None = None) -> None:
+        """Forget one stage, or every one (those of a node killed mid-sync: the sync engine
+        starts with this; its cursor, the verified tree size, is where the pull resumes)."""
+        with self.transaction() as s:
+            q = delete(StagedEntryRow)
+            s.execute(q if stage is None else q.where(StagedEntryRow.stage == stage))
+
+    def append_staged(
+        self, stage: str, member: str, expected_size: int, latest: Mapping[str, int], tree: merkle.CompactRange,
+        checkpoint: LogCheckpoint, *, ambiguous_restricted: bool = True,
+    ) -> None:
+        """``append`` for a range staged by ``stage`` (seq expected_size+1 .. checkpoint.size),
+        verified whole by the caller: the tree it recomputed (``tree``, whose root the
+        checkpoint signs) and each name's last entry in it (``latest``, withheld ones left
+        out). In one transaction: the staged rows move into the log, each deletion gets its
+        flag (``redaction.Marker`` over the names the range deletes), the derived rows and
+        state trees of the names in ``latest`` follow their last entries (read back in
+        chunks, so memory stays bounded), the state roots are checked, and the checkpoint is
+        stored with the tree's frontier. Raises ConflictError, storing nothing, as ``append``."""
+        new_size = checkpoint.size
+        if checkpoint.member != member or tree.size != new_size or tree.root() != checkpoint.root_hash:
+            raise ConflictError(
+                f"{member}: the staged range's tree is not the checkpoint's", reason="CHECKPOINT_SIZE_MISMATCH"
+            )
+        staged = _table(StagedEntryRow)
+        in_stage = (staged.c.stage == stage,)
+        try:
+            with self.transaction() as s:
+                size = _log_size(s, member)
+                if size != expected_size:
+                    raise ConflictError(
+                        f"{member}: log has {size} entries, expected {expected_size}", reason="CONCURRENT_APPEND"
+                    )
+                count, first, last = s.execute(
+                    select(func.count(), func.min(staged.c.seq), func.max(staged.c.seq)).where(*in_stage)
+                ).one()
+                if count != new_size - expected_size or (count and (first, last) != (expected_size + 1, new_size)):
+                    raise ConflictError(f"{member}: the stage does not hold the range", reason="SEQ_GAP")
+                trees = self._take_state(s, member)
+                entries = _table(EntryRow)
+                s.execute(entries.insert().from_select(
+                    ["member", "seq", "name", "kind", "envelope", "leaf_hash", "publish_time", "restricted"],
+                    select(staged.c.member, staged.c.seq, staged.c.name, staged.c.kind, staged.c.envelope,
+                           staged.c.leaf_hash, staged.c.publish_time, staged.c.members_only).where(*in_stage),
+                ))
+                self._mark_staged_deletions(s, stage, member, expected_size, ambiguous_restricted)
+                names = sorted(latest)
+                for chunk in _chunks(names, 2000):
+                    rows = s.execute(
+                        select(staged.c.seq, staged.c.envelope).where(
+                            *in_stage, staged.c.seq.in_([latest[n] for n in chunk])
+                        )
+                    ).all()
+                    self._follow(s, trees, [log_read_entry(bytes(env), member, int(seq)) for seq, env in rows])
+                self._seal(s, checkpoint, trees, tree.frontier)
+        except IntegrityError as e:
+            raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
+        trees.basis = (checkpoint.size, checkpoint.root_hash)
+        self._give_state(member, trees)
+        self.drop_stages(stage)
+
+    def _mark_staged_deletions(self, s: Session, stage: str, member: str, upto: int, ambiguous: bool) -> None:
+        """The flags of the deletions of a staged range, now in the log (stored as not
+        members-only): a Marker walks, in order, the range's entries of the names it deletes
+        and its withheld ones (all a deletion's flag depends on)."""
+        staged = _table(StagedEntryRow)
+        deleted = select(staged.c.name).where(staged.c.stage == stage, staged.c.kind == "deletion")
+        names = set(s.scalars(deleted.distinct()))
+        if not names:
+            return
+        marker = self._marker(s, member, names, upto)
+        flagged: list[int] = []
+        rows = s.execute(
+            select(staged.c.seq, staged.c.name, staged.c.kind, staged.c.members_only)
+            .where(staged.c.stage == stage, or_(staged.c.name.in_(deleted), staged.c.kind == WITHHELD))
+            .order_by(staged.c.seq)
+        )
+        for seq, name, kind, members_only in rows:
+            flag = marker.mark(int(seq), name, kind, bool(members_only), ambiguous)
+            if kind == "deletion" and flag:
+                flagged.append(int(seq))
+        for chunk in _chunks(flagged):
+            s.execute(update(EntryRow).where(EntryRow.member == member, EntryRow.seq.in_(chunk)).values(restricted=True))
 
     @staticmethod
     def _marker(s: Session, member: str, names: set[str], upto: int) -> Marker:
