@@ -335,14 +335,10 @@ class Store:
                 raise ConflictError(f"{member}: entry seq {e.seq} does not continue the log", reason="SEQ_GAP")
         try:
             with self.transaction() as s:
-                size = _log_size(s, member)
-                if size != expected_size:
-                    raise ConflictError(
-                        f"{member}: log has {size} entries, expected {expected_size}", reason="CONCURRENT_APPEND"
-                    )
+                _check_log_size(s, member, expected_size)
                 tree = _frontier(s, member)
-                if tree.size != size:  # a checkpoint that does not cover the log: never written so
-                    tree = merkle.CompactRange.from_leaf_hashes(_leaf_hashes(s, member, size))
+                if tree.size != expected_size:  # a checkpoint that does not cover the log: never written so
+                    tree = merkle.CompactRange.from_leaf_hashes(_leaf_hashes(s, member, expected_size))
                 for e in entries:
                     tree.append(e.leaf_hash)
                 if tree.root() != checkpoint.root_hash:
@@ -491,11 +487,7 @@ class Store:
         in_stage = (staged.c.stage == stage,)
         try:
             with self.transaction() as s:
-                size = _log_size(s, member)
-                if size != expected_size:
-                    raise ConflictError(
-                        f"{member}: log has {size} entries, expected {expected_size}", reason="CONCURRENT_APPEND"
-                    )
+                _check_log_size(s, member, expected_size)
                 count, first, last = s.execute(
                     select(func.count(), func.min(staged.c.seq), func.max(staged.c.seq)).where(*in_stage)
                 ).one()
@@ -1108,6 +1100,12 @@ def _log_size(s: Session, member: str) -> int:
     """The size of a member's log: its last seq (seqs have no gaps; ``append`` sees to it),
     found through the primary key, where a count would read every row."""
     return int(s.scalar(select(func.max(EntryRow.seq)).where(EntryRow.member == member)) or 0)
+
+
+def _check_log_size(s: Session, member: str, expected: int) -> None:
+    size = _log_size(s, member)
+    if size != expected:
+        raise ConflictError(f"{member}: log has {size} entries, expected {expected}", reason="CONCURRENT_APPEND")
 
 
 def _leaf_hashes(s: Session, member: str, upto: int) -> list[bytes]:

@@ -352,10 +352,10 @@ class SignaturePool:
                 self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
             return self._executor.submit(_check_signatures, federation.envelope, member, start, list(envelopes))
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
         with self._lock:
             if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor.shutdown(wait=wait, cancel_futures=True)
                 self._executor = None
 
 
