@@ -54,6 +54,7 @@ from typing import Any
 import bench_find  # sibling scripts: python puts bench/ first on sys.path
 import gen_dataset
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import event
 
 from counterpart.v1 import log_pb2
 from counterpart_core import federation as fed
@@ -499,6 +500,60 @@ def publish_main(a: argparse.Namespace) -> int:
     return 0
 
 
+def follow_main(a: argparse.Namespace) -> int:
+    """A running node's view of one-entry pulls: one pass with nothing new (channel,
+    federation document, checkpoints read once, as a node that has been serving), then, for
+    each line on stdin (the main process has appended one entry at the source meanwhile),
+    one pass, its CPU measured. The first such pull also reads the member's state trees from
+    the derived records (once per process); the next ones find them in memory."""
+    from directory_server import sync as sync_module
+
+    node = Node(NodeConfig(data_dir=a.data_dir, member=TARGET_MEMBER), clock=lambda: datetime.now(UTC))
+    syncer = sync_module.Syncer(node)
+    syncer.sync_peer(a.source)
+    pulls = []
+    print("READY", flush=True)
+    statements = [0]
+
+    def count(*_args: Any) -> None:
+        statements[0] += 1
+
+    event.listen(node.store.engine, "before_cursor_execute", count)
+    for _line in sys.stdin:
+        statements[0] = 0
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        report = syncer.sync_peer(a.source)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+        pulls.append({"pulled": report.pulled, "cpu_ms": round(cpu * 1e3, 2), "wall_ms": round(wall * 1e3, 2),
+                      "sql_statements": statements[0], "error": report.error, "rejected": report.rejected})
+        print("READY", flush=True)
+    syncer.close()
+    node.close()
+    print(json.dumps(pulls))
+    return 0
+
+
+def run_follow(source: str, data_dir: Path, source_dir: Path, key: signing.SigningKey, now: datetime,
+               pulls: int) -> list[dict[str, Any]]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--role", "follow", "--source", source,
+            "--data-dir", str(data_dir)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=bench_find._clean_env())
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        for _ in range(pulls):
+            append_one(source_dir, key, now)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "READY"
+        proc.stdin.close()
+        out: list[dict[str, Any]] = json.loads(proc.stdout.read().strip().splitlines()[-1])
+        return out
+    finally:
+        proc.wait(timeout=60)
+
+
 def run_target(
     source: str, data_dir: Path, federation_file: Path, profile: bool = False, top: int = 30,
     source_pid: int | None = None, tls_dir: Path | None = None, env: dict[str, str] | None = None,
@@ -564,9 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-full-sync", action="store_true",
                    help="make the target a copy of the source's database instead of a full sync (then pull one entry)")
     p.add_argument("--publish", action="store_true", help="also publish one changed record at the source")
+    p.add_argument("--follow-pulls", type=int, default=5, help="one-entry pulls into a running target node")
     p.add_argument("--baseline-entries", type=int, default=200_000, help="entries the one-core baseline verifies")
     # internal: the target process
-    p.add_argument("--role", choices=["main", "target", "publish"], default="main", help=argparse.SUPPRESS)
+    p.add_argument("--role", choices=["main", "target", "publish", "follow"], default="main", help=argparse.SUPPRESS)
     p.add_argument("--source", default="", help=argparse.SUPPRESS)
     p.add_argument("--data-dir", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--federation", default="", help=argparse.SUPPRESS)
@@ -578,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
         return target_main(a)
     if a.role == "publish":
         return publish_main(a)
+    if a.role == "follow":
+        return follow_main(a)
     if a.entries < 30:
         raise SystemExit("--entries must be at least 30")
 
@@ -679,6 +737,11 @@ def main(argv: list[str] | None = None) -> int:
             noop = run_target(target, work / "target", federation_file, source_pid=pid)
             passes["nothing_new"] = noop
             print(describe_pass("nothing new", noop, 0), flush=True)
+            follow = run_follow(target, work / "target", source_dir, source_key, now, a.follow_pulls)
+            passes["running_node_one_entry_pulls"] = {"pulls": follow}
+            print("one-entry pulls into a running node (CPU ms, SQL statements): " + ", ".join(
+                f"{f['cpu_ms']} ms/{f['sql_statements']}" for f in follow) + " (target < 20 ms; the first one "
+                "reads the state trees)", flush=True)
             if a.profile:
                 prof = run_target(
                     target, work / "target-profiled", federation_file, profile=True, top=a.top,
@@ -770,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sync_entries_per_s": round(sync_rate, 1),
                 "ratio_sync_over_raw": round(ratio, 4) if not a.no_full_sync else None,
                 "incremental_one_entry_target_cpu_ms": passes["incremental_one_entry"]["cpu_ms"],
+                "running_node_one_entry_cpu_ms": [f["cpu_ms"] for f in passes["running_node_one_entry_pulls"]["pulls"]],
                 "publish_one_changed_record": published,
                 "tls": tls_cost,
             }

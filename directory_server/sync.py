@@ -37,6 +37,7 @@ import random
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,7 @@ STALL = 2.0  # seconds without a batch after which a peer's claim on a range lap
 # on every core, and is staged in the store as it streams in (never served) rather than held in
 # memory, then moved into the log in one transaction (Store.append_staged).
 LONG_RANGE = 512
+ROOTS_AT_CACHED = 1024  # roots of held logs at sizes peers that lag offered (32 bytes each)
 FILL_MAX_ENTRIES = 1000  # withheld positions one pass asks one peer for, in all
 FILL_MAX_RUNS = 16  # GetEntries calls one pass makes to one peer to fill withheld positions
 
@@ -132,6 +134,7 @@ class Syncer:
         self._lock = threading.Lock()
         self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
         self._ever: tuple[int, set[str]] = (0, set())  # (chain length, members any version listed)
+        self._roots_at: OrderedDict[tuple[str, int], bytes] = OrderedDict()  # (member, size) -> root
         # worker processes that check the signatures of long ranges, started on the first one
         self.signatures = rep.SignaturePool()
         # stages a node killed mid-sync left (the engine's Syncer is the node's only puller)
@@ -278,7 +281,7 @@ class Syncer:
         store = self.node.store
         held = self.node.held_checkpoint(member)
         now = self.node.clock()
-        decision = rep.decide(held, offered, lambda n: merkle.root_hash(store.leaf_hashes(member, upto=n)), peer_last_size, now)
+        decision = rep.decide(held, offered, lambda n: self._root_at(member, n), peer_last_size, now)
         if member == self.node.member:
             self._own_log(report, decision, offered)
         if decision.action is rep.Action.EQUIVOCATION:
@@ -308,6 +311,24 @@ class Syncer:
             self._penalties.pop(key, None)
             return pulled
         return True
+
+    def _root_at(self, member: str, size: int) -> bytes:
+        """The root of the first ``size`` leaves held of a member, to compare with a peer that
+        is behind: read from the leaf hashes (O(size)) once per (member, size), since a
+        peer that lags offers the same checkpoint pass after pass. A held log only grows,
+        so a root once computed stays true."""
+        key = (member, size)
+        with self._lock:
+            root = self._roots_at.get(key)
+            if root is not None:
+                self._roots_at.move_to_end(key)
+                return root
+        root = merkle.root_hash(self.node.store.leaf_hashes(member, upto=size))
+        with self._lock:
+            self._roots_at[key] = root
+            while len(self._roots_at) > ROOTS_AT_CACHED:
+                self._roots_at.popitem(last=False)
+        return root
 
     def _own_log(self, report: PeerReport, decision: rep.Decision, offered: log.LogCheckpoint) -> None:
         """A peer offers this node's own log, validly signed, and not as this node holds it:

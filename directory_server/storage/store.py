@@ -546,16 +546,16 @@ class Store:
         if upto == 0:
             return Marker(history)
         for chunk in _chunks(sorted(names)):
-            # each name's latest entry only (a record with many versions is one row read)
-            last = (
-                select(func.max(EntryRow.seq).label("seq"))
+            # each name's latest entry only (a record with many versions is one row read), found
+            # through the name index, then read by its key
+            last = list(s.scalars(
+                select(func.max(EntryRow.seq))
                 .where(EntryRow.member == member, EntryRow.name.in_(chunk), EntryRow.seq <= upto)
                 .group_by(EntryRow.name)
-                .subquery()
-            )
+            ))
             rows = s.execute(
                 select(EntryRow.seq, EntryRow.name, EntryRow.restricted).where(
-                    EntryRow.member == member, EntryRow.seq.in_(select(last.c.seq))
+                    EntryRow.member == member, EntryRow.seq.in_(last)
                 )
             )
             for seq, name, flag in rows:
