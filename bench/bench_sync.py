@@ -477,7 +477,9 @@ def publish_main(a: argparse.Namespace) -> int:
         changed.review_date = date  # type: ignore[union-attr]
         folder = data_dir.parent / f"publish-{i}"
         shutil.rmtree(folder, ignore_errors=True)
-        spreadsheets.write_csv([changed], SOURCE_MEMBER, folder)
+        for written in spreadsheets.write_csv([changed], SOURCE_MEMBER, folder):
+            if written.name != "rules.csv":
+                written.unlink()  # an empty sheet of a kind would say the files hold (none of) that kind
         cpu0, t0 = time.process_time(), time.perf_counter()
         plan = node.publish(folder, PUBLISH_PASSPHRASE)
         runs.append({

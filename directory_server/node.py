@@ -318,10 +318,10 @@ class Node:
         federation = self.check_may_publish()
         loaded = load_record_files(path, self.member, federation.vocabulary)
         self._check_own_log_whole()
-        # the current names from the derived records, and the entries of those the files hold
-        # (the diff needs no more: a publish costs O(files + change), not O(log))
-        names = set(self.store.current_seqs(self.member))
-        current = self._own_current([r.name for r in loaded.records if r.name in names])
+        # From the derived records: the entries of the names the files hold, the current names
+        # of the kinds they hold, and those the files refer to. The diff needs no more, so a
+        # publish costs O(files + records of those kinds + change), not O(log).
+        current = self._own_current([r.name for r in loaded.records])
         plan = PublishPlan(prune=prune, collections=sorted(loaded.collections), notices=list(loaded.notices))
         wanted = {r.name for r in loaded.records}
         for r in loaded.records:
@@ -335,17 +335,23 @@ class Node:
                     plan.withdrawn.append(r.name)
             else:
                 plan.unchanged += 1
-        absent = [n for n in names if n not in wanted]
-        candidates = sorted(n for n in absent if collection_of(n) in loaded.collections)
-        plan.untouched = len(absent) - len(candidates)
+        of_kinds = [n for n in self.store.current_names(self.member, sorted(loaded.collections))
+                     if collection_of(n) in loaded.collections]
+        candidates = sorted(n for n in of_kinds if n not in wanted)
+        plan.untouched = self.store.current_count(self.member) - len(of_kinds)  # every kind the files hold none of
         if prune:
             plan.deleted = candidates
         else:
             plan.kept = candidates
         deleted = set(plan.deleted)
-        remaining = (names - deleted) | wanted
+        referenced = sorted({target for r in loaded.records for _, target in references_of(r.record)} - wanted)
+        remaining = wanted | (set(self.store.current_seqs(self.member, referenced)) - deleted)
         check_references(loaded.records, remaining, deleted)
-        kept = self._own_current(sorted(n for n in absent if n not in deleted)) if deleted else {}
+        if deleted:  # no record left may refer to a deleted one: the records of every kind are read
+            names = set(self.store.current_seqs(self.member))
+            kept = self._own_current(sorted(n for n in names if n not in wanted and n not in deleted))
+        else:
+            kept = {}
         for name, entry in kept.items():
             if entry.record is None:
                 continue

@@ -239,8 +239,8 @@ class Store:
         with self._session() as s:
             q = select(EntryRow.seq, EntryRow.leaf_hash).where(EntryRow.member == member, EntryRow.kind == WITHHELD)
             if upto is not None:
-                q = q.where(EntryRow.seq <= upto)
-            return {int(seq): bytes(h) for seq, h in s.execute(q.order_by(EntryRow.seq))}
+                q = q.where(_unindexed(EntryRow.seq) <= upto)
+            return {int(seq): bytes(h) for seq, h in s.execute(q.order_by(_unindexed(EntryRow.seq)))}
 
     def holds_withheld(self, member: str) -> bool:
         """Does this node hold some entry of the member withheld (its leaf hash only)?"""
@@ -550,7 +550,7 @@ class Store:
             # through the name index, then read by its key
             last = list(s.scalars(
                 select(func.max(EntryRow.seq))
-                .where(EntryRow.member == member, EntryRow.name.in_(chunk), EntryRow.seq <= upto)
+                .where(_unindexed(EntryRow.member) == member, EntryRow.name.in_(chunk), EntryRow.seq <= upto)
                 .group_by(EntryRow.name)
             ))
             rows = s.execute(
@@ -562,7 +562,9 @@ class Store:
                 if name not in history or seq > history[name][0]:
                     history[name] = (int(seq), bool(flag))
         last_withheld = s.scalar(
-            select(func.max(EntryRow.seq)).where(EntryRow.member == member, EntryRow.kind == WITHHELD, EntryRow.seq <= upto)
+            select(func.max(EntryRow.seq)).where(
+                EntryRow.member == member, EntryRow.kind == WITHHELD, _unindexed(EntryRow.seq) <= upto
+            )
         )
         return Marker(history, int(last_withheld or 0))
 
@@ -632,7 +634,8 @@ class Store:
                 versions.setdefault(name, []).append((int(seq), bool(flag)))
         withheld = [
             int(seq) for seq in s.scalars(
-                select(EntryRow.seq).where(EntryRow.member == member, EntryRow.kind == WITHHELD).order_by(EntryRow.seq)
+                select(EntryRow.seq).where(EntryRow.member == member, EntryRow.kind == WITHHELD)
+                .order_by(_unindexed(EntryRow.seq))
             )
         ]
         flags: dict[int, bool] = {}
@@ -681,6 +684,24 @@ class Store:
             for chunk in _chunks(list(names)):
                 out.update((name, int(seq)) for name, seq in s.execute(q.where(RecordRow.name.in_(chunk))))
             return out
+
+    def current_names(self, member: str, collections: Sequence[str]) -> list[str]:
+        """The member's current record names under ``members/<member>/<collection>/``, sorted,
+        read as a range of the (member, name) index."""
+        out: list[str] = []
+        with self._session() as s:
+            for c in collections:
+                prefix = f"members/{member}/{c}/"
+                out += s.scalars(
+                    select(RecordRow.name)
+                    .where(RecordRow.member == member, RecordRow.name >= prefix, RecordRow.name < prefix[:-1] + "0")
+                    .order_by(RecordRow.name)
+                )
+        return sorted(out)
+
+    def current_count(self, member: str) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.count()).select_from(RecordRow).where(RecordRow.member == member)) or 0)
 
     def current_entries(self, member: str) -> list[state.CurrentEntry]:
         """Each current record of a member: name, seq, its entry's leaf hash, members-only or not."""
@@ -1100,6 +1121,14 @@ def _log_size(s: Session, member: str) -> int:
     """The size of a member's log: its last seq (seqs have no gaps; ``append`` sees to it),
     found through the primary key, where a count would read every row."""
     return int(s.scalar(select(func.max(EntryRow.seq)).where(EntryRow.member == member)) or 0)
+
+
+def _unindexed(column: Any) -> Any:
+    """``column`` as an expression no index serves (``seq + 0``, ``member || ''``), so
+    that SQLite, which keeps no statistics, looks a member's entries up by the selective
+    index (name; member and kind) rather than walk the primary key over the member's whole
+    log for a condition or an order on seq (0.1-0.2 s a query at 100,000 entries, measured)."""
+    return column.op("+", precedence=100)(0) if column.type.python_type is int else column.concat("")
 
 
 def _check_log_size(s: Session, member: str, expected: int) -> None:
