@@ -113,9 +113,11 @@ def authorities_for(entries: int) -> int:
 
 def federation_envelope(
     keys: dict[str, signing.SigningKey], root: signing.SigningKey, now: datetime,
-    certificates: dict[str, bytes] | None = None,
+    certificates: dict[str, bytes] | None = None, entries: int = 0,
 ) -> bytes:
     doc = fed.new_document("bench", [root.public_bytes], 1, now, VALIDITY)
+    # room past the log's size for the entries the run appends (the default limit is 1,000,000)
+    doc.limits.max_entries_per_member = max(doc.limits.max_entries_per_member, 2 * entries)
     for code, key in keys.items():
         # no endpoints: neither node has peers besides the ones we point it at
         certs = [certificates[code]] if certificates and code in certificates else []
@@ -658,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         source_dir = work / "source"
         if source_dir.exists():
             shutil.rmtree(source_dir)
-        settings = {"entries": a.entries, "records": a.records, "tls": a.tls}
+        settings = {"entries": a.entries, "records": a.records, "tls": a.tls, "limit": "2x entries"}
         dataset = a.dataset
         meta = json.loads((dataset / "meta.json").read_text()) if dataset and (dataset / "meta.json").exists() else None
         if dataset is not None and meta is not None and meta["settings"] == settings:
@@ -671,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             source_key = signing.SigningKey.generate()
             keys = {SOURCE_MEMBER: source_key, TARGET_MEMBER: signing.SigningKey.generate()}
-            envelope = federation_envelope(keys, signing.SigningKey.generate(), now, certificates)
+            envelope = federation_envelope(keys, signing.SigningKey.generate(), now, certificates, a.entries)
             print(f"building the source: {a.entries} entries of {SOURCE_MEMBER} ...", flush=True)
             source_info, _records = build_source(
                 source_dir, a.entries, a.batch, source_key, envelope, now, a.records, a.jobs

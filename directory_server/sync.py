@@ -394,7 +394,8 @@ class Syncer:
             try:
                 if verifier.sink is not None:
                     self.node.store.append_staged(
-                        stage, member, held_size, verifier.latest, verifier.base, offered, ambiguous_restricted=ambiguous
+                        stage, member, held_size, verifier.latest, verifier.base, offered,
+                        ambiguous_restricted=ambiguous, derive_many=self.signatures.derive,
                     )
                 else:
                     self.node.store.append(member, held_size, entries, offered, ambiguous_restricted=ambiguous)

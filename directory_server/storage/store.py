@@ -14,7 +14,7 @@ import bisect
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -371,9 +371,12 @@ class Store:
         trees.basis = (checkpoint.size, checkpoint.root_hash)
         self._give_state(member, trees)
 
-    def _follow(self, s: Session, trees: _StateCache, last: Sequence[LogEntry]) -> None:
-        """Derived rows and state trees of the names of ``last``, each its name's last entry."""
-        derived = [derive(e) for e in last]
+    def _follow(
+        self, s: Session, trees: _StateCache, last: Sequence[LogEntry], derived: Sequence[Derived | None] | None = None
+    ) -> None:
+        """Derived rows and state trees of the names of ``last``, each its name's last entry
+        (``derived``: their derived records, if made already)."""
+        derived = [derive(e) for e in last] if derived is None else derived
         self._replace_derived(s, [e.name for e in last], derived)
         for e, d in zip(last, derived, strict=True):
             _update_trees(trees, e, d)
@@ -469,6 +472,7 @@ class Store:
     def append_staged(
         self, stage: str, member: str, expected_size: int, latest: Mapping[str, int], tree: merkle.CompactRange,
         checkpoint: LogCheckpoint, *, ambiguous_restricted: bool = True,
+        derive_many: Callable[[str, Sequence[tuple[int, bytes]]], Callable[[], list[Derived | None]]] | None = None,
     ) -> None:
         """``append`` for a range staged by ``stage`` (seq expected_size+1 .. checkpoint.size),
         verified whole by the caller: the tree it recomputed (``tree``, whose root the
@@ -501,14 +505,26 @@ class Store:
                            staged.c.leaf_hash, staged.c.publish_time, staged.c.members_only).where(*in_stage),
                 ))
                 self._mark_staged_deletions(s, stage, member, expected_size, ambiguous_restricted)
-                names = sorted(latest)
-                for chunk in _chunks(names, 2000):
+                # each name's last entry, in chunks (bounded memory), derived by ``derive_many``
+                # (worker processes) one chunk ahead of the rows written here
+                def start(chunk: Sequence[str]) -> tuple[list[LogEntry], Callable[[], list[Derived | None]]]:
                     rows = s.execute(
                         select(staged.c.seq, staged.c.envelope).where(
                             *in_stage, staged.c.seq.in_([latest[n] for n in chunk])
                         )
                     ).all()
-                    self._follow(s, trees, [log_read_entry(bytes(env), member, int(seq)) for seq, env in rows])
+                    last = [log_read_entry(bytes(env), member, int(seq)) for seq, env in rows]
+                    if derive_many is None:
+                        return last, lambda: [derive(e) for e in last]
+                    return last, derive_many(member, [(e.seq, e.envelope) for e in last])
+
+                chunks = _chunks(sorted(latest), 1000)
+                ahead = start(chunks[0]) if chunks else None
+                for i in range(len(chunks)):
+                    assert ahead is not None
+                    last, result = ahead
+                    ahead = start(chunks[i + 1]) if i + 1 < len(chunks) else None
+                    self._follow(s, trees, last, result())
                 self._seal(s, checkpoint, trees, tree.frontier)
         except IntegrityError as e:
             raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
