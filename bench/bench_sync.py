@@ -3,10 +3,15 @@
 1. Builds a source node for one member (``AA``) whose log holds ``--entries`` signed
    entries (default 100,000): synthetic authority, contact, rule and treaty records as
    gen_dataset.py makes them (validated), each signed with the member's generated key
-   by ``log.build_entry``, written with ``Store.append`` in batches of ``--batch``
-   entries, each batch with a checkpoint over the log so far (the last one covers the
-   whole log). The federation document (a generated root key; members ``AA`` and the
-   target's ``AB``, no endpoints) is installed in both nodes.
+   by ``log.build_entry`` (in ``--jobs`` forked workers), written with ``Store.append`` in
+   batches of ``--batch`` entries, each batch with a checkpoint over the log so far (the
+   last one covers the whole log). By default every entry is a distinct record (padded
+   with tombstones); with ``--records N``, about N records get new versions in turn (a
+   history: ``--entries 1000000 --records 5000`` is DESIGN §9's 5,000 records a member
+   with 200 versions each). The federation document (a generated root key; members
+   ``AA`` and the target's ``AB``, no endpoints) is installed in both nodes. With
+   ``--dataset DIR`` the source is built there once and copied by later runs with the
+   same settings.
 2. Baseline, in this process on one core: verifies the Ed25519 signature of every one of
    those envelopes (``Ed25519PublicKey.verify`` over ``signing.pae(payload_type,
    payload)``) and computes its leaf hash (``merkle.leaf_hash``); envelopes are parsed
@@ -16,16 +21,24 @@
 4. In a fresh process (so that its peak RSS is the sync's own), opens an empty target
    node (separate SQLite file) and times ``Syncer(node).sync_peer(source)``. The time is
    split by wrapping, in that process only, ``Syncer._stream`` (receive + parse of the
-   gRPC batches + verify), ``RangeVerifier.add_batch`` and ``finish`` (verify),
-   ``Store.append`` (commit) and the ``derive`` it calls. Reports entries/s, the ratio to
-   the baseline, CPU seconds of target and source, and VmHWM / VmRSS of the target.
+   gRPC batches + verify), ``RangeVerifier.add_batch`` and ``finish`` (verify, staging
+   writes), ``Store.append`` / ``append_staged`` (commit) and the ``derive`` it calls.
+   Reports entries/s, the ratio to the baseline, CPU seconds of target, of its signature
+   workers and of the source, and VmHWM / VmRSS of the target (and the largest worker's
+   peak). With ``--no-full-sync`` the target is a copy of the source's database instead.
 5. Appends one more entry at the source, then times a second pass into the (now full)
    target in a fresh process: the cost of an incremental pull of one entry into a node
-   that holds the whole log. Then a pass with nothing new.
-6. With ``--profile``, a further full sync into another empty node under cProfile; the
+   that holds the whole log. Then a pass with nothing new. Then a target process that
+   stays up (as a serving node does) pulls ``--follow-pulls`` entries appended one at a
+   time, the CPU and SQL statements of each pull measured.
+6. With ``--publish``, publishes one changed record (a rule with a new review date, a file
+   holding it alone) at the source, in a fresh process and again warm, against the raw
+   cost of signing and hashing one entry in the same process.
+7. With ``--profile``, a further full sync into another empty node under cProfile; the
    top functions go to ``--profile-out`` (or stdout).
 
-Usage: python bench/bench_sync.py [--entries 100000] [--json OUT] [--profile]
+Usage: python bench/bench_sync.py [--entries 100000] [--records N] [--dataset DIR]
+       [--publish] [--no-full-sync] [--json OUT] [--profile]
 """
 
 from __future__ import annotations
