@@ -226,7 +226,11 @@ def build_source(
     sign_s = append_s = 0.0
     step = 1000
     ranges = [(a, min(a + step - 1, entries)) for a in range(1, entries + 1, step)]
-    pool = multiprocessing.get_context("fork").Pool(jobs) if jobs > 1 else None
+    # the workers take SIGTERM's default: the handler main() installs would leave a worker
+    # that is blocked in a lock unkillable, and Pool.terminate waiting for it forever
+    pool = multiprocessing.get_context("fork").Pool(
+        jobs, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)
+    ) if jobs > 1 else None
     try:
         signed = pool.imap(_sign_range, ranges) if pool is not None else map(_sign_range, ranges)
         seq = 0
