@@ -825,10 +825,11 @@ def main(argv: list[str] | None = None) -> int:
             print("TLS cost: " + ", ".join(f"{k} {v}" for k, v in tls_cost.items() if k != "note"), flush=True)
         sync_rate = a.entries / full["wall_s"]
         ratio = sync_rate / baseline["verify_and_hash_per_s"]
-        print(
-            f"\nsync {sync_rate:,.0f} entries/s; raw verify+hash {baseline['verify_and_hash_per_s']:,.0f} "
-            f"entries/s; ratio sync/raw = {ratio:.3f}"
-        )
+        if not a.no_full_sync:
+            print(
+                f"\nsync {sync_rate:,.0f} entries/s; raw verify+hash {baseline['verify_and_hash_per_s']:,.0f} "
+                f"entries/s; ratio sync/raw = {ratio:.3f}"
+            )
         if profile_text:
             header = (
                 f"cProfile of Syncer.sync_peer: full sync of {new_size} entries into an empty node\n"

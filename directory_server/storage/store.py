@@ -578,7 +578,7 @@ class Store:
                 if name not in history or seq > history[name][0]:
                     history[name] = (int(seq), bool(flag))
         last_withheld = s.scalar(
-            select(func.max(EntryRow.seq)).where(
+            select(func.max(_unindexed(EntryRow.seq))).where(
                 EntryRow.member == member, EntryRow.kind == WITHHELD, _unindexed(EntryRow.seq) <= upto
             )
         )
