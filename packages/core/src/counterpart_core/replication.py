@@ -22,6 +22,7 @@ import hmac
 import multiprocessing
 import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -341,6 +342,19 @@ def _derive_entries(member: str, items: Sequence[tuple[int, bytes]]) -> list[Der
     return [derive(log.read_entry(envelope, member, seq)) for seq, envelope in items]
 
 
+def _follow_parent(parent: int) -> None:
+    """In a worker process: exit once the node that started it is gone. A node killed with
+    SIGKILL cannot shut its pool down, and a worker waiting for work would wait for ever (each
+    holds both ends of the pool's queue, so it never reads an end of file)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+
+
 class SignaturePool:
     """Worker processes that check entries' signatures while the caller hashes and frames
     the range: an Ed25519 verification costs about 120 µs and holds the GIL (threads gave
@@ -362,7 +376,10 @@ class SignaturePool:
     def _executor_(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._executor is None:
-                self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                self._executor = ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_follow_parent, initargs=(os.getpid(),),
+                )
             return self._executor
 
     def derive(self, member: str, items: Sequence[tuple[int, bytes]]) -> Callable[[], list[Derived | None]]:
