@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := node_modules/.bin/buf
 
-.PHONY: all venv generate lint-proto lint test demo bench bench-find-all bench-memory bench-find-dated bench-propagation bench-rest wheels clean
+.PHONY: all venv generate lint-proto lint test demo bench bench-find-all bench-memory bench-find-dated bench-propagation bench-rest bench-sync bench-sync-1m wheels clean
 
 all: test
 
@@ -66,6 +66,19 @@ bench-propagation: $(STAMP)
 ## A node of a 200-member federation at rest, and one change, against main's behaviour in the same run.
 bench-rest: $(STAMP)
 	$(PY) bench/bench_rest.py --baseline-ref 99ead67
+
+# Datasets a benchmark builds once and reuses (a 1M-entry source takes minutes to sign and store).
+BENCH_DATA ?= .bench-data
+
+## Full sync of 100,000 entries (distinct records) into an empty node against the one-core raw
+## verify-and-hash rate; one-entry pulls; a publish of one changed record (bench/README.md).
+bench-sync: $(STAMP)
+	$(PY) bench/bench_sync.py --entries 100000 --dataset $(BENCH_DATA)/sync-100k --publish
+
+## The same over 1,000,000 entries of one member: 5,000 records, 200 versions each.
+bench-sync-1m: $(STAMP)
+	$(PY) bench/bench_sync.py --entries 1000000 --records 5000 --batch 50000 \
+	    --dataset $(BENCH_DATA)/sync-1m --publish
 
 ## Wheels of the three distributions into dist/.
 wheels: $(STAMP)

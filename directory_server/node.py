@@ -18,6 +18,7 @@ from counterpart_core import log, merkle, redaction, signing, state
 from counterpart_core.diff import FieldChange, diff_records
 from counterpart_core.errors import (
     ConfigurationError,
+    ConflictError,
     CounterpartError,
     SignatureError,
     ValidationError,
@@ -283,15 +284,30 @@ class Node:
 
     def own_state(self) -> dict[str, log.LogEntry]:
         """The member's own current records; refused while some of its entries are withheld here."""
-        withheld = self.store.withheld_counts().get(self.member, 0)
-        if withheld:
-            raise ConfigurationError(
-                f"this node holds {withheld} entries of {self.member}'s own log withheld (restored from peers that "
-                "were not member nodes): the current state is not known, so nothing can be published until they "
-                "are filled in from a member node",
-                reason="OWN_LOG_INCOMPLETE",
-            )
+        self._check_own_log_whole()
         return self.current_state(self.member)
+
+    def _check_own_log_whole(self) -> None:
+        if not self.store.holds_withheld(self.member):
+            return
+        withheld = self.store.withheld_counts().get(self.member, 0)
+        raise ConfigurationError(
+            f"this node holds {withheld} entries of {self.member}'s own log withheld (restored from peers that "
+            "were not member nodes): the current state is not known, so nothing can be published until they "
+            "are filled in from a member node",
+            reason="OWN_LOG_INCOMPLETE",
+        )
+
+    def _own_current(self, names: Sequence[str]) -> dict[str, log.LogEntry]:
+        """The own member's current entries of ``names`` (those that are current), found
+        through the derived records and each signature re-checked: O(names), not O(log)."""
+        seqs = self.store.current_seqs(self.member, names)
+        envelopes = self.store.envelopes_at([(self.member, seq) for seq in seqs.values()])
+        federation = self.federation()
+        return {
+            name: log.verify_entry(envelopes[(self.member, seq)], self.member, seq, federation)
+            for name, seq in seqs.items()
+        }
 
     def current_records(self) -> list[Record]:
         """The member's own current records, in the order they were first published (for export)."""
@@ -308,7 +324,11 @@ class Node:
         """
         federation = self.check_may_publish()
         loaded = load_record_files(path, self.member, federation.vocabulary)
-        current = self.own_state()
+        self._check_own_log_whole()
+        # From the derived records: the entries of the names the files hold, the current names
+        # of the kinds they hold, and those the files refer to. The diff needs no more, so a
+        # publish costs O(files + records of those kinds + change), not O(log).
+        current = self._own_current([r.name for r in loaded.records])
         plan = PublishPlan(prune=prune, collections=sorted(loaded.collections), notices=list(loaded.notices))
         wanted = {r.name for r in loaded.records}
         for r in loaded.records:
@@ -322,19 +342,25 @@ class Node:
                     plan.withdrawn.append(r.name)
             else:
                 plan.unchanged += 1
-        absent = [n for n in current if n not in wanted]
-        candidates = sorted(n for n in absent if collection_of(n) in loaded.collections)
-        plan.untouched = len(absent) - len(candidates)
+        of_kinds = [n for n in self.store.current_names(self.member, sorted(loaded.collections))
+                     if collection_of(n) in loaded.collections]
+        candidates = sorted(n for n in of_kinds if n not in wanted)
+        plan.untouched = self.store.current_count(self.member) - len(of_kinds)  # every kind the files hold none of
         if prune:
             plan.deleted = candidates
         else:
             plan.kept = candidates
         deleted = set(plan.deleted)
-        remaining = (set(current) - deleted) | wanted
+        referenced = sorted({target for r in loaded.records for _, target in references_of(r.record)} - wanted)
+        remaining = wanted | (set(self.store.current_seqs(self.member, referenced)) - deleted)
         check_references(loaded.records, remaining, deleted)
-        for name in absent:
-            entry = current[name]
-            if name in deleted or entry.record is None:
+        if deleted:  # no record left may refer to a deleted one: the records of every kind are read
+            names = set(self.store.current_seqs(self.member))
+            kept = self._own_current(sorted(n for n in names if n not in wanted and n not in deleted))
+        else:
+            kept = {}
+        for name, entry in kept.items():
+            if entry.record is None:
                 continue
             for fld, target in references_of(entry.record):
                 if target in deleted:
@@ -356,7 +382,14 @@ class Node:
         (phase, done, total) while entries are signed and stored.
         """
         plan = self.plan(path, prune=prune)
-        size = self.store.log_size(self.member)
+        tree = self.store.frontier(self.member)  # the log's tree, extended below without reading it
+        held = self.held_checkpoint(self.member)
+        if tree.root() != (held.root_hash if held is not None else merkle.root_hash([])):
+            raise ConflictError(
+                f"{self.member}: the stored log tree is not the one the held checkpoint signs; nothing is "
+                "published (`counterpart-node verify`)", reason="FRONTIER_MISMATCH",
+            )
+        size = tree.size
         plan.checkpoint_size = size
         if dry_run or plan.empty:
             return plan
@@ -399,9 +432,10 @@ class Node:
             )
         if progress is not None:
             progress("storing", 0, 1)
-        hashes = self.store.leaf_hashes(self.member) + [e.leaf_hash for e in entries]
+        for e in entries:
+            tree.append(e.leaf_hash)
         checkpoint = log.build_checkpoint(
-            self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td,
+            self.member, tree.size, tree.root(), now, key, self.config.checkpoint_validity_td,
             state=self._state_after(entries),
         )
         self.store.append(self.member, size, entries, checkpoint)
@@ -416,14 +450,14 @@ class Node:
         so readers can tell a live origin from a frozen copy (DESIGN §3)."""
         now = self.clock()
         row = self.store.checkpoint_row(self.member)
-        hashes = self.store.leaf_hashes(self.member)
         if row is not None and not force:
             half = (row.expire_time - row.issue_time) / 2
             if now < row.issue_time + half:
                 return None
+        tree = self.store.frontier(self.member)
         cp = log.build_checkpoint(
-            self.member, len(hashes), merkle.root_hash(hashes), now, key, self.config.checkpoint_validity_td,
-            state=self._heartbeat_state(len(hashes)),
+            self.member, tree.size, tree.root(), now, key, self.config.checkpoint_validity_td,
+            state=self._heartbeat_state(tree.size),
         )
         self.store.put_checkpoint(cp)
         return cp
@@ -442,12 +476,11 @@ class Node:
     def _state_after(self, entries: Sequence[log.LogEntry]) -> state.StateRoots:
         """The roots of the own member's state trees once ``entries`` are appended (DESIGN
         §3 state_root): the stored current records, overlaid with the new entries."""
-        current = {c.name: c for c in self.store.current_entries(self.member)}
-        for e in entries:
-            current[e.name] = state.CurrentEntry(
-                e.name, e.seq, e.leaf_hash, e.kind == "deletion", redaction.record_members_only(e.record)
-            )
-        return state.state_roots(current.values())
+        latest = {e.name: e for e in entries}
+        return self.store.state_roots_after(self.member, [
+            state.CurrentEntry(e.name, e.seq, e.leaf_hash, e.kind == "deletion", redaction.record_members_only(e.record))
+            for e in latest.values()
+        ])
 
     def member_statuses(self) -> list[MemberStatus]:
         """Per member of the federation (and any other the node holds data of): log size and
@@ -559,6 +592,16 @@ class Node:
             try:
                 cp = log.verify_checkpoint(cp_env, member, federation)
                 log.check_root(member, cp, hashes)
+                cp_row = self.store.checkpoint_row(member)
+                stored = cp_row.frontier if cp_row is not None else None
+                if stored is not None and bytes(stored) != merkle.CompactRange.from_leaf_hashes(hashes).frontier:
+                    # what every pull and publish extends: a wrong one would make them refuse honest
+                    # checkpoints (or, on a publish, sign a wrong root, which append refuses)
+                    problems.append(Problem(
+                        member, 0, "FRONTIER_MISMATCH",
+                        "the stored frontier of the log tree is not that of the entries on disk "
+                        "(`counterpart-node rebuild` recomputes it)",
+                    ))
                 if cp.state is not None and len(entries) == len(stored_flags):
                     latest = {e.name: e for e in entries if not e.withheld}
                     state.check_roots(member, cp.state, [
@@ -579,6 +622,7 @@ class Node:
         verified: dict[str, Sequence[log.LogEntry]] = {m: self.verified_entries(m) for m in members}
         for member, entries in verified.items():
             self.store.set_restricted(member, redaction.mark_log(entries, self.store.restricted_flags(member)))
+            self.store.put_frontier(member, merkle.CompactRange.from_leaf_hashes(e.leaf_hash for e in entries))
         return self.store.rebuild_derived(verified)
 
 

@@ -39,8 +39,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -87,6 +89,11 @@ class PeerReport:
 
 
 STALL = 2.0  # seconds without a batch after which a peer's claim on a range lapses
+# A range at least this long (a full sync, a node back after long) has its signatures checked
+# on every core, and is staged in the store as it streams in (never served) rather than held in
+# memory, then moved into the log in one transaction (Store.append_staged).
+LONG_RANGE = 512
+ROOTS_AT_CACHED = 1024  # roots of held logs at sizes peers that lag offered (32 bytes each)
 FILL_MAX_ENTRIES = 1000  # withheld positions one pass asks one peer for, in all
 FILL_MAX_RUNS = 16  # GetEntries calls one pass makes to one peer to fill withheld positions
 VERIFIED_KEEP = 4096  # offered checkpoints whose verification is remembered
@@ -189,12 +196,28 @@ class Syncer:
         self._lock = threading.Lock()
         self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
         self._ever: tuple[int, set[str]] = (0, set())  # (chain length, members any version listed)
+        self._roots_at: OrderedDict[tuple[str, int], bytes] = OrderedDict()  # (member, size) -> root
+        # worker processes that check the signatures of long ranges, started on the first one
+        self.signatures = rep.SignaturePool()
+        # stages a node killed mid-sync left (the engine's Syncer is the node's only puller)
+        node.store.drop_stages()
 
     def close(self) -> None:
         with self._lock:
             for _, channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+        self.signatures.close()
+
+    def _range_verifier(
+        self, member: str, start: int, end: int, base: merkle.CompactRange, mark_size: int = 0,
+        sink: Callable[[list[log.LogEntry]], None] | None = None,
+    ) -> rep.RangeVerifier:
+        long = end - start + 1 >= LONG_RANGE
+        return rep.RangeVerifier(
+            member, start, end, self.node.federation(), base, mark_size=mark_size,
+            pool=self.signatures if long else None, sink=sink if long else None,
+        )
 
     # This node's TLS key and certificate, presented to peers over mutual TLS (set by the
     # server that runs the engine); None: no client certificate, so members-only entries
@@ -455,7 +478,7 @@ class Syncer:
         store = self.node.store
         held = self.node.held_checkpoint(member)
         now = self.node.clock()
-        decision = rep.decide(held, offered, lambda n: merkle.root_hash(store.leaf_hashes(member, upto=n)), peer_last_size, now)
+        decision = rep.decide(held, offered, lambda n: self._root_at(member, n), peer_last_size, now)
         if member == self.node.member:
             self._own_log(report, decision, offered)
         if decision.action is rep.Action.EQUIVOCATION:
@@ -485,6 +508,24 @@ class Syncer:
             self._penalties.pop(key, None)
             return pulled
         return True
+
+    def _root_at(self, member: str, size: int) -> bytes:
+        """The root of the first ``size`` leaves held of a member, to compare with a peer that
+        is behind: read from the leaf hashes (O(size)) once per (member, size), since a
+        peer that lags offers the same checkpoint pass after pass. A held log only grows,
+        so a root once computed stays true."""
+        key = (member, size)
+        with self._lock:
+            root = self._roots_at.get(key)
+            if root is not None:
+                self._roots_at.move_to_end(key)
+                return root
+        root = merkle.root_hash(self.node.store.leaf_hashes(member, upto=size))
+        with self._lock:
+            self._roots_at[key] = root
+            while len(self._roots_at) > ROOTS_AT_CACHED:
+                self._roots_at.popitem(last=False)
+        return root
 
     def _own_log(self, report: PeerReport, decision: rep.Decision, offered: log.LogCheckpoint) -> None:
         """A peer offers this node's own log, validly signed, and not as this node holds it:
@@ -516,7 +557,6 @@ class Syncer:
         offered: log.LogCheckpoint, decision: rep.Decision, claim: _Claim,
     ) -> bool:
         member = offered.member
-        federation = self.node.federation()
         held_size = held.size if held else 0
         if held is not None and held.size > 0:
             try:
@@ -530,27 +570,39 @@ class Syncer:
                 # only the peer's whole log, verified, can tell which.
                 self._check_fork(stub, report, held, offered, claim)
                 return False
-        verifier = rep.RangeVerifier(
-            member, decision.start, decision.end, federation,
-            # the tree as decided on: if another pull has committed since, append refuses
-            # this one as concurrent instead of blaming the peer for a size mismatch
-            merkle.CompactRange.from_leaf_hashes(self.node.store.leaf_hashes(member, upto=held_size)),
+        # the tree as decided on, from its stored frontier (no leaf is read): if another pull
+        # has committed since, this one is given up as concurrent, not blamed on the peer
+        base = self.node.store.frontier(member)
+        if base.size != held_size:
+            raise ConflictError(f"{member}: the log moved to {base.size} during the pull", reason="CONCURRENT_APPEND")
+        stage = secrets.token_hex(16)
+        verifier = self._range_verifier(
+            member, decision.start, decision.end, base, sink=lambda part: self.node.store.stage(stage, part)
         )
-        self._stream(stub, verifier, claim)
-        entries = verifier.finish(offered)
-        if verifier.withheld_count:
-            report.withheld[member] = verifier.withheld_count
-        claim.committing = True  # a long commit is not a stall
         try:
-            self.node.store.append(
-                member, held_size, entries, offered,
-                # a peer that withheld anything of the range took this node for no member node:
-                # what it sent whole, it judged public
-                ambiguous_restricted=self._ambiguous_restricted and not verifier.withheld_count,
-            )
-        except ConflictError:
-            return False  # another peer's thread committed first; the next pass sees it
-        report.pulled[member] = len(entries)
+            self._stream(stub, verifier, claim)
+            entries = verifier.finish(offered)
+            if verifier.withheld_count:
+                report.withheld[member] = verifier.withheld_count
+            claim.committing = True  # a long commit is not a stall
+            # a peer that withheld anything of the range took this node for no member node:
+            # what it sent whole, it judged public
+            ambiguous = self._ambiguous_restricted and not verifier.withheld_count
+            try:
+                if verifier.sink is not None:
+                    self.node.store.append_staged(
+                        stage, member, held_size, verifier.latest, verifier.base, offered,
+                        ambiguous_restricted=ambiguous, derive_many=self.signatures.derive,
+                    )
+                else:
+                    self.node.store.append(member, held_size, entries, offered, ambiguous_restricted=ambiguous)
+            except ConflictError:
+                return False  # another peer's thread committed first; the next pass sees it
+        finally:
+            verifier.abandon()
+            if verifier.sink is not None:
+                self.node.store.drop_stages(stage)
+        report.pulled[member] = verifier.received
         logger.info(
             "ingested", extra={"peer": report.peer, "member": member, "entries": len(entries), "size": offered.size}
         )
@@ -609,11 +661,15 @@ class Syncer:
                 reason="CONSISTENCY_PROOF_INVALID",
             )
         self._fork_checks[key] = (tree, False)  # whatever happens below: once
-        verifier = rep.RangeVerifier(
-            offered.member, 1, offered.size, self.node.federation(), merkle.CompactRange(), mark_size=held.size
+        # only the roots matter here: the entries are dropped as they are read
+        verifier = self._range_verifier(
+            offered.member, 1, offered.size, merkle.CompactRange(), mark_size=held.size, sink=lambda _part: None
         )
-        self._stream(stub, verifier, claim)
-        verifier.finish(offered)
+        try:
+            self._stream(stub, verifier, claim)
+            verifier.finish(offered)
+        finally:
+            verifier.abandon()
         if verifier.marked_root != held.root_hash:
             self._fork_checks[key] = (tree, True)
             self._equivocation(report, held, offered)

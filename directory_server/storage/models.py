@@ -42,6 +42,27 @@ class EntryRow(Base):
     __table_args__ = (Index("ix_entries_name", "name"), Index("ix_entries_withheld", "member", "kind"))
 
 
+class StagedEntryRow(Base):
+    """An entry of a long range being pulled, once its batch is framed and read, before the
+    range is verified whole (every signature, the root against the signed checkpoint).
+    Never served: ``Store.append_staged`` moves a verified range into ``entries`` in the
+    transaction that commits its derived state and checkpoint; a stage left by a node killed
+    mid-sync is deleted when the store opens. Keeps a pull's memory bounded whatever the
+    range's length."""
+
+    __tablename__ = "staged_entries"
+    stage: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    member: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    publish_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the entry's restricted flag unless it is a deletion (record_members_only; True when withheld)
+    members_only: Mapped[bool] = mapped_column(Boolean)
+
+
 class CheckpointRow(Base):
     """The latest verified checkpoint of each member (the per-member cursor is its size)."""
 
@@ -52,6 +73,11 @@ class CheckpointRow(Base):
     issue_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expire_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    # the right frontier of the log's Merkle tree at ``size`` (merkle.CompactRange.frontier):
+    # one hash per set bit of the size, so a pull or a publish extends the tree and checks its
+    # root without reading the log; None until the first append after the upgrade to 0005
+    # (then computed once from the leaf hashes). ``verify`` recomputes it from the envelopes.
+    frontier: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class RecordRow(Base):
@@ -65,7 +91,11 @@ class RecordRow(Base):
     public: Mapped[bool] = mapped_column(Boolean)
     label: Mapped[str] = mapped_column(String(2000))
 
-    __table_args__ = (Index("ix_records_kind_member_name", "kind", "member", "name"),)
+    __table_args__ = (
+        Index("ix_records_kind_member_name", "kind", "member", "name"),
+        # a member's current records, without reading the other members' (state trees, publish)
+        Index("ix_records_member_name", "member", "name"),
+    )
 
 
 class RecordAttrRow(Base):

@@ -245,3 +245,39 @@ def contact(ident: str, visibility: int) -> records_pb2.Contact:
     c = records_pb2.Contact(name=f"members/GE/contacts/{ident}", authority=PGO.name, role="desk", visibility=visibility)
     c.display_names.add(language="en", text=ident)
     return c
+
+
+def test_a_staged_range_is_stored_as_append_stores_it_and_only_whole(store: Store, tmp_path: Path) -> None:
+    """``append_staged`` (a long pull, staged as it streams) leaves what ``append`` leaves:
+    the same entries, flags, derived rows and checkpoint; a stage missing an entry stores
+    nothing, and a stage is never part of the log before it is appended."""
+    first = entries_for([PGO, AJARA])
+    append(store, first)
+    more = entries_for([authority("x", [("en", "X")], national=True), None, AJARA], start=3,
+                       names=["", "members/GE/authorities/pgo", ""])
+    hashes = store.leaf_hashes("GE") + [e.leaf_hash for e in more]
+    tree = merkle.CompactRange.from_leaf_hashes(hashes)
+    cp = log.build_checkpoint("GE", len(hashes), tree.root(), NOW, KEY)
+    latest = {e.name: e.seq for e in more}
+
+    store.stage("s1", more[:2])  # one entry short
+    with pytest.raises(ConflictError):
+        store.append_staged("s1", "GE", 2, latest, tree, cp)
+    assert store.log_size("GE") == 2 and store.checkpoint("GE") != cp.envelope
+    store.stage("s1", more[2:])
+    assert store.log_size("GE") == 2  # staged, not in the log
+    store.append_staged("s1", "GE", 2, latest, tree, cp)
+
+    (tmp_path / "reference").mkdir()
+    reference = Store(sqlite_url(tmp_path / "reference"))  # the same range, appended from memory
+    try:
+        append(reference, first)
+        reference.append("GE", 2, more, cp)
+        assert store.log_rows("GE") == reference.log_rows("GE")
+        assert store.checkpoint("GE") == reference.checkpoint("GE") == cp.envelope
+        assert store.current_seqs("GE") == reference.current_seqs("GE") == {
+            "members/GE/authorities/ajara": 5, "members/GE/authorities/x": 3}
+        assert store.frontier("GE").frontier == reference.frontier("GE").frontier == tree.frontier
+    finally:
+        reference.close()
+    store.drop_stages()

@@ -44,6 +44,7 @@ from counterpart.v1 import log_pb2
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart_core import log, merkle, signing
 from counterpart_core.errors import ConfigurationError, SignatureError
+from directory_server import sync as sync_module
 from directory_server.cli import main as node_cli
 from directory_server.config import load_config
 from directory_server.node import Node
@@ -851,3 +852,61 @@ def test_a_node_restores_its_own_log_from_peers_only_when_told(
         assert fresh.publish(SAMPLE_DATA / TARGET, PASSPHRASE).empty  # nothing lost, nothing to append
     finally:
         source.stop(grace=0)
+
+
+# --- signatures checked on every core (a long range: a full sync) -------------------------------
+
+
+@pytest.fixture
+def parallel(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
+    """The world, its node under test checking the signatures of every range in worker
+    processes and staging it in the store, as it does for a range of sync.LONG_RANGE
+    entries or more."""
+    monkeypatch.setattr(sync_module, "LONG_RANGE", 1)
+    return world
+
+
+def in_batches(envelopes: list[bytes], size: int) -> list[tuple[int, list[bytes]]]:
+    return [(1 + i, envelopes[i : i + size]) for i in range(0, len(envelopes), size)]
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_a_forged_signature_in_a_range_checked_in_parallel_is_rejected_whole(parallel: World, where: str) -> None:
+    envelopes = parallel.hostile.envelopes()
+    seq = {"first": 1, "middle": len(envelopes) // 2, "last": len(envelopes)}[where]
+    envelopes[seq - 1] = forge_signature(envelopes[seq - 1])
+    parallel.hostile.serve_batches(in_batches(envelopes, 3))  # many batches, checked side by side
+
+    report, before, after = hostile_pass(parallel)
+
+    message = assert_rejected(parallel, report, "BAD_SIGNATURE")
+    assert parallel.key(ORIGIN).key_id in message
+    assert after == before  # nothing stored, so nothing served
+    assert_honest_gets_through(parallel)  # through the parallel path too
+    assert parallel.target.verify()[1] == []
+
+
+def test_an_entry_signed_by_another_members_key_is_rejected_in_parallel(parallel: World) -> None:
+    real = entry_at(parallel, 7)
+    impostor = log.build_entry(ORIGIN, 7, real.name, real.record, real.publish_time, parallel.key(TARGET))
+    envelopes = parallel.hostile.envelopes()
+    envelopes[6] = impostor.envelope
+    parallel.hostile.serve_batches(in_batches(envelopes, 4))
+
+    report, before, after = hostile_pass(parallel)
+
+    assert_rejected(parallel, report, "UNKNOWN_KEY")
+    assert after == before
+    assert_honest_gets_through(parallel)
+
+
+def test_a_reordered_range_is_rejected_in_parallel_before_any_signature_matters(parallel: World) -> None:
+    envelopes = parallel.hostile.envelopes()
+    envelopes[3], envelopes[4] = envelopes[4], envelopes[3]
+    parallel.hostile.serve_batches(in_batches(envelopes, 5))
+
+    report, before, after = hostile_pass(parallel)
+
+    assert_rejected(parallel, report, "ENTRY_OUT_OF_ORDER")
+    assert after == before
+    assert_honest_gets_through(parallel)

@@ -36,6 +36,7 @@ from tests_support_cluster import stored_state
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
 from counterpart_core import log
+from directory_server import sync as sync_module
 from directory_server.cli import main as node_cli
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
@@ -108,8 +109,17 @@ class Two:
         return self.server.address
 
 
+@pytest.fixture(params=["in memory", "staged"])
+def range_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every case twice: a range held in memory and appended, and a range checked on every
+    core and staged in the store (Store.append_staged), as a long one is (sync.LONG_RANGE)."""
+    if request.param == "staged":
+        monkeypatch.setattr(sync_module, "LONG_RANGE", 1)
+    return str(request.param)
+
+
 @pytest.fixture
-def two(make_node: Callable[..., Node], sample_dir: Callable[[str], Path]) -> Iterator[Two]:
+def two(make_node: Callable[..., Node], sample_dir: Callable[[str], Path], range_path: str) -> Iterator[Two]:
     ge, az = make_node("GE", MEMBERS), make_node("AZ", MEMBERS)
     folder = sample_dir("GE")
     ge.publish(folder, PASSPHRASE)

@@ -175,3 +175,31 @@ def test_any_name_is_proven_present_or_absent(present: set[str], asked: str) -> 
             state.verify_absence(asked, proof, tree.size, tree.root)
     else:
         state.verify_absence(asked, proof, tree.size, tree.root)
+
+
+def test_a_sorted_leaf_tree_kept_by_name_has_the_root_of_its_leaves_recomputed() -> None:
+    """``SortedLeafTree`` (the state trees an append keeps up to date by name) against
+    ``merkle.root_hash`` over the same sorted leaves, through random puts, removals and copies."""
+    import hashlib
+    import random
+
+    from counterpart_core import merkle
+    from counterpart_core.state import SortedLeafTree
+
+    rnd = random.Random(11)
+    for _ in range(200):
+        tree, leaves = SortedLeafTree(), {}
+        for _ in range(rnd.randint(0, 70)):
+            key = str(rnd.randint(0, 45)).encode()
+            if rnd.random() < 0.3:
+                tree.remove(key)
+                leaves.pop(key, None)
+            else:
+                leaves[key] = hashlib.sha256(rnd.randbytes(8)).digest()
+                tree.put(key, leaves[key])
+            if rnd.random() < 0.3:
+                assert tree.root() == merkle.root_hash([leaves[k] for k in sorted(leaves)])
+            if rnd.random() < 0.1:
+                tree = tree.copy()
+        assert tree.size == len(leaves)
+        assert tree.root() == merkle.root_hash([leaves[k] for k in sorted(leaves)])

@@ -218,6 +218,28 @@ class CompactRange:
             compact.append(h)
         return compact
 
+    @classmethod
+    def from_frontier(cls, size: int, frontier: bytes) -> CompactRange:
+        """The range of ``size`` leaves whose subtree roots, largest first, are the
+        concatenated ``frontier`` (as ``frontier`` returns them): O(log n) hashes stand for
+        the whole tree, so a stored log is extended without reading its leaves. Raises
+        ``ValueError`` unless there is exactly one hash per set bit of ``size``."""
+        if size < 0 or len(frontier) != HASH_SIZE * size.bit_count():
+            raise ValueError(f"a frontier of {len(frontier)} bytes cannot stand for a tree of {size} leaves")
+        compact = cls()
+        compact._size = size
+        compact._nodes = [frontier[i : i + HASH_SIZE] for i in range(0, len(frontier), HASH_SIZE)]
+        return compact
+
+    @property
+    def frontier(self) -> bytes:
+        """The roots of the perfect subtrees, largest (leftmost) first, concatenated: what
+        ``from_frontier`` takes back."""
+        return b"".join(self._nodes)
+
+    def copy(self) -> CompactRange:
+        return CompactRange.from_frontier(self._size, self.frontier)
+
     @property
     def size(self) -> int:
         """Number of leaves appended so far."""

@@ -40,13 +40,16 @@ __all__ = [
     "LEAF_PREFIX",
     "CurrentEntry",
     "ProvenLeaf",
+    "SortedLeafTree",
     "StateLeaf",
     "StateRoots",
     "StateTree",
     "check_roots",
+    "check_tree_roots",
     "leaf_data",
     "state_leaves",
     "state_roots",
+    "state_trees",
     "verify_absence",
     "verify_presence",
 ]
@@ -133,6 +136,116 @@ def state_roots(current: Iterable[CurrentEntry]) -> StateRoots:
     return StateRoots(
         merkle.root_hash([leaf.hash() for leaf in everything]), len(everything),
         merkle.root_hash([leaf.hash() for leaf in public]), len(public),
+    )
+
+
+class SortedLeafTree:
+    """One state tree kept up to date by changed names, for checking a new checkpoint's
+    state root in O(change) instead of O(records).
+
+    The leaves are sorted by key; the hash of every perfect subtree that starts at a
+    multiple of its size (the nodes RFC 9162's tree shares with a bottom-up pairing) is
+    cached by level. Replacing a leaf in place re-hashes its path (O(log n)); inserting or
+    removing one shifts the leaves after it, so their subtrees are re-hashed (on average
+    half the tree, about 1 µs a node: 50 ms at 100,000 names, 2.5 ms at the 5,000 records
+    of a typical member). The root folds the O(log n) perfect subtrees of the size, as
+    ``merkle.CompactRange`` does, so it equals ``merkle.root_hash`` of the same leaves
+    (tested against it).
+    """
+
+    __slots__ = ("_dirty", "_keys", "_levels", "_touched")
+
+    def __init__(self, leaves: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        ordered = sorted(leaves)
+        self._keys = [k for k, _ in ordered]
+        self._levels: list[list[bytes]] = [[h for _, h in ordered]]
+        self._dirty: int | None = 0  # leaves from this position on need their subtrees re-hashed
+        self._touched: set[int] = set()  # positions replaced in place (before _dirty)
+
+    @property
+    def size(self) -> int:
+        return len(self._keys)
+
+    def copy(self) -> SortedLeafTree:
+        other = SortedLeafTree()
+        other._keys = list(self._keys)
+        other._levels = [list(level) for level in self._levels]
+        other._dirty, other._touched = self._dirty, set(self._touched)
+        return other
+
+    def put(self, key: bytes, leaf_hash: bytes) -> None:
+        """The leaf of ``key`` is now ``leaf_hash`` (added if the key has none)."""
+        i = bisect.bisect_left(self._keys, key)
+        if i < len(self._keys) and self._keys[i] == key:
+            self._levels[0][i] = leaf_hash
+            self._touched.add(i)
+            return
+        self._keys.insert(i, key)
+        self._levels[0].insert(i, leaf_hash)
+        self._shifted(i)
+
+    def remove(self, key: bytes) -> None:
+        """``key`` has no leaf any more (nothing happens if it had none)."""
+        i = bisect.bisect_left(self._keys, key)
+        if i < len(self._keys) and self._keys[i] == key:
+            del self._keys[i]
+            del self._levels[0][i]
+            self._shifted(i)
+
+    def _shifted(self, i: int) -> None:
+        self._dirty = i if self._dirty is None else min(self._dirty, i)
+
+    def root(self) -> bytes:
+        self._rehash()
+        n = len(self._keys)
+        if n == 0:
+            return merkle.root_hash([])
+        subtrees: list[bytes] = []
+        offset = 0
+        for k in range(n.bit_length() - 1, -1, -1):
+            if n >> k & 1:
+                subtrees.append(self._levels[k][offset >> k])
+                offset += 1 << k
+        root = subtrees[-1]
+        for node in reversed(subtrees[:-1]):
+            root = merkle.node_hash(node, root)
+        return root
+
+    def _rehash(self) -> None:
+        levels, node = self._levels, merkle.node_hash
+        dirty = len(levels[0]) if self._dirty is None else self._dirty
+        for p in self._touched:
+            if p >= dirty:
+                continue  # re-hashed below
+            for k in range(1, len(levels)):
+                j = p >> k
+                if j >= len(levels[k]):
+                    break
+                below = levels[k - 1]
+                levels[k][j] = node(below[2 * j], below[2 * j + 1])
+        self._touched.clear()
+        if self._dirty is None:
+            return
+        k = 1
+        while len(levels[k - 1]) > 1:
+            below = levels[k - 1]
+            if k == len(levels):
+                levels.append([])
+            level = levels[k]
+            start = min(dirty >> k, len(level))
+            del level[start:]
+            level.extend(node(below[2 * j], below[2 * j + 1]) for j in range(start, len(below) // 2))
+            k += 1
+        del levels[k:]
+        self._dirty = None
+
+
+def state_trees(current: Iterable[CurrentEntry]) -> tuple[SortedLeafTree, SortedLeafTree]:
+    """(ALL, PUBLIC) trees of the state ``current`` makes, to be kept up to date by name."""
+    everything, public = state_leaves(current)
+    return (
+        SortedLeafTree((leaf.key, leaf.hash()) for leaf in everything),
+        SortedLeafTree((leaf.key, leaf.hash()) for leaf in public),
     )
 
 
@@ -244,14 +357,21 @@ def check_roots(
 
     Raises ``VerificationError`` (reason ``STATE_ROOT_MISMATCH``).
     """
-    everything, public = state_leaves(current)
+    everything, public = state_trees(current)
+    check_tree_roots(member, signed, everything, public, whole_log=whole_log)
+
+
+def check_tree_roots(
+    member: str, signed: StateRoots, everything: SortedLeafTree, public: SortedLeafTree, *, whole_log: bool
+) -> None:
+    """``check_roots`` over state trees kept up to date by name (``SortedLeafTree``)."""
     checks = [("public state", signed.public_root, signed.public_size, public)]
     if whole_log:
         checks.append(("state", signed.root, signed.size, everything))
-    for what, root, size, leaves in checks:
-        if size != len(leaves) or not hmac.compare_digest(root, merkle.root_hash([leaf.hash() for leaf in leaves])):
+    for what, root, size, tree in checks:
+        if size != tree.size or not hmac.compare_digest(root, tree.root()):
             raise VerificationError(
-                f"{member}: the checkpoint's {what} root is not that of the {len(leaves)} current records its log "
+                f"{member}: the checkpoint's {what} root is not that of the {tree.size} current records its log "
                 f"makes (it claims {size})",
                 reason="STATE_ROOT_MISMATCH",
             )

@@ -1,0 +1,145 @@
+"""Incremental work is O(change), not O(log) (issue 11, item 3).
+
+A pull of one new entry and a publish of one changed record run the same SQL statements
+whatever the length of the member's log, and never read the log whole: the log tree is
+extended from its stored frontier, the state roots from state trees kept by name, the
+publish diff from the derived records of the names in the files. ``verify`` stays the
+full check, and it checks the stored frontier too. Counted, not timed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSPHRASE  # type: ignore[import-not-found, unused-ignore]
+from sqlalchemy import event, update
+from tests_support_cluster import many_authorities
+
+from counterpart_core.errors import ConflictError
+from directory_server.node import Node
+from directory_server.service.server import NodeServer
+from directory_server.storage.models import CheckpointRow
+from directory_server.sync import Syncer
+
+RECORDS = 6
+WHOLE_LOG_READERS = ("leaf_hashes", "log_rows", "envelopes", "current_entries")
+
+
+def grow(node: Node, folder: Path, versions: int, first: int = 0) -> None:
+    """Publish RECORDS authorities ``versions`` times, each time under other names (from
+    version ``first`` on): RECORDS x versions more entries over RECORDS current records."""
+    for v in range(first, first + versions):
+        many_authorities(folder, node.member, RECORDS, label=f"Court v{v}")
+        node.publish(folder, PASSPHRASE)
+
+
+@contextmanager
+def counted(node: Node) -> Iterator[dict[str, Any]]:
+    """Statements the node's store runs meanwhile in this thread, and calls of the readers of
+    a whole log."""
+    seen: dict[str, Any] = {"statements": 0, "whole_log_reads": []}
+
+    caller = threading.get_ident()
+
+    def on_execute(*_args: Any) -> None:
+        if threading.get_ident() == caller:  # not the serving node's own threads
+            seen["statements"] += 1
+
+    store = node.store
+    originals = {name: getattr(store, name) for name in WHOLE_LOG_READERS}
+
+    def spy(name: str) -> Callable[..., Any]:
+        def reader(*args: Any, **kwargs: Any) -> Any:
+            seen["whole_log_reads"].append(name)
+            return originals[name](*args, **kwargs)
+        return reader
+
+    for name in WHOLE_LOG_READERS:
+        setattr(store, name, spy(name))
+    event.listen(store.engine, "before_cursor_execute", on_execute)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", on_execute)
+        for name in WHOLE_LOG_READERS:
+            setattr(store, name, originals[name])
+
+
+def one_change(make_node: Callable[..., Node], tmp_path: Path, versions: int) -> dict[str, dict[str, Any]]:
+    """A source whose log holds RECORDS x ``versions`` entries and a target that pulled it
+    all; then the source publishes one changed record and the target pulls that entry.
+    What each of the two steps ran."""
+    source = make_node("GE", ["GE", "AZ"])
+    target = make_node("AZ", ["GE", "AZ"])
+    folder = tmp_path / f"records-{versions}"
+    grow(source, folder, versions)
+    server = NodeServer(source, "127.0.0.1:0", access_log=False)
+    server.start()
+    syncer = Syncer(target)
+    try:
+        assert syncer.sync_peer(server.address).pulled == {"GE": RECORDS * versions}
+        many_authorities(folder, "GE", RECORDS, label=f"Court v{versions - 1}")
+        text = (folder / "authorities.yaml").read_text(encoding="utf-8")
+        changed = text.replace(f'"Court v{versions - 1} 0"', '"Changed court"')
+        assert changed != text
+        (folder / "authorities.yaml").write_text(changed, encoding="utf-8")
+        with counted(source) as published:
+            plan = source.publish(folder, PASSPHRASE)
+        assert plan.appended == 1 and len(plan.changed) == 1
+        with counted(target) as pulled:
+            assert syncer.sync_peer(server.address).pulled == {"GE": 1}
+    finally:
+        syncer.close()
+        server.stop(0)
+    assert target.verify()[1] == [] and source.verify()[1] == []
+    return {"publish": published, "pull": pulled}
+
+
+def test_one_change_costs_the_same_whatever_the_length_of_the_log(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    short = one_change(make_node, tmp_path / "short", 2)
+    long = one_change(make_node, tmp_path / "long", 12)  # six times the log, the same records
+    for step in ("publish", "pull"):
+        assert short[step]["whole_log_reads"] == [] and long[step]["whole_log_reads"] == [], step
+        assert short[step]["statements"] == long[step]["statements"], step
+
+
+def test_verify_checks_the_stored_frontier_and_rebuild_repairs_it(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = make_node("GE")
+    grow(node, tmp_path / "records", 2)
+    assert node.verify()[1] == []
+    with node.store.transaction() as s:
+        s.execute(update(CheckpointRow).where(CheckpointRow.member == "GE").values(frontier=b"\x00" * 64))
+    assert [p.reason for p in node.verify()[1]] == ["FRONTIER_MISMATCH"]
+    # the wrong frontier is never extended: the publish signs nothing the root check would refuse
+    with pytest.raises(ConflictError) as refused:
+        grow(node, tmp_path / "more", 1, first=2)
+    assert refused.value.reason == "FRONTIER_MISMATCH"
+    assert node.store.log_size("GE") == 2 * RECORDS
+    node.rebuild()
+    assert node.verify()[1] == []
+    grow(node, tmp_path / "more", 1, first=2)
+    assert node.store.log_size("GE") == 3 * RECORDS and node.verify()[1] == []
+
+
+def test_a_log_stored_before_the_frontier_column_is_extended_from_its_leaves(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = make_node("GE")
+    grow(node, tmp_path / "records", 1)
+    with node.store.transaction() as s:  # as revision 0005 leaves a checkpoint stored before it
+        s.execute(update(CheckpointRow).where(CheckpointRow.member == "GE").values(frontier=None))
+    assert node.verify()[1] == []
+    grow(node, tmp_path / "more", 1, first=1)
+    assert node.store.log_size("GE") == 2 * RECORDS
+    row = node.store.checkpoint_row("GE")
+    assert row is not None and row.frontier is not None
+    assert node.verify()[1] == []
