@@ -236,8 +236,28 @@ def round_trip_ms(address: str, calls: int = 200) -> float:
     return round(statistics.median(times) * 1000, 3)
 
 
+MIGRATIONS = "directory_server/storage/migrations/versions"
+
+
 def baseline_tree(ref: str, into: Path) -> Path:
-    """``directory_server`` as of the git ref, extracted under ``into`` (for PYTHONPATH)."""
+    """``directory_server`` as of the git ref, extracted under ``into`` (for PYTHONPATH).
+
+    The data directories are set up, and changes published, by this tree's code: a ref
+    whose schema is older (other migrations) could not open them, so such a ref is refused
+    before anything starts, naming the migrations that differ."""
+    def migrations(rev: str) -> set[str]:
+        listed = subprocess.run(
+            ["git", "ls-tree", "--name-only", rev, MIGRATIONS + "/"], cwd=REPO, check=True, capture_output=True, text=True
+        ).stdout.split()
+        return {Path(f).name for f in listed if f.endswith(".py")}
+
+    ours, theirs = {Path(f).name for f in (REPO / MIGRATIONS).glob("*.py")}, migrations(ref)
+    if ours != theirs:
+        raise SystemExit(
+            f"--baseline-ref {ref}: its schema differs from this tree's (migrations only here: "
+            f"{sorted(ours - theirs) or 'none'}; only there: {sorted(theirs - ours) or 'none'}); "
+            "this benchmark sets up its nodes with this tree's code, which the ref's nodes could not open"
+        )
     into.mkdir(parents=True)
     archive = subprocess.run(
         ["git", "archive", ref, "directory_server"], cwd=REPO, check=True, capture_output=True
