@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -63,6 +62,7 @@ from counterpart_core.timeutil import from_timestamp
 from directory_server import security
 from directory_server.node import Node
 from directory_server.security import TlsIdentity
+from directory_server.storage.store import stage_id
 
 logger = logging.getLogger("counterpart.sync")
 
@@ -93,6 +93,9 @@ STALL = 2.0  # seconds without a batch after which a peer's claim on a range lap
 # on every core, and is staged in the store as it streams in (never served) rather than held in
 # memory, then moved into the log in one transaction (Store.append_staged).
 LONG_RANGE = 512
+# A stage older than this is one a killed process left: no pull streams for so long (its
+# deadline grows by 2 ms an entry: 34 min for a million).
+STAGE_MAX_AGE = 24 * 3600.0
 ROOTS_AT_CACHED = 1024  # roots of held logs at sizes peers that lag offered (32 bytes each)
 FILL_MAX_ENTRIES = 1000  # withheld positions one pass asks one peer for, in all
 FILL_MAX_RUNS = 16  # GetEntries calls one pass makes to one peer to fill withheld positions
@@ -199,8 +202,11 @@ class Syncer:
         self._roots_at: OrderedDict[tuple[str, int], bytes] = OrderedDict()  # (member, size) -> root
         # worker processes that check the signatures of long ranges, started on the first one
         self.signatures = rep.SignaturePool()
-        # stages a node killed mid-sync left (the engine's Syncer is the node's only puller)
-        node.store.drop_stages()
+        # stages a node killed mid-sync left: all of them when this process is the node's
+        # only puller; with several serving processes over one database, only those older than
+        # any pull can be (another process's pull under way keeps its stage)
+        several = node.config.several_processes
+        node.store.drop_stages(started_before=time.time() - STAGE_MAX_AGE if several else None)
 
     def close(self) -> None:
         with self._lock:
@@ -575,7 +581,7 @@ class Syncer:
         base = self.node.store.frontier(member)
         if base.size != held_size:
             raise ConflictError(f"{member}: the log moved to {base.size} during the pull", reason="CONCURRENT_APPEND")
-        stage = secrets.token_hex(16)
+        stage = stage_id(time.time())
         verifier = self._range_verifier(
             member, decision.start, decision.end, base, sink=lambda part: self.node.store.stage(stage, part)
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -105,6 +106,17 @@ def sqlite_url(data_dir: Path) -> str:
 def _aware(dt: datetime) -> datetime:
     # SQLite returns naive datetimes; every stored time is UTC.
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def stage_id(started: float) -> str:
+    """A new stage's name: the Unix time it starts at, as 10 hex digits (so names sort by it
+    and ``drop_stages(started_before=...)`` can tell old stages from the ones under way),
+    then 22 random ones; 32 characters, the column's width."""
+    return _stage_prefix(started) + secrets.token_hex(11)
+
+
+def _stage_prefix(started: float) -> str:
+    return f"{max(0, int(started)):010x}"
 
 
 _PUBLISHED = "counterpart.published"  # Session.info: a flush wrote a checkpoint or federation document
@@ -490,12 +502,19 @@ class Store:
                 for e in entries
             ])
 
-    def drop_stages(self, stage: str | None = None) -> None:
-        """Forget one stage, or every one (those of a node killed mid-sync: the sync engine
-        starts with this; its cursor, the verified tree size, is where the pull resumes)."""
+    def drop_stages(self, stage: str | None = None, *, started_before: float | None = None) -> None:
+        """Forget one stage; or every one started before ``started_before`` (a Unix time; the
+        stages of a process killed mid-sync, while other serving processes of the node may be
+        pulling); or every one (those of a node killed mid-sync, when the node is the only
+        process over its store). The sync engine starts with this; a pull's cursor, the
+        verified tree size, is where it resumes."""
         with self.transaction() as s:
             q = delete(StagedEntryRow)
-            s.execute(q if stage is None else q.where(StagedEntryRow.stage == stage))
+            if stage is not None:
+                q = q.where(StagedEntryRow.stage == stage)
+            elif started_before is not None:
+                q = q.where(StagedEntryRow.stage < _stage_prefix(started_before))
+            s.execute(q)
 
     def append_staged(
         self, stage: str, member: str, expected_size: int, latest: Mapping[str, int], tree: merkle.CompactRange,

@@ -7,6 +7,7 @@ with the reason printed, and the run's summary says how many ran on it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from counterpart.v1 import records_pb2
 from counterpart_core import log, merkle, signing
 from counterpart_core.errors import ConflictError
 from counterpart_core.index import fold
-from directory_server.storage.store import Store, sqlite_url
+from directory_server.storage.store import Store, sqlite_url, stage_id
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 KEY = signing.SigningKey.generate()
@@ -281,3 +282,27 @@ def test_a_staged_range_is_stored_as_append_stores_it_and_only_whole(store: Stor
     finally:
         reference.close()
     store.drop_stages()
+
+
+def test_only_old_stages_are_dropped_while_other_processes_may_be_pulling(store: Store) -> None:
+    """With several serving processes over one database, a process that starts drops the
+    stages killed processes left (older than any pull) and keeps the one another process is
+    filling now: that pull still commits; the old stage no longer holds its range."""
+    append(store, entries_for([PGO, AJARA]))
+    more = entries_for([authority("x", [("en", "X")], national=True)], start=3)
+    tree = merkle.CompactRange.from_leaf_hashes(store.leaf_hashes("GE") + [e.leaf_hash for e in more])
+    cp = log.build_checkpoint("GE", 3, tree.root(), NOW, KEY)
+    latest = {e.name: e.seq for e in more}
+    now = time.time()
+    old, fresh = stage_id(now - 2 * 24 * 3600), stage_id(now)
+    assert len(old) == len(fresh) == 32 and old < fresh
+    store.stage(old, more)
+    store.stage(fresh, more)
+
+    store.drop_stages(started_before=now - 3600)
+
+    with pytest.raises(ConflictError):
+        store.append_staged(old, "GE", 2, latest, tree, cp)
+    assert store.log_size("GE") == 2
+    store.append_staged(fresh, "GE", 2, latest, tree, cp)
+    assert store.log_size("GE") == 3 and store.checkpoint("GE") == cp.envelope
