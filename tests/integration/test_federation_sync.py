@@ -183,7 +183,7 @@ def test_a_member_showing_two_histories_is_caught_when_nodes_talk(
             assert evidence[0].offered_checkpoint == other.store.checkpoint("GE")
         result = CliRunner().invoke(node_cli, ["status", "--data-dir", str(az.config.data_dir), "--format", "json"])
         assert result.exit_code == 0, result.output
-        ge = next(m for m in json.loads(result.output)["members"] if m["member"] == "GE")
+        ge = next(m for m in json.loads(result.stdout)["members"] if m["member"] == "GE")
         assert len(ge["equivocations"]) == 1 and ge["equivocations"][0]["peer"] == kz_addr
         # seen again: the same evidence is not stored twice
         Syncer(az).sync_peer(kz_addr)

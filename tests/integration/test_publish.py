@@ -221,7 +221,7 @@ def test_dry_run_names_each_changed_field_with_old_and_new_values(published: tup
     result = CliRunner().invoke(main, ["publish", str(folder), "--dry-run", "--format", "json",
                                        "--data-dir", str(node.config.data_dir)])
     assert result.exit_code == 0, result.output
-    changes = json.loads(result.output)["changes"]
+    changes = json.loads(result.stdout)["changes"]
     assert {"path": "coverage.subdivisions", "added": ["\"GE-GU\""]} in changes["members/GE/authorities/ajara"]
     assert snapshot(node) == before
 

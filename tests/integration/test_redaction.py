@@ -163,11 +163,11 @@ def test_members_only_entries_reach_anonymous_callers_as_leaf_hashes_only(two: T
     assert report.problems == [] and report.withheld == {"GE": len(secret)}
     assert report.checked == len(ge_rows) + two.az.store.log_size("AZ")
     result = CliRunner().invoke(node_cli, ["verify", "--data-dir", str(two.az.config.data_dir), "--format", "json"])
-    assert result.exit_code == 0 and json.loads(result.output)["withheld"] == {"GE": len(secret)}, result.output
+    assert result.exit_code == 0 and json.loads(result.stdout)["withheld"] == {"GE": len(secret)}, result.output
     result = CliRunner().invoke(node_cli, ["verify", "--data-dir", str(two.az.config.data_dir)])
     assert f"({len(secret)} withheld" in result.output
     status = CliRunner().invoke(node_cli, ["status", "--data-dir", str(two.az.config.data_dir), "--format", "json"])
-    ge_status = next(m for m in json.loads(status.output)["members"] if m["member"] == "GE")
+    ge_status = next(m for m in json.loads(status.stdout)["members"] if m["member"] == "GE")
     assert ge_status["withheld"] == len(secret)
     # rebuild and current_state cope with them
     before = snapshot(two.az)
