@@ -10,8 +10,8 @@ document. A poke carries nothing: the woken process reads the store again, so a 
 forged datagram costs one read of the checkpoints, and a burst of them is drained into one.
 
 Where serving processes share a PostgreSQL database but no data directory (several
-machines) no socket reaches them: their push threads keep a long fallback poll (PostgreSQL's
-LISTEN/NOTIFY would be the equivalent; not built).
+machines) no socket of theirs is poked: PostgreSQL's LISTEN/NOTIFY carries those commits
+(``directory_server.storage.pgnotify``), and the listener of each process pokes its own sockets.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from directory_server.service.identity import Authenticator
 from directory_server.service.interceptors import Behaviour, rewrap, status_name
 from directory_server.service.metrics import NodeMetrics
 from directory_server.service.replication import Broadcaster, ReplicationServicer
+from directory_server.storage import pgnotify
 from directory_server.sync import PeerReport, SyncEngine, peers_of
 from directory_server.wake import WakeSocket
 
@@ -228,6 +229,7 @@ class NodeServer:
         self._heartbeat: threading.Thread | None = None
         self._push_poll = push_poll
         self._wakeup: WakeSocket | None = None
+        self._listener: pgnotify.Listener | None = None
         self.sync: SyncEngine | None = None
         self._configured_peers = list(peers or [])
         if peers is not None:
@@ -267,6 +269,8 @@ class NodeServer:
                         "fallback poll", extra={"error": str(e), "seconds": self._push_poll})
             self._wakeup = None
         threading.Thread(target=self._push, args=(self._wakeup,), name="push", daemon=True).start()
+        # commits by processes on other machines over the same PostgreSQL database
+        self._listener = self.node.store.follow_other_processes()
         if self.sync is not None:
             self.sync.start()
         log.info("serving", extra={
@@ -285,9 +289,11 @@ class NodeServer:
         """Push every checkpoint and federation version this node accepted (in this process
         or another over the same data directory: `counterpart-node publish` is one) to the
         peers that watch it. Woken by every such commit (``directory_server.wake``), so a
-        push waits on no interval; ``push_poll`` is only the fallback for commits no poke
-        reaches (serving processes over one PostgreSQL database on several machines, or a
-        data directory where the socket cannot be bound)."""
+        push waits on no interval. Commits by processes on other machines over one PostgreSQL
+        database reach it too: the Store's listener (``storage.pgnotify``) calls the commit
+        watchers, and the node's watcher pokes this socket. ``push_poll`` is only a safety net
+        for a data directory where the socket cannot be bound, or notifications lost while
+        the listening connection was down."""
         seen = self.node.store.checkpoints()
         version = self.node.federation().version
         try:
@@ -330,6 +336,8 @@ class NodeServer:
     def stop(self, grace: float = 5.0) -> None:
         """Graceful shutdown: report NOT_SERVING, let calls in flight finish, then stop."""
         self._stop.set()
+        if self._listener is not None:
+            self._listener.stop()
         if self._wakeup is not None:
             self._wakeup.stop()
         if self.sync is not None:

@@ -61,6 +61,7 @@ from counterpart_core.redaction import (
     envelope_members_only,
     record_members_only,
 )
+from directory_server.storage import pgnotify
 from directory_server.storage.models import (
     DERIVED_TABLES,
     AccessGrantRow,
@@ -129,6 +130,10 @@ def _note_published(session: Session, _context: Any) -> None:
 
 def _forget_published(session: Session) -> None:
     session.info.pop(_PUBLISHED, None)
+    session.info.pop(_ANNOUNCED, None)
+
+
+_ANNOUNCED = "counterpart.announced"  # Session.info: this transaction sent its NOTIFY (PostgreSQL)
 
 
 class Store:
@@ -148,6 +153,10 @@ class Store:
         event.listen(self._session, "after_flush", _note_published)
         event.listen(self._session, "after_commit", self._committed)
         event.listen(self._session, "after_rollback", _forget_published)
+        # on PostgreSQL, such a commit is also told to processes on other machines (``pgnotify``)
+        self._token = secrets.token_hex(8)
+        if self.engine.dialect.name == "postgresql":
+            event.listen(self._session, "after_flush", self._announce)
         # Each member's state trees, kept up to date by the names each append changes, so a
         # new checkpoint's state roots are checked in O(change) (``_check_state``). Valid for
         # the derived records committed with the checkpoint ``basis`` names: another process
@@ -168,9 +177,29 @@ class Store:
         self._commit_watchers.append(callback)
 
     def _committed(self, session: Session) -> None:
+        session.info.pop(_ANNOUNCED, None)
         if session.info.pop(_PUBLISHED, False):
-            for callback in list(self._commit_watchers):
-                callback()
+            self._call_commit_watchers()
+
+    def _call_commit_watchers(self) -> None:
+        for callback in list(self._commit_watchers):
+            callback()
+
+    def _announce(self, session: Session, _context: Any) -> None:
+        if session.info.get(_PUBLISHED) and not session.info.get(_ANNOUNCED):
+            session.info[_ANNOUNCED] = True
+            pgnotify.announce(session.connection(), self._token)
+
+    def follow_other_processes(self) -> pgnotify.Listener | None:
+        """On PostgreSQL, start calling the ``watch_commits`` callbacks also after commits
+        that Stores of other processes (on any machine) make to this database and schema;
+        None on SQLite, where ``directory_server.wake`` reaches every process of the node.
+        The caller stops the returned listener."""
+        if self.engine.dialect.name != "postgresql":
+            return None
+        listener = pgnotify.Listener(self.engine, self._token, self._call_commit_watchers)
+        listener.start()
+        return listener
 
     def close(self) -> None:
         self.engine.dispose()
