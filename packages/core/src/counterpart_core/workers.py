@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -50,6 +51,9 @@ def _read(inp: IO[bytes]) -> Any:
 
 def main() -> int:
     """A worker's loop: tasks from standard input until it closes."""
+    # Ctrl-C reaches the node's whole process group: the node decides, and the worker ends at
+    # the end of file that follows
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # standard output carries frames alone
     tasks: dict[str, Callable[..., Any]] | None = None
