@@ -568,7 +568,7 @@ class Store:
                         shaped = lambda: done
                     return [(int(seq), name, bytes(leaf)) for seq, name, leaf, _ in rows], shaped
 
-                chunks = _chunks(sorted(latest), 2000)
+                chunks = _chunks(sorted(latest), 1000)
                 ahead = start(chunks[0]) if chunks else None
                 for i in range(len(chunks)):
                     assert ahead is not None
