@@ -50,7 +50,6 @@ import json
 import multiprocessing
 import os
 import pstats
-import resource
 import secrets
 import shutil
 import signal
@@ -430,10 +429,13 @@ def target_main(a: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     mem_after = proc_status_kib()
-    syncer.signatures.close(wait=True)  # the workers' CPU and peak RSS are counted once they are joined
+    # each worker's own peak, read while it runs (the children's ru_maxrss of getrusage also
+    # counts this process's RSS, which a worker's fork shared until its exec)
+    workers_hwm = [proc_status_kib(pid).get("VmHWM", 0) for pid in syncer.signatures.pids()]
+    syncer.signatures.close(wait=True)  # the workers' CPU is counted once they are joined
     children = os.times()
     workers_cpu = children.children_user + children.children_system
-    workers_peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    workers_peak_kib = max(workers_hwm, default=0)
     syncer.close()
     size = node.store.log_size(SOURCE_MEMBER)
     held = node.held_checkpoint(SOURCE_MEMBER)
@@ -455,6 +457,9 @@ def target_main(a: argparse.Namespace) -> int:
         "signature_workers": syncer.signatures.workers,
         "workers_cpu_s": round(workers_cpu, 2),
         "largest_worker_peak_rss_mib": mib(workers_peak_kib) if workers_cpu else None,
+        "workers_peak_rss_mib": [mib(k) for k in workers_hwm],
+        # an upper bound of the node's processes together: each one's peak, added up
+        "node_processes_peak_rss_sum_mib": mib(mem_after.get("VmHWM", 0) + sum(workers_hwm)),
         "database_bytes": db_bytes(data_dir),
         "split_s": {k: round(v, 3) for k, v in sorted(timers.seconds.items())},
         "split_calls": dict(sorted(timers.calls.items())),
@@ -617,6 +622,7 @@ def describe_pass(name: str, r: dict[str, Any], entries: int) -> str:
         + f"; CPU target {r['cpu_s']:.1f} s, source {r.get('source_cpu_s', 0):.1f} s; "
         f"RSS before {r['rss_before_mib']} MiB, peak {r['peak_rss_mib']} MiB"
         + (f"; signature workers CPU {r['workers_cpu_s']} s, largest peak RSS {r['largest_worker_peak_rss_mib']} MiB"
+           f"; puller and workers together at most {r.get('node_processes_peak_rss_sum_mib')} MiB"
            if r.get("workers_cpu_s") else "")
         + (f"; error {r['error']}" if r["error"] else "")
         + (f"; rejected {r['rejected']}" if r["rejected"] else "")

@@ -50,11 +50,15 @@ from counterpart_core.index import (
     LEVEL_NATIONAL,
     LEVEL_POSTAL_CODE,
     LEVEL_SUBDIVISION,
+    ROW_COLUMNS,
     Derived,
+    Rows,
+    Shaped,
     derive,
+    derived_rows,
+    shape_entries,
 )
 from counterpart_core.log import WITHHELD, LogCheckpoint, LogEntry
-from counterpart_core.log import read_entry as log_read_entry
 from counterpart_core.redaction import (
     Marker,
     deletion_restricted,
@@ -521,13 +525,9 @@ class Store:
         if not entries:
             return
         with self.transaction() as s:
-            s.execute(_table(StagedEntryRow).insert(), [
-                {
-                    "stage": stage, "seq": e.seq, "member": e.member, "name": e.name, "kind": e.kind,
-                    "envelope": e.envelope, "leaf_hash": e.leaf_hash,
-                    "publish_time": None if e.withheld else e.publish_time,
-                    "members_only": e.withheld or record_members_only(e.record),
-                }
+            _driver_insert(s, StagedEntryRow, _STAGED_COLUMNS, [
+                (stage, e.seq, e.member, e.name, e.kind, e.envelope, e.leaf_hash,
+                 None if e.withheld else e.publish_time, e.withheld or record_members_only(e.record))
                 for e in entries
             ])
 
@@ -548,7 +548,7 @@ class Store:
     def append_staged(
         self, stage: str, member: str, expected_size: int, latest: Mapping[str, int], tree: merkle.CompactRange,
         checkpoint: LogCheckpoint, *, ambiguous_restricted: bool = True,
-        derive_many: Callable[[str, Sequence[tuple[int, bytes]]], Callable[[], list[Derived | None]]] | None = None,
+        derive_many: Callable[[str, Sequence[tuple[int, bytes]]], Callable[[], list[Shaped | None]]] | None = None,
     ) -> None:
         """``append`` for a range staged by ``stage`` (seq expected_size+1 .. checkpoint.size),
         verified whole by the caller: the tree it recomputed (``tree``, whose root the
@@ -581,18 +581,21 @@ class Store:
                            staged.c.leaf_hash, staged.c.publish_time, staged.c.members_only).where(*in_stage),
                 ))
                 self._mark_staged_deletions(s, stage, member, expected_size, ambiguous_restricted)
-                # each name's last entry, in chunks (bounded memory), derived by ``derive_many``
-                # (worker processes) one chunk ahead of the rows written here
-                def start(chunk: Sequence[str]) -> tuple[list[LogEntry], Callable[[], list[Derived | None]]]:
+                # each name's last entry, in chunks (bounded memory), its derived rows made by
+                # ``derive_many`` (worker processes) one chunk ahead of the rows written here
+                def start(chunk: Sequence[str]) -> tuple[list[tuple[int, str, bytes]], Callable[[], list[Shaped | None]]]:
                     rows = s.execute(
-                        select(staged.c.seq, staged.c.envelope).where(
+                        select(staged.c.seq, staged.c.name, staged.c.leaf_hash, staged.c.envelope).where(
                             *in_stage, staged.c.seq.in_([latest[n] for n in chunk])
                         )
                     ).all()
-                    last = [log_read_entry(bytes(env), member, int(seq)) for seq, env in rows]
-                    if derive_many is None:
-                        return last, lambda: [derive(e) for e in last]
-                    return last, derive_many(member, [(e.seq, e.envelope) for e in last])
+                    items = [(int(seq), bytes(envelope)) for seq, _, _, envelope in rows]
+                    if derive_many is not None:
+                        shaped = derive_many(member, items)
+                    else:
+                        done = shape_entries(member, items)
+                        shaped = lambda: done
+                    return [(int(seq), name, bytes(leaf)) for seq, name, leaf, _ in rows], shaped
 
                 chunks = _chunks(sorted(latest), 1000)
                 ahead = start(chunks[0]) if chunks else None
@@ -600,7 +603,11 @@ class Store:
                     assert ahead is not None
                     last, result = ahead
                     ahead = start(chunks[i + 1]) if i + 1 < len(chunks) else None
-                    self._follow(s, trees, last, result())
+                    shaped = result()
+                    _drop_derived(s, [name for _, name, _ in last])
+                    _insert_derived(s, [rows for _, rows in filter(None, shaped)])
+                    for (seq, name, leaf), got in zip(last, shaped, strict=True):
+                        _update_tree(trees, name, seq, leaf, None if got is None else got[0])
                 self._seal(s, checkpoint, trees, tree.frontier)
         except IntegrityError as e:
             raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
@@ -839,41 +846,8 @@ class Store:
     @staticmethod
     def _replace_derived(s: Session, names: Sequence[str], derived: Sequence[Derived | None]) -> None:
         """Drop the derived rows of ``names`` (those that have any) and write ``derived``."""
-        existing: list[str] = []
-        for chunk in _chunks(names):
-            existing += s.scalars(select(RecordRow.name).where(RecordRow.name.in_(chunk)))
-        for chunk in _chunks(existing):
-            for table in DERIVED_TABLES:
-                s.execute(delete(table).where(table.name.in_(chunk)))
-        rows: dict[type[Base], list[dict[str, Any]]] = {t: [] for t in DERIVED_TABLES}
-        for d in derived:
-            if d is None:
-                continue
-            rows[RecordRow].append(
-                {"name": d.name, "member": d.member, "kind": d.kind, "seq": d.seq, "public": d.public, "label": d.label[:2000]}
-            )
-            rows[RecordAttrRow] += [{"name": d.name, "attr": k, "value": v[:200]} for k, v in d.attrs.items()]
-            rows[SearchTermRow] += [
-                {"name": d.name, "term": t[:2000], "member": d.member, "weight": w} for t, w in d.search_terms.items()
-            ]
-            rows[CoverageIndexRow] += [
-                {"name": d.name, "member": d.member, "level": c.level, "key": c.key[:2000], "last": c.last,
-                 "subdivision": c.subdivision}
-                for c in d.coverage
-            ]
-            rows[CompetenceIndexRow] += [
-                {"name": d.name, "member": d.member, "request_type": c.request_type, "role": c.role,
-                 "offence": c.offence, "stage": c.stage}
-                for c in d.competences
-            ]
-            rows[PlaceIndexRow] += [
-                {"name": d.name, "member": d.member, "folded": p.folded[:2000], "display": p.display[:2000],
-                 "subdivision": p.subdivision, "kind": p.kind}
-                for p in d.places
-            ]
-        for model, values in rows.items():
-            if values:
-                s.execute(_table(model).insert(), values)
+        _drop_derived(s, names)
+        _insert_derived(s, [derived_rows(d) for d in derived if d is not None])
 
     def rebuild_derived(self, entries_by_member: dict[str, Sequence[LogEntry]]) -> int:
         """Replace all derived rows by those of the latest entry of each name."""
@@ -1388,17 +1362,72 @@ def _frontier(s: Session, member: str) -> merkle.CompactRange:
     return tree
 
 
+_STAGED_COLUMNS = ("stage", "seq", "member", "name", "kind", "envelope", "leaf_hash", "publish_time", "members_only")
+
+
+def _drop_derived(s: Session, names: Sequence[str]) -> None:
+    """Delete the derived rows of those of ``names`` that have any."""
+    existing: list[str] = []
+    for chunk in _chunks(names):
+        existing += s.scalars(select(RecordRow.name).where(RecordRow.name.in_(chunk)))
+    for chunk in _chunks(existing):
+        for table in DERIVED_TABLES:
+            s.execute(delete(table).where(table.name.in_(chunk)))
+
+
+def _insert_derived(s: Session, shaped: Sequence[Rows]) -> None:
+    """Write derived records given as ``index.derived_rows`` shapes them."""
+    for i, model in enumerate(DERIVED_TABLES):
+        _driver_insert(s, model, ROW_COLUMNS[i], [row for rows in shaped for row in rows[i]])
+
+
+def _driver_insert(s: Session, model: type[Base], columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Insert rows (tuples in the order of ``columns``) through the driver's executemany,
+    each value through its column type's bind processor where it has one (times on SQLite):
+    a bulk insert through SQLAlchemy costs several microseconds a row in Python, a sync
+    writes about 17 rows an entry (bench/README.md)."""
+    if not rows:
+        return
+    table = _table(model)
+    conn = s.connection()
+    dialect = conn.dialect
+    processors = [
+        (i, p) for i, c in enumerate(columns) if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    ]
+    if processors:
+        processed = []
+        for row in rows:
+            values = list(row)
+            for i, p in processors:
+                values[i] = p(values[i])
+            processed.append(tuple(values))
+        rows = processed
+    quote = dialect.identifier_preparer.quote
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+        f"VALUES ({', '.join([mark] * len(columns))})"
+    )
+    conn.exec_driver_sql(sql, list(rows))
+
+
 def _update_trees(trees: _StateCache, e: LogEntry, d: Derived | None) -> None:
     """The state trees once ``e`` is its name's latest entry, ``d`` its derived record
     (None: a deletion), exactly as ``Store._current`` reads them back from the records."""
-    key = e.name.encode()
-    if d is None:
+    _update_tree(trees, e.name, e.seq, e.leaf_hash, None if d is None else d.public)
+
+
+def _update_tree(trees: _StateCache, name: str, seq: int, leaf_hash: bytes, public: bool | None) -> None:
+    """``_update_trees`` for an entry given by its name, seq and leaf hash, and whether its
+    record is public (None: a deletion)."""
+    key = name.encode()
+    if public is None:
         trees.everything.remove(key)
         trees.public.remove(key)
         return
-    leaf = state.StateLeaf(e.name, e.seq, e.leaf_hash).hash()
+    leaf = state.StateLeaf(name, seq, leaf_hash).hash()
     trees.everything.put(key, leaf)
-    if d.public:
+    if public:
         trees.public.put(key, leaf)
     else:
         trees.public.remove(key)

@@ -19,14 +19,10 @@ envelope's signatures are bounded (``signing.MAX_SIGNATURES``).
 from __future__ import annotations
 
 import hmac
-import multiprocessing
-import os
-import threading
-import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -35,7 +31,8 @@ from counterpart.v1 import federation_pb2, log_pb2
 from counterpart_core import log, merkle, signing
 from counterpart_core.errors import VerificationError
 from counterpart_core.federation import Federation, parse_document
-from counterpart_core.index import Derived, derive
+from counterpart_core.index import Shaped
+from counterpart_core.workers import WorkerPool
 
 
 class Action(Enum):
@@ -310,7 +307,7 @@ class _Stream(ABC):
         )
 
 
-def _check_signatures(
+def check_signatures(
     federation_envelope: bytes, member: str, start: int, envelopes: Sequence[bytes]
 ) -> tuple[int, str, str] | None:
     """In a worker process: ``log.verify_entry`` (signature by a key of the member valid when
@@ -337,66 +334,37 @@ def _worker_federation(envelope: bytes) -> Federation:
     return _WORKER_FEDERATION[0]
 
 
-def _derive_entries(member: str, items: Sequence[tuple[int, bytes]]) -> list[Derived | None]:
-    """In a worker process: the derived records (lookup indexes) of verified entries."""
-    return [derive(log.read_entry(envelope, member, seq)) for seq, envelope in items]
-
-
-def _follow_parent(parent: int) -> None:
-    """In a worker process: exit once the node that started it is gone. A node killed with
-    SIGKILL cannot shut its pool down, and a worker waiting for work would wait for ever (each
-    holds both ends of the pool's queue, so it never reads an end of file)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
-
-
 class SignaturePool:
     """Worker processes that check entries' signatures while the caller hashes and frames
     the range: an Ed25519 verification costs about 120 µs and holds the GIL (threads gave
     1.1x on two cores, measured), hashing about 1 µs. They also derive the lookup indexes of
     a long range's last entries at its commit (about as costly per record as a signature).
-    Processes are spawned (the node runs gRPC threads, which a fork does not carry over) on
-    first use, then kept."""
+    Bare interpreters (``workers.WorkerPool``), started on first use, then kept."""
 
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = workers or os.cpu_count() or 1
-        self._executor: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
+        self._pool = WorkerPool(workers)
+        self.workers = self._pool.workers
 
     def submit(
         self, federation: Federation, member: str, start: int, envelopes: Sequence[bytes]
     ) -> Future[tuple[int, str, str] | None]:
-        return self._executor_().submit(_check_signatures, federation.envelope, member, start, list(envelopes))
+        return self._pool.submit("check_signatures", federation.envelope, member, start, list(envelopes))
 
-    def _executor_(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_follow_parent, initargs=(os.getpid(),),
-                )
-            return self._executor
-
-    def derive(self, member: str, items: Sequence[tuple[int, bytes]]) -> Callable[[], list[Derived | None]]:
-        """Start deriving the records of verified entries (seq, envelope) on every core; the
-        result, in order, when the returned function is called."""
-        executor = self._executor_()
+    def derive(self, member: str, items: Sequence[tuple[int, bytes]]) -> Callable[[], list[Shaped | None]]:
+        """Start deriving the records of verified entries (seq, envelope) on every core, as
+        stored (``index.shape_entries``); the result, in order, when the returned function is
+        called."""
         step = max(1, -(-len(items) // (2 * self.workers)))
         futures = [
-            executor.submit(_derive_entries, member, list(items[i : i + step])) for i in range(0, len(items), step)
+            self._pool.submit("shape_entries", member, list(items[i : i + step])) for i in range(0, len(items), step)
         ]
         return lambda: [d for f in futures for d in f.result()]
 
+    def pids(self) -> list[int]:
+        return self._pool.pids()
+
     def close(self, wait: bool = False) -> None:
-        with self._lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=wait, cancel_futures=True)
-                self._executor = None
+        self._pool.close(wait=wait)
 
 
 @dataclass
