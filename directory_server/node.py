@@ -602,6 +602,18 @@ class Node:
                         "the stored frontier of the log tree is not that of the entries on disk "
                         "(`counterpart-node rebuild` recomputes it)",
                     ))
+                steps = self.store.log_frontiers(member)
+                tree = merkle.CompactRange()
+                for h in hashes:
+                    tree.append(h)
+                    if steps.get(tree.size, tree.frontier) != tree.frontier:
+                        break  # what consistency proofs start from: a wrong one makes peers refuse them
+                if tree.size < len(hashes) or max(steps, default=0) > len(hashes):
+                    problems.append(Problem(
+                        member, 0, "FRONTIER_MISMATCH",
+                        f"the stored frontier of the log tree at {tree.size} entries is not that of the entries "
+                        "on disk (`counterpart-node rebuild` recomputes it)",
+                    ))
                 if cp.state is not None and len(entries) == len(stored_flags):
                     latest = {e.name: e for e in entries if not e.withheld}
                     state.check_roots(member, cp.state, [
@@ -623,6 +635,7 @@ class Node:
         for member, entries in verified.items():
             self.store.set_restricted(member, redaction.mark_log(entries, self.store.restricted_flags(member)))
             self.store.put_frontier(member, merkle.CompactRange.from_leaf_hashes(e.leaf_hash for e in entries))
+            self.store.replace_log_frontiers(member, [e.leaf_hash for e in entries])
         return self.store.rebuild_derived(verified)
 
 

@@ -80,6 +80,24 @@ class CheckpointRow(Base):
     frontier: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
+class LogFrontierRow(Base):
+    """The right frontier of a member's log tree at every multiple of ``FRONTIER_STEP``
+    leaves (``merkle.CompactRange.frontier``), so a consistency proof from any size ``m``
+    starts from the nearest one below ``m`` and reads fewer than ``FRONTIER_STEP`` leaves
+    before it, plus the leaves after it: O(log n + change), not O(n). Written by ``append``
+    as the tree passes each multiple; those a staged range or a database older than 0006
+    lacks are computed once, when a proof first needs them. ``verify`` recomputes each."""
+
+    __tablename__ = "log_frontiers"
+    member: Mapped[str] = mapped_column(String(16), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    frontier: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+FRONTIER_STEP = 256
+"""Leaves between two stored frontiers of a log (``LogFrontierRow``)."""
+
+
 class RecordRow(Base):
     """Derived: the current record of each name (its latest entry, unless a deletion)."""
 

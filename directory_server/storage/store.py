@@ -11,11 +11,12 @@ Guarantees (checked by tests/contract/test_storage_contract.py on both backends)
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +64,7 @@ from counterpart_core.redaction import (
 )
 from directory_server.storage.models import (
     DERIVED_TABLES,
+    FRONTIER_STEP,
     AccessGrantRow,
     AuditRow,
     Base,
@@ -72,6 +74,7 @@ from directory_server.storage.models import (
     EntryRow,
     EquivocationRow,
     FederationDocumentRow,
+    LogFrontierRow,
     PeerMemberRow,
     PlaceIndexRow,
     RecordAttrRow,
@@ -238,6 +241,51 @@ class Store:
         with self._session() as s:
             return _frontier(s, member)
 
+    def consistency_proof(self, member: str, first: int, second: int) -> list[bytes]:
+        """RFC 9162 ``PROOF(first, D[second])`` of the member's stored log, from the stored
+        frontier nearest below ``first`` (``LogFrontierRow``) and the leaves after it: fewer
+        than ``FRONTIER_STEP`` leaves before ``first``, then those of ``(first, second]``.
+        The frontiers a log lacks (a range appended staged, a log stored before revision
+        0006) are computed from its leaves the first time, and stored for the next proof.
+        The caller checks ``0 < first <= second <=`` the size a verified checkpoint covers."""
+        if first >= second:
+            return []
+        with self._session() as s:
+            base = s.execute(
+                select(LogFrontierRow.size, LogFrontierRow.frontier)
+                .where(LogFrontierRow.member == member, LogFrontierRow.size <= first)
+                .order_by(LogFrontierRow.size.desc()).limit(1)
+            ).first()
+            tree = merkle.CompactRange.from_frontier(int(base[0]), bytes(base[1])) if base else merkle.CompactRange()
+            start = tree.size
+            hashes = _leaf_range(s, member, start, second)
+        before, after = hashes[: first - start], hashes[first - start :]
+        if len(before) >= FRONTIER_STEP:
+            # steps skipped (a range appended staged, a log older than 0006): those up to
+            # ``first`` stored now, once, never on the path of a change appended one by one;
+            # a concurrent writer of the same rows (the same bytes) wins
+            steps = _steps(member, tree, before)
+            with contextlib.suppress(IntegrityError), self.transaction() as s:
+                s.execute(_table(LogFrontierRow).insert(), steps)
+        else:
+            for h in before:
+                tree.append(h)
+        return merkle.consistency_proof_from(tree, after)
+
+    def log_frontiers(self, member: str) -> dict[int, bytes]:
+        """size -> the stored frontier of the member's log tree at that size (``verify``)."""
+        with self._session() as s:
+            q = select(LogFrontierRow.size, LogFrontierRow.frontier).where(LogFrontierRow.member == member)
+            return {int(size): bytes(frontier) for size, frontier in s.execute(q)}
+
+    def replace_log_frontiers(self, member: str, leaf_hashes: Sequence[bytes]) -> None:
+        """Store the member's frontiers anew from its whole log's leaf hashes (``rebuild``)."""
+        steps = _steps(member, merkle.CompactRange(), leaf_hashes)
+        with self.transaction() as s:
+            s.execute(delete(LogFrontierRow).where(LogFrontierRow.member == member))
+            if steps:
+                s.execute(_table(LogFrontierRow).insert(), steps)
+
     def members_with_logs(self) -> list[str]:
         with self._session() as s:
             return list(s.scalars(select(EntryRow.member).distinct().order_by(EntryRow.member)))
@@ -379,8 +427,7 @@ class Store:
                 tree = _frontier(s, member)
                 if tree.size != expected_size:  # a checkpoint that does not cover the log: never written so
                     tree = merkle.CompactRange.from_leaf_hashes(_leaf_hashes(s, member, expected_size))
-                for e in entries:
-                    tree.append(e.leaf_hash)
+                steps = _steps(member, tree, [e.leaf_hash for e in entries])
                 if tree.root() != checkpoint.root_hash:
                     raise ConflictError(
                         f"{member}: the checkpoint's root is not that of the stored tree extended by the batch "
@@ -405,6 +452,13 @@ class Store:
                 # only a name's last entry shapes its state; a withheld one has no name or state
                 latest = {e.name: e for e in entries if not e.withheld}
                 self._follow(s, trees, list(latest.values()))
+                if steps:
+                    # a step a proof already computed from the leaves (a log stored before
+                    # 0006) is written again here: the same bytes, so the old row goes
+                    s.execute(delete(LogFrontierRow).where(
+                        LogFrontierRow.member == member, LogFrontierRow.size > expected_size
+                    ))
+                    s.execute(_table(LogFrontierRow).insert(), steps)
                 self._seal(s, checkpoint, trees, tree.frontier)
         except IntegrityError as e:
             raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
@@ -1331,6 +1385,23 @@ def _check_log_size(s: Session, member: str, expected: int) -> None:
 def _leaf_hashes(s: Session, member: str, upto: int) -> list[bytes]:
     q = select(EntryRow.leaf_hash).where(EntryRow.member == member, EntryRow.seq <= upto)
     return [bytes(h) for h in s.scalars(q.order_by(EntryRow.seq))]
+
+
+def _leaf_range(s: Session, member: str, after: int, upto: int) -> list[bytes]:
+    """Leaf hashes of seqs ``after + 1 .. upto``, in order (a range of the primary key)."""
+    q = select(EntryRow.leaf_hash).where(EntryRow.member == member, EntryRow.seq > after, EntryRow.seq <= upto)
+    return [bytes(h) for h in s.scalars(q.order_by(EntryRow.seq))]
+
+
+def _steps(member: str, tree: merkle.CompactRange, leaf_hashes: Iterable[bytes]) -> list[dict[str, Any]]:
+    """Extend ``tree`` by ``leaf_hashes``: the ``LogFrontierRow`` values of each multiple of
+    ``FRONTIER_STEP`` it passes."""
+    steps: list[dict[str, Any]] = []
+    for h in leaf_hashes:
+        tree.append(h)
+        if tree.size % FRONTIER_STEP == 0:
+            steps.append({"member": member, "size": tree.size, "frontier": tree.frontier})
+    return steps
 
 
 def _frontier(s: Session, member: str) -> merkle.CompactRange:

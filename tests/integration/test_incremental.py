@@ -4,7 +4,8 @@ A pull of one new entry and a publish of one changed record run the same SQL sta
 whatever the length of the member's log, and never read the log whole: the log tree is
 extended from its stored frontier, the state roots from state trees kept by name, the
 publish diff from the derived records of the names in the files. ``verify`` stays the
-full check, and it checks the stored frontier too. Counted, not timed.
+full check, and it checks the stored frontiers too. A consistency proof is served from the
+stored frontier nearest below its first size and the leaves after it. Counted, not timed.
 """
 
 from __future__ import annotations
@@ -15,15 +16,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from conftest import PASSPHRASE  # type: ignore[import-not-found, unused-ignore]
-from sqlalchemy import event, update
+from sqlalchemy import delete, event, update
 from tests_support_cluster import many_authorities
 
+from counterpart.v1 import replication_service_pb2 as rs
+from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from counterpart_core import merkle
 from counterpart_core.errors import ConflictError
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
-from directory_server.storage.models import CheckpointRow
+from directory_server.storage import store as store_module
+from directory_server.storage.models import CheckpointRow, LogFrontierRow
 from directory_server.sync import Syncer
 
 RECORDS = 6
@@ -143,3 +149,87 @@ def test_a_log_stored_before_the_frontier_column_is_extended_from_its_leaves(
     row = node.store.checkpoint_row("GE")
     assert row is not None and row.frontier is not None
     assert node.verify()[1] == []
+
+
+def serve_proof(node: Node, address: str, first: int, second: int) -> tuple[list[bytes], dict[str, Any]]:
+    """GetConsistencyProof from the serving node over gRPC: the proof, the statements its
+    store ran (in any thread) and the leaf hashes it read."""
+    seen: dict[str, Any] = {"statements": 0, "leaves": 0}
+
+    def on_execute(*_args: Any) -> None:
+        seen["statements"] += 1
+
+    original = store_module._leaf_range
+
+    def leaf_range(*args: Any) -> list[bytes]:
+        hashes = original(*args)
+        seen["leaves"] += len(hashes)
+        return hashes
+
+    event.listen(node.store.engine, "before_cursor_execute", on_execute)
+    store_module._leaf_range = leaf_range
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = rs_grpc.ReplicationServiceStub(channel).GetConsistencyProof(
+                rs.GetConsistencyProofRequest(member=node.member, first_size=first, second_size=second)
+            )
+    finally:
+        store_module._leaf_range = original
+        event.remove(node.store.engine, "before_cursor_execute", on_execute)
+    return list(reply.hashes), seen
+
+
+def test_a_consistency_proof_is_served_from_stored_frontiers_whatever_the_length_of_the_log(
+    make_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "FRONTIER_STEP", 4)  # many steps in a short log
+    served: dict[int, dict[str, Any]] = {}
+    for versions in (3, 18):
+        node = make_node("GE")
+        grow(node, tmp_path / f"records-{versions}", versions)
+        n = RECORDS * versions
+        assert sorted(node.store.log_frontiers("GE")) == list(range(4, n + 1, 4))
+        hashes = [bytes(h) for h in node.store.leaf_hashes("GE")]
+        server = NodeServer(node, "127.0.0.1:0", access_log=False)
+        server.start()
+        try:
+            for first in range(1, n + 1):  # from every size, against the full computation
+                assert serve_proof(node, server.address, first, n)[0] == merkle.consistency_proof(hashes, first)
+            proof, served[versions] = serve_proof(node, server.address, n - 1, n)  # one new entry
+        finally:
+            server.stop(0)
+        assert proof == merkle.consistency_proof(hashes, n - 1)
+        assert node.verify()[1] == []
+    # the statements and the leaves read do not grow with the log: fewer than a step before
+    # the first size, and the one new leaf
+    assert served[3]["statements"] == served[18]["statements"]
+    assert served[3]["leaves"] <= 4 and served[18]["leaves"] <= 4
+
+
+def test_frontiers_a_log_lacks_are_computed_once_and_verify_checks_them(
+    make_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "FRONTIER_STEP", 4)
+    node = make_node("GE")
+    grow(node, tmp_path / "records", 6)
+    n = 6 * RECORDS
+    written = node.store.log_frontiers("GE")
+    hashes = [bytes(h) for h in node.store.leaf_hashes("GE")]
+    with node.store.transaction() as s:  # as a staged range or a log stored before 0006 leaves it
+        s.execute(delete(LogFrontierRow))
+    server = NodeServer(node, "127.0.0.1:0", access_log=False)
+    server.start()
+    try:
+        proof, first_time = serve_proof(node, server.address, n - 2, n)
+        assert proof == merkle.consistency_proof(hashes, n - 2) and first_time["leaves"] == n
+        assert node.store.log_frontiers("GE") == {k: v for k, v in written.items() if k <= n - 2}
+        proof, again = serve_proof(node, server.address, n - 1, n)
+        assert proof == merkle.consistency_proof(hashes, n - 1) and again["leaves"] < 4 + 1
+    finally:
+        server.stop(0)
+    assert node.verify()[1] == []
+    with node.store.transaction() as s:
+        s.execute(update(LogFrontierRow).where(LogFrontierRow.size == 8).values(frontier=b"\x00" * 32))
+    assert [p.reason for p in node.verify()[1]] == ["FRONTIER_MISMATCH"]
+    node.rebuild()
+    assert node.verify()[1] == [] and node.store.log_frontiers("GE") == written
