@@ -94,6 +94,25 @@ class LogFrontierRow(Base):
     frontier: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class StateSnapshotRow(Base):
+    """A member's two state trees (``state.SortedLeafTree.to_bytes``) as its derived records
+    made them at the checkpoint of ``size`` leaves: a process that has not read them yet
+    starts from here and follows the names of the entries appended since (O(change), where
+    reading every current record took 1.2 s at 100,000 records), and uses them only when
+    their roots are those its held checkpoint signs. Written in the transaction of an append
+    that read the trees from the records or that is ``SNAPSHOT_EVERY`` entries past this
+    one; ``fill`` and ``rebuild`` delete it."""
+
+    __tablename__ = "state_snapshots"
+    member: Mapped[str] = mapped_column(String(16), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    everything: Mapped[bytes] = mapped_column(LargeBinary)
+    public: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+SNAPSHOT_EVERY = 1024
+"""Entries appended after a state snapshot before an append writes the next."""
+
 FRONTIER_STEP = 256
 """Leaves between two stored frontiers of a log (``LogFrontierRow``)."""
 

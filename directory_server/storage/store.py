@@ -44,8 +44,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from counterpart_core import merkle, state
-from counterpart_core.errors import ConflictError
+from counterpart.v1 import log_pb2
+from counterpart_core import merkle, signing, state
+from counterpart_core.errors import ConflictError, CounterpartError, VerificationError
 from counterpart_core.index import (
     LEVEL_MUNICIPALITY,
     LEVEL_NATIONAL,
@@ -55,6 +56,7 @@ from counterpart_core.index import (
     derive,
 )
 from counterpart_core.log import WITHHELD, LogCheckpoint, LogEntry
+from counterpart_core.log import checkpoint_state as log_checkpoint_state
 from counterpart_core.log import read_entry as log_read_entry
 from counterpart_core.redaction import (
     Marker,
@@ -65,6 +67,7 @@ from counterpart_core.redaction import (
 from directory_server.storage.models import (
     DERIVED_TABLES,
     FRONTIER_STEP,
+    SNAPSHOT_EVERY,
     AccessGrantRow,
     AuditRow,
     Base,
@@ -82,6 +85,7 @@ from directory_server.storage.models import (
     RejectionRow,
     SearchTermRow,
     StagedEntryRow,
+    StateSnapshotRow,
 )
 
 _T = TypeVar("_T")
@@ -100,6 +104,7 @@ class _StateCache:
     everything: state.SortedLeafTree
     public: state.SortedLeafTree
     generation: tuple[int, int]  # (Store._epoch, Store._generations[member]) when read: stale after a fill or rebuild
+    snapshot: int | None = None  # the size of the stored state snapshot they started from (None: read from the records)
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -480,6 +485,9 @@ class Store:
         s.flush()
         self._check_state(s, checkpoint, trees)
         self._put_checkpoint(s, checkpoint, frontier)
+        if trees.snapshot is None or checkpoint.size - trees.snapshot >= SNAPSHOT_EVERY:
+            _put_snapshot(s, checkpoint.member, checkpoint.size, trees)
+            trees.snapshot = checkpoint.size
 
     def _take_state(self, s: Session, member: str) -> _StateCache:
         """The member's state trees as of the checkpoint stored now (read in ``s``), taken
@@ -494,6 +502,10 @@ class Store:
             generation = (self._epoch, self._generations.get(member, 0))
         if cached is not None and cached.basis == basis:
             return cached
+        snapshot = _from_snapshot(s, member, basis[0])
+        if snapshot is not None:
+            everything, public, since = snapshot
+            return _StateCache(basis, everything, public, generation, since)
         everything, public = state.state_trees(self._current(s, member))
         return _StateCache(basis, everything, public, generation)
 
@@ -706,6 +718,7 @@ class Store:
                     (int(r.seq), r)
                     for r in s.scalars(select(EntryRow).where(EntryRow.member == member, EntryRow.seq.in_(seqs)))
                 )
+            s.execute(delete(StateSnapshotRow).where(StateSnapshotRow.member == member))
             for e in ordered:
                 row = rows.get(e.seq)
                 if e.member != member or e.withheld or row is None or row.kind != WITHHELD or bytes(row.leaf_hash) != e.leaf_hash:
@@ -905,7 +918,7 @@ class Store:
         count = 0
         self._drop_state()
         with self.transaction() as s:
-            for table in DERIVED_TABLES:
+            for table in (*DERIVED_TABLES, StateSnapshotRow):
                 s.execute(delete(table))
             for entries in entries_by_member.values():
                 latest = {e.name: e for e in entries if not e.withheld}
@@ -1444,6 +1457,83 @@ def _update_trees(trees: _StateCache, e: LogEntry, d: Derived | None) -> None:
         trees.public.put(key, leaf)
     else:
         trees.public.remove(key)
+
+
+SNAPSHOT_REPLAY_MAX = 4 * SNAPSHOT_EVERY
+"""Entries after a state snapshot beyond which the trees are read from the records instead."""
+
+
+def _put_snapshot(s: Session, member: str, size: int, trees: _StateCache) -> None:
+    """Store the member's state trees as of the checkpoint of ``size`` being committed in ``s``."""
+    s.execute(delete(StateSnapshotRow).where(StateSnapshotRow.member == member))
+    s.execute(_table(StateSnapshotRow).insert(), [{
+        "member": member, "size": size,
+        "everything": trees.everything.to_bytes(), "public": trees.public.to_bytes(),
+    }])
+
+
+def _from_snapshot(
+    s: Session, member: str, size: int
+) -> tuple[state.SortedLeafTree, state.SortedLeafTree, int] | None:
+    """The member's state trees at the held checkpoint of ``size`` leaves, from its stored
+    snapshot and the names of the entries appended since (their current records read by
+    name): O(change). Only when their roots are those the held checkpoint signs (the whole
+    state's when the log is held whole), which the derived records matched when it was
+    stored; else None, and the caller reads every current record."""
+    row = s.execute(
+        select(StateSnapshotRow.size, StateSnapshotRow.everything, StateSnapshotRow.public)
+        .where(StateSnapshotRow.member == member)
+    ).first()
+    if row is None or not 0 <= size - int(row[0]) <= SNAPSHOT_REPLAY_MAX:
+        return None
+    envelope = s.scalar(select(CheckpointRow.envelope).where(CheckpointRow.member == member))
+    try:
+        signed = _signed_state(bytes(envelope)) if envelope is not None else None
+        everything, public = state.SortedLeafTree.from_bytes(bytes(row[1])), state.SortedLeafTree.from_bytes(bytes(row[2]))
+    except (ValueError, CounterpartError):
+        return None
+    if signed is None:
+        return None
+    since = int(row[0])
+    names = sorted(set(s.scalars(
+        select(EntryRow.name).where(EntryRow.member == member, EntryRow.seq > since, EntryRow.seq <= size,
+                                    EntryRow.kind != WITHHELD)
+    )))
+    current: dict[str, tuple[int, bool, bytes]] = {}
+    for chunk in _chunks(names):
+        current.update(
+            (name, (int(seq), bool(public_), bytes(leaf))) for name, seq, public_, leaf in s.execute(
+                select(RecordRow.name, RecordRow.seq, RecordRow.public, EntryRow.leaf_hash)
+                .join(EntryRow, and_(EntryRow.member == RecordRow.member, EntryRow.seq == RecordRow.seq))
+                .where(RecordRow.member == member, RecordRow.name.in_(chunk))
+            )
+        )
+    for name in names:
+        key = name.encode()
+        found = current.get(name)
+        if found is None:  # deleted: no current record
+            everything.remove(key)
+            public.remove(key)
+            continue
+        leaf = state.StateLeaf(name, found[0], found[2]).hash()
+        everything.put(key, leaf)
+        if found[1]:
+            public.put(key, leaf)
+        else:
+            public.remove(key)
+    whole = s.scalar(select(EntryRow.seq).where(EntryRow.member == member, EntryRow.kind == WITHHELD).limit(1)) is None
+    try:
+        state.check_tree_roots(member, signed, everything, public, whole_log=whole)
+    except VerificationError:
+        return None
+    return everything, public, since
+
+
+def _signed_state(envelope: bytes) -> state.StateRoots | None:
+    """The state roots a stored checkpoint signs (its signature was checked as it was stored)."""
+    cp = log_pb2.Checkpoint()
+    cp.ParseFromString(signing.parse_envelope(envelope).payload)
+    return log_checkpoint_state(cp)
 
 
 def _table(model: type[Base]) -> Table:

@@ -24,12 +24,13 @@ from tests_support_cluster import many_authorities
 
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
-from counterpart_core import merkle
+from counterpart_core import merkle, state
 from counterpart_core.errors import ConflictError
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 from directory_server.storage import store as store_module
-from directory_server.storage.models import CheckpointRow, LogFrontierRow
+from directory_server.storage.models import CheckpointRow, LogFrontierRow, StateSnapshotRow
+from directory_server.storage.store import Store
 from directory_server.sync import Syncer
 
 RECORDS = 6
@@ -76,10 +77,13 @@ def counted(node: Node) -> Iterator[dict[str, Any]]:
             setattr(store, name, originals[name])
 
 
-def one_change(make_node: Callable[..., Node], tmp_path: Path, versions: int) -> dict[str, dict[str, Any]]:
+def one_change(
+    make_node: Callable[..., Node], tmp_path: Path, versions: int, fresh: bool = False
+) -> dict[str, dict[str, Any]]:
     """A source whose log holds RECORDS x ``versions`` entries and a target that pulled it
-    all; then the source publishes one changed record and the target pulls that entry.
-    What each of the two steps ran."""
+    all; then the source publishes one changed record and the target pulls that entry (with
+    ``fresh``, each in a new Node over the same database, as a new process would: nothing in
+    memory). What each of the two steps ran."""
     source = make_node("GE", ["GE", "AZ"])
     target = make_node("AZ", ["GE", "AZ"])
     folder = tmp_path / f"records-{versions}"
@@ -89,6 +93,10 @@ def one_change(make_node: Callable[..., Node], tmp_path: Path, versions: int) ->
     syncer = Syncer(target)
     try:
         assert syncer.sync_peer(server.address).pulled == {"GE": RECORDS * versions}
+        if fresh:
+            syncer.close()
+            source, target = Node(source.config, clock=source.clock), Node(target.config, clock=target.clock)
+            syncer = Syncer(target)
         many_authorities(folder, "GE", RECORDS, label=f"Court v{versions - 1}")
         text = (folder / "authorities.yaml").read_text(encoding="utf-8")
         changed = text.replace(f'"Court v{versions - 1} 0"', '"Changed court"')
@@ -103,6 +111,9 @@ def one_change(make_node: Callable[..., Node], tmp_path: Path, versions: int) ->
         syncer.close()
         server.stop(0)
     assert target.verify()[1] == [] and source.verify()[1] == []
+    if fresh:
+        source.close()
+        target.close()
     return {"publish": published, "pull": pulled}
 
 
@@ -114,6 +125,54 @@ def test_one_change_costs_the_same_whatever_the_length_of_the_log(
     for step in ("publish", "pull"):
         assert short[step]["whole_log_reads"] == [] and long[step]["whole_log_reads"] == [], step
         assert short[step]["statements"] == long[step]["statements"], step
+
+
+def test_a_new_process_starts_from_the_state_snapshot_not_from_every_record(
+    make_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_all: list[str] = []
+    current = Store._current
+
+    def spy(s: Any, member: str) -> Any:
+        read_all.append(member)
+        return current(s, member)
+
+    monkeypatch.setattr(Store, "_current", staticmethod(spy))
+    short = one_change(make_node, tmp_path / "short", 2, fresh=True)
+    long = one_change(make_node, tmp_path / "long", 12, fresh=True)
+    # only the first append of each node read every current record (and wrote the snapshot)
+    assert read_all == ["GE", "GE", "GE", "GE"]
+    for step in ("publish", "pull"):
+        assert short[step]["whole_log_reads"] == [] and long[step]["whole_log_reads"] == [], step
+        assert short[step]["statements"] == long[step]["statements"], step
+
+
+def test_a_snapshot_that_is_not_of_the_signed_state_is_not_used(
+    make_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = make_node("GE")
+    grow(node, tmp_path / "records", 2)
+    with node.store.transaction() as s:  # a snapshot that holds a record no entry made
+        snap = s.get(StateSnapshotRow, "GE")
+        assert snap is not None and snap.size == RECORDS  # written by the first publish
+        tree = state.SortedLeafTree.from_bytes(bytes(snap.everything))
+        tree.put(b"members/GE/authorities/nowhere", b"\x01" * 32)
+        snap.everything = snap.public = tree.to_bytes()
+    read_all: list[str] = []
+    current = Store._current
+    monkeypatch.setattr(Store, "_current", staticmethod(lambda s, m: read_all.append(m) or current(s, m)))
+    fresh = Node(node.config, clock=node.clock)
+    try:
+        grow(fresh, tmp_path / "records", 1, first=2)  # read from the records, and published right
+        assert read_all == ["GE"] and fresh.verify()[1] == []
+        with fresh.store.transaction() as s:
+            snap = s.get(StateSnapshotRow, "GE")
+            assert snap is not None and snap.size == 3 * RECORDS  # written anew
+        fresh.rebuild()
+        with fresh.store.transaction() as s:
+            assert s.get(StateSnapshotRow, "GE") is None
+    finally:
+        fresh.close()
 
 
 def test_verify_checks_the_stored_frontier_and_rebuild_repairs_it(
