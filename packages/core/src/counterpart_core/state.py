@@ -32,7 +32,7 @@ import hmac
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import accumulate, pairwise
 
 from counterpart_core import merkle
 from counterpart_core.errors import ProofError, VerificationError
@@ -182,29 +182,27 @@ class SortedLeafTree:
     def from_bytes(cls, data: bytes) -> SortedLeafTree:
         """The tree ``to_bytes`` wrote; ``ValueError`` for bytes that cannot be one (the
         caller checks the root against one it trusts)."""
-        view = memoryview(data)
-        if len(view) < 8:
+        data = bytes(data)
+        if len(data) < 8:
             raise ValueError("a state tree needs at least its leaf count")
-        n = int.from_bytes(view[:8], "big")
+        n = int.from_bytes(data[:8], "big")
         lengths = array("I")
-        width = lengths.itemsize
-        if len(view) < 8 + n * width:
+        at = 8 + n * lengths.itemsize
+        if len(data) < at:
             raise ValueError("state tree bytes end inside the key lengths")
-        lengths.frombytes(view[8 : 8 + n * width])
-        keys: list[bytes] = []
-        at = 8 + n * width
-        for length in lengths:
-            keys.append(bytes(view[at : at + length]))
-            at += length
+        lengths.frombytes(data[8:at])
+        ends = list(accumulate(lengths, initial=at))
+        keys = [data[a:b] for a, b in pairwise(ends)]
+        at = ends[-1]
         sizes = [n]
         while sizes[-1] > 1:
             sizes.append(sizes[-1] // 2)
-        if len(view) - at != merkle.HASH_SIZE * sum(sizes) or any(a >= b for a, b in pairwise(keys)):
-            raise ValueError("state tree bytes do not hold one sorted tree")
         h = merkle.HASH_SIZE
+        if len(data) - at != h * sum(sizes) or any(a >= b for a, b in pairwise(keys)):
+            raise ValueError("state tree bytes do not hold one sorted tree")
         levels: list[list[bytes]] = []
         for size in sizes:
-            levels.append([bytes(view[i : i + h]) for i in range(at, at + size * h, h)])
+            levels.append([data[i : i + h] for i in range(at, at + size * h, h)])
             at += size * h
         tree = cls()
         tree._keys, tree._levels, tree._dirty = keys, levels, None
