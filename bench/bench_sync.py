@@ -735,7 +735,8 @@ def main(argv: list[str] | None = None) -> int:
             pid = source.proc.pid
             if a.no_full_sync:
                 # the target holds what the source holds (a copy of its database), as after a full sync
-                shutil.copytree(source_dir, work / "target")
+                # not the serving source's wake sockets (directory_server.wake), which cannot be copied
+                shutil.copytree(source_dir, work / "target", ignore=shutil.ignore_patterns("wake"))
                 (work / "target" / "bench-source.key").unlink()
                 (work / "target" / CONFIG_NAME).write_text(
                     NodeConfig(data_dir=work / "target", member=TARGET_MEMBER).to_toml(), encoding="utf-8")
