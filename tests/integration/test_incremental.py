@@ -117,19 +117,9 @@ def one_change(
     return {"publish": published, "pull": pulled}
 
 
-def test_one_change_costs_the_same_whatever_the_length_of_the_log(
-    make_node: Callable[..., Node], tmp_path: Path
-) -> None:
-    short = one_change(make_node, tmp_path / "short", 2)
-    long = one_change(make_node, tmp_path / "long", 12)  # six times the log, the same records
-    for step in ("publish", "pull"):
-        assert short[step]["whole_log_reads"] == [] and long[step]["whole_log_reads"] == [], step
-        assert short[step]["statements"] == long[step]["statements"], step
-
-
-def test_a_new_process_starts_from_the_state_snapshot_not_from_every_record(
-    make_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def records_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The members whose current records a store reads whole (to build state trees)."""
     read_all: list[str] = []
     current = Store._current
 
@@ -138,17 +128,25 @@ def test_a_new_process_starts_from_the_state_snapshot_not_from_every_record(
         return current(s, member)
 
     monkeypatch.setattr(Store, "_current", staticmethod(spy))
-    short = one_change(make_node, tmp_path / "short", 2, fresh=True)
-    long = one_change(make_node, tmp_path / "long", 12, fresh=True)
-    # only the first append of each node read every current record (and wrote the snapshot)
-    assert read_all == ["GE", "GE", "GE", "GE"]
+    return read_all
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["running", "new process"])
+def test_one_change_costs_the_same_whatever_the_length_of_the_log(
+    make_node: Callable[..., Node], tmp_path: Path, records_read: list[str], fresh: bool
+) -> None:
+    short = one_change(make_node, tmp_path / "short", 2, fresh)
+    long = one_change(make_node, tmp_path / "long", 12, fresh)  # six times the log, the same records
     for step in ("publish", "pull"):
         assert short[step]["whole_log_reads"] == [] and long[step]["whole_log_reads"] == [], step
         assert short[step]["statements"] == long[step]["statements"], step
+    # only the first append of each node read every current record (and wrote the state
+    # snapshot); a new process starts from that snapshot
+    assert records_read == ["GE"] * 4
 
 
 def test_a_snapshot_that_is_not_of_the_signed_state_is_not_used(
-    make_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_node: Callable[..., Node], tmp_path: Path, records_read: list[str]
 ) -> None:
     node = make_node("GE")
     grow(node, tmp_path / "records", 2)
@@ -158,13 +156,11 @@ def test_a_snapshot_that_is_not_of_the_signed_state_is_not_used(
         tree = state.SortedLeafTree.from_bytes(bytes(snap.everything))
         tree.put(b"members/GE/authorities/nowhere", b"\x01" * 32)
         snap.everything = snap.public = tree.to_bytes()
-    read_all: list[str] = []
-    current = Store._current
-    monkeypatch.setattr(Store, "_current", staticmethod(lambda s, m: read_all.append(m) or current(s, m)))
+    records_read.clear()
     fresh = Node(node.config, clock=node.clock)
     try:
         grow(fresh, tmp_path / "records", 1, first=2)  # read from the records, and published right
-        assert read_all == ["GE"] and fresh.verify()[1] == []
+        assert records_read == ["GE"] and fresh.verify()[1] == []
         with fresh.store.transaction() as s:
             snap = s.get(StateSnapshotRow, "GE")
             assert snap is not None and snap.size == 3 * RECORDS  # written anew
