@@ -99,9 +99,10 @@ class StateSnapshotRow(Base):
     made them at the checkpoint of ``size`` leaves: a process that has not read them yet
     starts from here and follows the names of the entries appended since (O(change), where
     reading every current record took 1.2 s at 100,000 records), and uses them only when
-    their roots are those its held checkpoint signs. Written in the transaction of an append
-    that read the trees from the records or that is ``SNAPSHOT_EVERY`` entries past this
-    one; ``fill`` and ``rebuild`` delete it."""
+    their roots are those its held checkpoint signs. Kept for members of at least
+    ``SNAPSHOT_MIN_RECORDS`` current records, written in the transaction of an append that read
+    the trees from the records or that is ``SNAPSHOT_EVERY`` entries past this one; ``fill``
+    and ``rebuild`` delete it."""
 
     __tablename__ = "state_snapshots"
     member: Mapped[str] = mapped_column(String(16), primary_key=True)
@@ -112,6 +113,10 @@ class StateSnapshotRow(Base):
 
 SNAPSHOT_EVERY = 1024
 """Entries appended after a state snapshot before an append writes the next."""
+
+SNAPSHOT_MIN_RECORDS = 1000
+"""Current records below which a member gets no state snapshot: reading them is cheaper than
+keeping one (about 260 bytes a record for both trees)."""
 
 FRONTIER_STEP = 256
 """Leaves between two stored frontiers of a log (``LogFrontierRow``)."""

@@ -68,6 +68,7 @@ from directory_server.storage.models import (
     DERIVED_TABLES,
     FRONTIER_STEP,
     SNAPSHOT_EVERY,
+    SNAPSHOT_MIN_RECORDS,
     AccessGrantRow,
     AuditRow,
     Base,
@@ -485,7 +486,8 @@ class Store:
         s.flush()
         self._check_state(s, checkpoint, trees)
         self._put_checkpoint(s, checkpoint, frontier)
-        if trees.snapshot is None or checkpoint.size - trees.snapshot >= SNAPSHOT_EVERY:
+        due = trees.snapshot is None or checkpoint.size - trees.snapshot >= SNAPSHOT_EVERY
+        if due and trees.everything.size >= SNAPSHOT_MIN_RECORDS:
             _put_snapshot(s, checkpoint.member, checkpoint.size, trees)
             trees.snapshot = checkpoint.size
 

@@ -119,7 +119,9 @@ def one_change(
 
 @pytest.fixture
 def records_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The members whose current records a store reads whole (to build state trees)."""
+    """The members whose current records a store reads whole (to build state trees); state
+    snapshots kept whatever the number of records."""
+    monkeypatch.setattr(store_module, "SNAPSHOT_MIN_RECORDS", 0)
     read_all: list[str] = []
     current = Store._current
 
