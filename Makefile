@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BUF    := node_modules/.bin/buf
 
-.PHONY: all venv generate lint-proto lint test demo bench bench-find-all bench-memory bench-find-dated bench-propagation bench-rest bench-sync bench-sync-1m wheels clean
+.PHONY: all venv generate lint-proto lint test demo bench bench-find-all bench-memory bench-find-dated bench-proof bench-propagation bench-rest bench-sync bench-sync-1m wheels clean
 
 all: test
 
@@ -74,6 +74,10 @@ BENCH_DATA ?= .bench-data
 ## verify-and-hash rate; one-entry pulls; a publish of one changed record (bench/README.md).
 bench-sync: $(STAMP)
 	$(PY) bench/bench_sync.py --entries 100000 --dataset $(BENCH_DATA)/sync-100k --publish
+
+## The serving side of a one-entry pull: GetConsistencyProof at 1,000,000 entries, against the old full computation.
+bench-proof: $(STAMP)
+	$(PY) bench/bench_proof.py --entries 1000000
 
 ## The same over 1,000,000 entries of one member: 5,000 records, 200 versions each.
 bench-sync-1m: $(STAMP)

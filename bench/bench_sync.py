@@ -296,7 +296,11 @@ def append_one(data_dir: Path, key: signing.SigningKey, now: datetime) -> int:
         record.review_date = "2026-12-01"  # type: ignore[union-attr]
         e = log.build_entry(SOURCE_MEMBER, size + 1, name, record, now, key)
         tree.append(e.leaf_hash)
-        cp = log.build_checkpoint(SOURCE_MEMBER, size + 1, tree.root(), now, key, VALIDITY)
+        # signing the state roots, as every checkpoint a node publishes does (the target checks them)
+        roots = store.state_roots_after(SOURCE_MEMBER, [
+            state.CurrentEntry(name, e.seq, e.leaf_hash, False, redaction.record_members_only(e.record))
+        ])
+        cp = log.build_checkpoint(SOURCE_MEMBER, size + 1, tree.root(), now, key, VALIDITY, state=roots)
         store.append(SOURCE_MEMBER, size, [e], cp)
         return size + 1
     finally:
@@ -737,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
             pid = source.proc.pid
             if a.no_full_sync:
                 # the target holds what the source holds (a copy of its database), as after a full sync
-                shutil.copytree(source_dir, work / "target")
+                # not the serving source's wake sockets (directory_server.wake), which cannot be copied
+                shutil.copytree(source_dir, work / "target", ignore=shutil.ignore_patterns("wake"))
                 (work / "target" / "bench-source.key").unlink()
                 (work / "target" / CONFIG_NAME).write_text(
                     NodeConfig(data_dir=work / "target", member=TARGET_MEMBER).to_toml(), encoding="utf-8")

@@ -7,6 +7,7 @@ it reads and writes through the Store and decides nothing that the domain decide
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -125,6 +126,9 @@ class MemberStatus:
 
 
 ALARM_REASONS = ("OWN_LOG_FROM_PEER",)
+
+HELD_CHECKED_KEEP = 1024
+"""Held checkpoints whose signature a Node keeps as checked (one per member and version)."""
 """Rejections that are alarms, not just a peer to distrust: a log of this node's own member,
 signed with its key, that this node did not sign."""
 
@@ -155,6 +159,8 @@ class Node:
         # processes, which push it to their peers (directory_server.wake)
         self.store.watch_commits(self._wake_servers)
         self._federation: fed.Federation | None = None
+        self._held_checked: dict[tuple[int, str, bytes], log.LogCheckpoint] = {}
+        self._held_lock = threading.Lock()
 
     def _wake_servers(self) -> None:
         wake.poke(self.config.data_dir)
@@ -239,7 +245,20 @@ class Node:
         envelope = self.store.checkpoint(member)
         if envelope is None:
             return None
-        return log.verify_checkpoint(envelope, member, self.federation(), check_window=False)
+        federation = self.federation()
+        # the same bytes under the same federation document verify the same way: checked
+        # once (a pass reads each held checkpoint again; a pull's offered one is held next)
+        key = (federation.version, member, envelope)
+        with self._held_lock:
+            checked = self._held_checked.get(key)
+        if checked is not None:
+            return checked
+        checked = log.verify_checkpoint(envelope, member, federation, check_window=False)
+        with self._held_lock:
+            self._held_checked[key] = checked
+            while len(self._held_checked) > HELD_CHECKED_KEEP:
+                self._held_checked.pop(next(iter(self._held_checked)))
+        return checked
 
     def verified_entries(self, member: str) -> list[log.LogEntry]:
         """Every entry of a member's log, each signature re-checked (verify before trusting
@@ -602,6 +621,18 @@ class Node:
                         "the stored frontier of the log tree is not that of the entries on disk "
                         "(`counterpart-node rebuild` recomputes it)",
                     ))
+                steps = self.store.log_frontiers(member)
+                tree = merkle.CompactRange()
+                for h in hashes:
+                    tree.append(h)
+                    if steps.get(tree.size, tree.frontier) != tree.frontier:
+                        break  # what consistency proofs start from: a wrong one makes peers refuse them
+                if tree.size < len(hashes) or max(steps, default=0) > len(hashes):
+                    problems.append(Problem(
+                        member, 0, "FRONTIER_MISMATCH",
+                        f"the stored frontier of the log tree at {tree.size} entries is not that of the entries "
+                        "on disk (`counterpart-node rebuild` recomputes it)",
+                    ))
                 if cp.state is not None and len(entries) == len(stored_flags):
                     latest = {e.name: e for e in entries if not e.withheld}
                     state.check_roots(member, cp.state, [
@@ -623,6 +654,7 @@ class Node:
         for member, entries in verified.items():
             self.store.set_restricted(member, redaction.mark_log(entries, self.store.restricted_flags(member)))
             self.store.put_frontier(member, merkle.CompactRange.from_leaf_hashes(e.leaf_hash for e in entries))
+            self.store.replace_log_frontiers(member, [e.leaf_hash for e in entries])
         return self.store.rebuild_derived(verified)
 
 

@@ -16,7 +16,7 @@ import grpc
 
 from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
-from counterpart_core import merkle, redaction, replication
+from counterpart_core import redaction, replication
 from counterpart_core.bounds import INT64_MAX
 from counterpart_core.errors import InvalidArgumentError, ResourceExhaustedError
 from counterpart_core.names import check_member_code
@@ -161,8 +161,9 @@ class ReplicationServicer(rs_grpc.ReplicationServiceServicer):
                 f"the size of {request.member}'s log this node holds",
                 reason="INVALID_RANGE",
             )
-        hashes = self.node.store.leaf_hashes(request.member, upto=request.second_size)
-        return rs.GetConsistencyProofResponse(hashes=merkle.consistency_proof(hashes, request.first_size))
+        # O(log n + change): from the stored frontier nearest below first_size
+        proof = self.node.store.consistency_proof(request.member, request.first_size, request.second_size)
+        return rs.GetConsistencyProofResponse(hashes=proof)
 
     @handle_stream_errors
     def WatchCheckpoints(

@@ -11,11 +11,12 @@ Guarantees (checked by tests/contract/test_storage_contract.py on both backends)
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,8 +44,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from counterpart_core import merkle, state
-from counterpart_core.errors import ConflictError
+from counterpart.v1 import log_pb2
+from counterpart_core import merkle, signing, state
+from counterpart_core.errors import ConflictError, CounterpartError, VerificationError
 from counterpart_core.index import (
     LEVEL_MUNICIPALITY,
     LEVEL_NATIONAL,
@@ -59,6 +61,7 @@ from counterpart_core.index import (
     shape_entries,
 )
 from counterpart_core.log import WITHHELD, LogCheckpoint, LogEntry
+from counterpart_core.log import checkpoint_state as log_checkpoint_state
 from counterpart_core.redaction import (
     Marker,
     deletion_restricted,
@@ -68,6 +71,9 @@ from counterpart_core.redaction import (
 from directory_server.storage import pgnotify
 from directory_server.storage.models import (
     DERIVED_TABLES,
+    FRONTIER_STEP,
+    SNAPSHOT_EVERY,
+    SNAPSHOT_MIN_RECORDS,
     AccessGrantRow,
     AuditRow,
     Base,
@@ -77,6 +83,7 @@ from directory_server.storage.models import (
     EntryRow,
     EquivocationRow,
     FederationDocumentRow,
+    LogFrontierRow,
     PeerMemberRow,
     PlaceIndexRow,
     RecordAttrRow,
@@ -84,6 +91,7 @@ from directory_server.storage.models import (
     RejectionRow,
     SearchTermRow,
     StagedEntryRow,
+    StateSnapshotRow,
 )
 
 _T = TypeVar("_T")
@@ -102,6 +110,7 @@ class _StateCache:
     everything: state.SortedLeafTree
     public: state.SortedLeafTree
     generation: tuple[int, int]  # (Store._epoch, Store._generations[member]) when read: stale after a fill or rebuild
+    snapshot: int | None = None  # the size of the stored state snapshot they started from (None: read from the records)
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -271,6 +280,51 @@ class Store:
         with self._session() as s:
             return _frontier(s, member)
 
+    def consistency_proof(self, member: str, first: int, second: int) -> list[bytes]:
+        """RFC 9162 ``PROOF(first, D[second])`` of the member's stored log, from the stored
+        frontier nearest below ``first`` (``LogFrontierRow``) and the leaves after it: fewer
+        than ``FRONTIER_STEP`` leaves before ``first``, then those of ``(first, second]``.
+        The frontiers a log lacks (a range appended staged, a log stored before revision
+        0006) are computed from its leaves the first time, and stored for the next proof.
+        The caller checks ``0 < first <= second <=`` the size a verified checkpoint covers."""
+        if first >= second:
+            return []
+        with self._session() as s:
+            base = s.execute(
+                select(LogFrontierRow.size, LogFrontierRow.frontier)
+                .where(LogFrontierRow.member == member, LogFrontierRow.size <= first)
+                .order_by(LogFrontierRow.size.desc()).limit(1)
+            ).first()
+            tree = merkle.CompactRange.from_frontier(int(base[0]), bytes(base[1])) if base else merkle.CompactRange()
+            start = tree.size
+            hashes = _leaf_range(s, member, start, second)
+        before, after = hashes[: first - start], hashes[first - start :]
+        if len(before) >= FRONTIER_STEP:
+            # steps skipped (a range appended staged, a log older than 0006): those up to
+            # ``first`` stored now, once, never on the path of a change appended one by one;
+            # a concurrent writer of the same rows (the same bytes) wins
+            steps = _steps(member, tree, before)
+            with contextlib.suppress(IntegrityError), self.transaction() as s:
+                s.execute(_table(LogFrontierRow).insert(), steps)
+        else:
+            for h in before:
+                tree.append(h)
+        return merkle.consistency_proof_from(tree, after)
+
+    def log_frontiers(self, member: str) -> dict[int, bytes]:
+        """size -> the stored frontier of the member's log tree at that size (``verify``)."""
+        with self._session() as s:
+            q = select(LogFrontierRow.size, LogFrontierRow.frontier).where(LogFrontierRow.member == member)
+            return {int(size): bytes(frontier) for size, frontier in s.execute(q)}
+
+    def replace_log_frontiers(self, member: str, leaf_hashes: Sequence[bytes]) -> None:
+        """Store the member's frontiers anew from its whole log's leaf hashes (``rebuild``)."""
+        steps = _steps(member, merkle.CompactRange(), leaf_hashes)
+        with self.transaction() as s:
+            s.execute(delete(LogFrontierRow).where(LogFrontierRow.member == member))
+            if steps:
+                s.execute(_table(LogFrontierRow).insert(), steps)
+
     def members_with_logs(self) -> list[str]:
         with self._session() as s:
             return list(s.scalars(select(EntryRow.member).distinct().order_by(EntryRow.member)))
@@ -412,8 +466,7 @@ class Store:
                 tree = _frontier(s, member)
                 if tree.size != expected_size:  # a checkpoint that does not cover the log: never written so
                     tree = merkle.CompactRange.from_leaf_hashes(_leaf_hashes(s, member, expected_size))
-                for e in entries:
-                    tree.append(e.leaf_hash)
+                steps = _steps(member, tree, [e.leaf_hash for e in entries])
                 if tree.root() != checkpoint.root_hash:
                     raise ConflictError(
                         f"{member}: the checkpoint's root is not that of the stored tree extended by the batch "
@@ -438,6 +491,13 @@ class Store:
                 # only a name's last entry shapes its state; a withheld one has no name or state
                 latest = {e.name: e for e in entries if not e.withheld}
                 self._follow(s, trees, list(latest.values()))
+                if steps:
+                    # a step a proof already computed from the leaves (a log stored before
+                    # 0006) is written again here: the same bytes, so the old row goes
+                    s.execute(delete(LogFrontierRow).where(
+                        LogFrontierRow.member == member, LogFrontierRow.size > expected_size
+                    ))
+                    s.execute(_table(LogFrontierRow).insert(), steps)
                 self._seal(s, checkpoint, trees, tree.frontier)
         except IntegrityError as e:
             raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
@@ -459,6 +519,10 @@ class Store:
         s.flush()
         self._check_state(s, checkpoint, trees)
         self._put_checkpoint(s, checkpoint, frontier)
+        due = trees.snapshot is None or checkpoint.size - trees.snapshot >= SNAPSHOT_EVERY
+        if due and trees.everything.size >= SNAPSHOT_MIN_RECORDS:
+            _put_snapshot(s, checkpoint.member, checkpoint.size, trees)
+            trees.snapshot = checkpoint.size
 
     def _take_state(self, s: Session, member: str) -> _StateCache:
         """The member's state trees as of the checkpoint stored now (read in ``s``), taken
@@ -473,6 +537,10 @@ class Store:
             generation = (self._epoch, self._generations.get(member, 0))
         if cached is not None and cached.basis == basis:
             return cached
+        snapshot = _from_snapshot(s, member, basis[0])
+        if snapshot is not None:
+            everything, public, since = snapshot
+            return _StateCache(basis, everything, public, generation, since)
         everything, public = state.state_trees(self._current(s, member))
         return _StateCache(basis, everything, public, generation)
 
@@ -688,6 +756,7 @@ class Store:
                     (int(r.seq), r)
                     for r in s.scalars(select(EntryRow).where(EntryRow.member == member, EntryRow.seq.in_(seqs)))
                 )
+            s.execute(delete(StateSnapshotRow).where(StateSnapshotRow.member == member))
             for e in ordered:
                 row = rows.get(e.seq)
                 if e.member != member or e.withheld or row is None or row.kind != WITHHELD or bytes(row.leaf_hash) != e.leaf_hash:
@@ -854,7 +923,7 @@ class Store:
         count = 0
         self._drop_state()
         with self.transaction() as s:
-            for table in DERIVED_TABLES:
+            for table in (*DERIVED_TABLES, StateSnapshotRow):
                 s.execute(delete(table))
             for entries in entries_by_member.values():
                 latest = {e.name: e for e in entries if not e.withheld}
@@ -1336,6 +1405,23 @@ def _leaf_hashes(s: Session, member: str, upto: int) -> list[bytes]:
     return [bytes(h) for h in s.scalars(q.order_by(EntryRow.seq))]
 
 
+def _leaf_range(s: Session, member: str, after: int, upto: int) -> list[bytes]:
+    """Leaf hashes of seqs ``after + 1 .. upto``, in order (a range of the primary key)."""
+    q = select(EntryRow.leaf_hash).where(EntryRow.member == member, EntryRow.seq > after, EntryRow.seq <= upto)
+    return [bytes(h) for h in s.scalars(q.order_by(EntryRow.seq))]
+
+
+def _steps(member: str, tree: merkle.CompactRange, leaf_hashes: Iterable[bytes]) -> list[dict[str, Any]]:
+    """Extend ``tree`` by ``leaf_hashes``: the ``LogFrontierRow`` values of each multiple of
+    ``FRONTIER_STEP`` it passes."""
+    steps: list[dict[str, Any]] = []
+    for h in leaf_hashes:
+        tree.append(h)
+        if tree.size % FRONTIER_STEP == 0:
+            steps.append({"member": member, "size": tree.size, "frontier": tree.frontier})
+    return steps
+
+
 def _frontier(s: Session, member: str) -> merkle.CompactRange:
     """The member's log tree at its checkpoint's size: from the stored frontier, or, for a
     checkpoint stored before revision 0005, from the leaf hashes (once: the next append
@@ -1431,6 +1517,83 @@ def _update_tree(trees: _StateCache, name: str, seq: int, leaf_hash: bytes, publ
         trees.public.put(key, leaf)
     else:
         trees.public.remove(key)
+
+
+SNAPSHOT_REPLAY_MAX = 4 * SNAPSHOT_EVERY
+"""Entries after a state snapshot beyond which the trees are read from the records instead."""
+
+
+def _put_snapshot(s: Session, member: str, size: int, trees: _StateCache) -> None:
+    """Store the member's state trees as of the checkpoint of ``size`` being committed in ``s``."""
+    s.execute(delete(StateSnapshotRow).where(StateSnapshotRow.member == member))
+    s.execute(_table(StateSnapshotRow).insert(), [{
+        "member": member, "size": size,
+        "everything": trees.everything.to_bytes(), "public": trees.public.to_bytes(),
+    }])
+
+
+def _from_snapshot(
+    s: Session, member: str, size: int
+) -> tuple[state.SortedLeafTree, state.SortedLeafTree, int] | None:
+    """The member's state trees at the held checkpoint of ``size`` leaves, from its stored
+    snapshot and the names of the entries appended since (their current records read by
+    name): O(change). Only when their roots are those the held checkpoint signs (the whole
+    state's when the log is held whole), which the derived records matched when it was
+    stored; else None, and the caller reads every current record."""
+    row = s.execute(
+        select(StateSnapshotRow.size, StateSnapshotRow.everything, StateSnapshotRow.public)
+        .where(StateSnapshotRow.member == member)
+    ).first()
+    if row is None or not 0 <= size - int(row[0]) <= SNAPSHOT_REPLAY_MAX:
+        return None
+    envelope = s.scalar(select(CheckpointRow.envelope).where(CheckpointRow.member == member))
+    try:
+        signed = _signed_state(bytes(envelope)) if envelope is not None else None
+        everything, public = state.SortedLeafTree.from_bytes(bytes(row[1])), state.SortedLeafTree.from_bytes(bytes(row[2]))
+    except (ValueError, CounterpartError):
+        return None
+    if signed is None:
+        return None
+    since = int(row[0])
+    names = sorted(set(s.scalars(
+        select(EntryRow.name).where(EntryRow.member == member, EntryRow.seq > since, EntryRow.seq <= size,
+                                    EntryRow.kind != WITHHELD)
+    )))
+    current: dict[str, tuple[int, bool, bytes]] = {}
+    for chunk in _chunks(names):
+        current.update(
+            (name, (int(seq), bool(public_), bytes(leaf))) for name, seq, public_, leaf in s.execute(
+                select(RecordRow.name, RecordRow.seq, RecordRow.public, EntryRow.leaf_hash)
+                .join(EntryRow, and_(EntryRow.member == RecordRow.member, EntryRow.seq == RecordRow.seq))
+                .where(RecordRow.member == member, RecordRow.name.in_(chunk))
+            )
+        )
+    for name in names:
+        key = name.encode()
+        found = current.get(name)
+        if found is None:  # deleted: no current record
+            everything.remove(key)
+            public.remove(key)
+            continue
+        leaf = state.StateLeaf(name, found[0], found[2]).hash()
+        everything.put(key, leaf)
+        if found[1]:
+            public.put(key, leaf)
+        else:
+            public.remove(key)
+    whole = s.scalar(select(EntryRow.seq).where(EntryRow.member == member, EntryRow.kind == WITHHELD).limit(1)) is None
+    try:
+        state.check_tree_roots(member, signed, everything, public, whole_log=whole)
+    except VerificationError:
+        return None
+    return everything, public, since
+
+
+def _signed_state(envelope: bytes) -> state.StateRoots | None:
+    """The state roots a stored checkpoint signs (its signature was checked as it was stored)."""
+    cp = log_pb2.Checkpoint()
+    cp.ParseFromString(signing.parse_envelope(envelope).payload)
+    return log_checkpoint_state(cp)
 
 
 def _table(model: type[Base]) -> Table:

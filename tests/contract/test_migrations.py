@@ -18,6 +18,6 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], f"models and migrations differ; add a migration: {diff}"
         with store.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0005"
+            assert MigrationContext.configure(conn).get_current_revision() == "0006"
     finally:
         store.close()

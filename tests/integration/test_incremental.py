@@ -4,7 +4,8 @@ A pull of one new entry and a publish of one changed record run the same SQL sta
 whatever the length of the member's log, and never read the log whole: the log tree is
 extended from its stored frontier, the state roots from state trees kept by name, the
 publish diff from the derived records of the names in the files. ``verify`` stays the
-full check, and it checks the stored frontier too. Counted, not timed.
+full check, and it checks the stored frontiers too. A consistency proof is served from the
+stored frontier nearest below its first size and the leaves after it. Counted, not timed.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from conftest import PASSPHRASE  # type: ignore[import-not-found, unused-ignore]
-from sqlalchemy import event, update
+from sqlalchemy import delete, event, update
 from tests_support_cluster import many_authorities
 
+from counterpart.v1 import replication_service_pb2 as rs
+from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
+from counterpart_core import merkle, state
 from counterpart_core.errors import ConflictError
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
-from directory_server.storage.models import CheckpointRow
+from directory_server.storage import store as store_module
+from directory_server.storage.models import CheckpointRow, LogFrontierRow, StateSnapshotRow
+from directory_server.storage.store import Store
 from directory_server.sync import Syncer
 
 RECORDS = 6
@@ -70,10 +77,13 @@ def counted(node: Node) -> Iterator[dict[str, Any]]:
             setattr(store, name, originals[name])
 
 
-def one_change(make_node: Callable[..., Node], tmp_path: Path, versions: int) -> dict[str, dict[str, Any]]:
+def one_change(
+    make_node: Callable[..., Node], tmp_path: Path, versions: int, fresh: bool = False
+) -> dict[str, dict[str, Any]]:
     """A source whose log holds RECORDS x ``versions`` entries and a target that pulled it
-    all; then the source publishes one changed record and the target pulls that entry.
-    What each of the two steps ran."""
+    all; then the source publishes one changed record and the target pulls that entry (with
+    ``fresh``, each in a new Node over the same database, as a new process would: nothing in
+    memory). What each of the two steps ran."""
     source = make_node("GE", ["GE", "AZ"])
     target = make_node("AZ", ["GE", "AZ"])
     folder = tmp_path / f"records-{versions}"
@@ -83,6 +93,10 @@ def one_change(make_node: Callable[..., Node], tmp_path: Path, versions: int) ->
     syncer = Syncer(target)
     try:
         assert syncer.sync_peer(server.address).pulled == {"GE": RECORDS * versions}
+        if fresh:
+            syncer.close()
+            source, target = Node(source.config, clock=source.clock), Node(target.config, clock=target.clock)
+            syncer = Syncer(target)
         many_authorities(folder, "GE", RECORDS, label=f"Court v{versions - 1}")
         text = (folder / "authorities.yaml").read_text(encoding="utf-8")
         changed = text.replace(f'"Court v{versions - 1} 0"', '"Changed court"')
@@ -97,17 +111,66 @@ def one_change(make_node: Callable[..., Node], tmp_path: Path, versions: int) ->
         syncer.close()
         server.stop(0)
     assert target.verify()[1] == [] and source.verify()[1] == []
+    if fresh:
+        source.close()
+        target.close()
     return {"publish": published, "pull": pulled}
 
 
+@pytest.fixture
+def records_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The members whose current records a store reads whole (to build state trees); state
+    snapshots kept whatever the number of records."""
+    monkeypatch.setattr(store_module, "SNAPSHOT_MIN_RECORDS", 0)
+    read_all: list[str] = []
+    current = Store._current
+
+    def spy(s: Any, member: str) -> Any:
+        read_all.append(member)
+        return current(s, member)
+
+    monkeypatch.setattr(Store, "_current", staticmethod(spy))
+    return read_all
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["running", "new process"])
 def test_one_change_costs_the_same_whatever_the_length_of_the_log(
-    make_node: Callable[..., Node], tmp_path: Path
+    make_node: Callable[..., Node], tmp_path: Path, records_read: list[str], fresh: bool
 ) -> None:
-    short = one_change(make_node, tmp_path / "short", 2)
-    long = one_change(make_node, tmp_path / "long", 12)  # six times the log, the same records
+    short = one_change(make_node, tmp_path / "short", 2, fresh)
+    long = one_change(make_node, tmp_path / "long", 12, fresh)  # six times the log, the same records
     for step in ("publish", "pull"):
         assert short[step]["whole_log_reads"] == [] and long[step]["whole_log_reads"] == [], step
         assert short[step]["statements"] == long[step]["statements"], step
+    # only the first append of each node read every current record (and wrote the state
+    # snapshot); a new process starts from that snapshot
+    assert records_read == ["GE"] * 4
+
+
+def test_a_snapshot_that_is_not_of_the_signed_state_is_not_used(
+    make_node: Callable[..., Node], tmp_path: Path, records_read: list[str]
+) -> None:
+    node = make_node("GE")
+    grow(node, tmp_path / "records", 2)
+    with node.store.transaction() as s:  # a snapshot that holds a record no entry made
+        snap = s.get(StateSnapshotRow, "GE")
+        assert snap is not None and snap.size == RECORDS  # written by the first publish
+        tree = state.SortedLeafTree.from_bytes(bytes(snap.everything))
+        tree.put(b"members/GE/authorities/nowhere", b"\x01" * 32)
+        snap.everything = snap.public = tree.to_bytes()
+    records_read.clear()
+    fresh = Node(node.config, clock=node.clock)
+    try:
+        grow(fresh, tmp_path / "records", 1, first=2)  # read from the records, and published right
+        assert records_read == ["GE"] and fresh.verify()[1] == []
+        with fresh.store.transaction() as s:
+            snap = s.get(StateSnapshotRow, "GE")
+            assert snap is not None and snap.size == 3 * RECORDS  # written anew
+        fresh.rebuild()
+        with fresh.store.transaction() as s:
+            assert s.get(StateSnapshotRow, "GE") is None
+    finally:
+        fresh.close()
 
 
 def test_verify_checks_the_stored_frontier_and_rebuild_repairs_it(
@@ -143,3 +206,87 @@ def test_a_log_stored_before_the_frontier_column_is_extended_from_its_leaves(
     row = node.store.checkpoint_row("GE")
     assert row is not None and row.frontier is not None
     assert node.verify()[1] == []
+
+
+def serve_proof(node: Node, address: str, first: int, second: int) -> tuple[list[bytes], dict[str, Any]]:
+    """GetConsistencyProof from the serving node over gRPC: the proof, the statements its
+    store ran (in any thread) and the leaf hashes it read."""
+    seen: dict[str, Any] = {"statements": 0, "leaves": 0}
+
+    def on_execute(*_args: Any) -> None:
+        seen["statements"] += 1
+
+    original = store_module._leaf_range
+
+    def leaf_range(*args: Any) -> list[bytes]:
+        hashes = original(*args)
+        seen["leaves"] += len(hashes)
+        return hashes
+
+    event.listen(node.store.engine, "before_cursor_execute", on_execute)
+    store_module._leaf_range = leaf_range
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = rs_grpc.ReplicationServiceStub(channel).GetConsistencyProof(
+                rs.GetConsistencyProofRequest(member=node.member, first_size=first, second_size=second)
+            )
+    finally:
+        store_module._leaf_range = original
+        event.remove(node.store.engine, "before_cursor_execute", on_execute)
+    return list(reply.hashes), seen
+
+
+def test_a_consistency_proof_is_served_from_stored_frontiers_whatever_the_length_of_the_log(
+    make_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "FRONTIER_STEP", 4)  # many steps in a short log
+    served: dict[int, dict[str, Any]] = {}
+    for versions in (3, 18):
+        node = make_node("GE")
+        grow(node, tmp_path / f"records-{versions}", versions)
+        n = RECORDS * versions
+        assert sorted(node.store.log_frontiers("GE")) == list(range(4, n + 1, 4))
+        hashes = [bytes(h) for h in node.store.leaf_hashes("GE")]
+        server = NodeServer(node, "127.0.0.1:0", access_log=False)
+        server.start()
+        try:
+            for first in range(1, n + 1):  # from every size, against the full computation
+                assert serve_proof(node, server.address, first, n)[0] == merkle.consistency_proof(hashes, first)
+            proof, served[versions] = serve_proof(node, server.address, n - 1, n)  # one new entry
+        finally:
+            server.stop(0)
+        assert proof == merkle.consistency_proof(hashes, n - 1)
+        assert node.verify()[1] == []
+    # the statements and the leaves read do not grow with the log: fewer than a step before
+    # the first size, and the one new leaf
+    assert served[3]["statements"] == served[18]["statements"]
+    assert served[3]["leaves"] <= 4 and served[18]["leaves"] <= 4
+
+
+def test_frontiers_a_log_lacks_are_computed_once_and_verify_checks_them(
+    make_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "FRONTIER_STEP", 4)
+    node = make_node("GE")
+    grow(node, tmp_path / "records", 6)
+    n = 6 * RECORDS
+    written = node.store.log_frontiers("GE")
+    hashes = [bytes(h) for h in node.store.leaf_hashes("GE")]
+    with node.store.transaction() as s:  # as a staged range or a log stored before 0006 leaves it
+        s.execute(delete(LogFrontierRow))
+    server = NodeServer(node, "127.0.0.1:0", access_log=False)
+    server.start()
+    try:
+        proof, first_time = serve_proof(node, server.address, n - 2, n)
+        assert proof == merkle.consistency_proof(hashes, n - 2) and first_time["leaves"] == n
+        assert node.store.log_frontiers("GE") == {k: v for k, v in written.items() if k <= n - 2}
+        proof, again = serve_proof(node, server.address, n - 1, n)
+        assert proof == merkle.consistency_proof(hashes, n - 1) and again["leaves"] < 4 + 1
+    finally:
+        server.stop(0)
+    assert node.verify()[1] == []
+    with node.store.transaction() as s:
+        s.execute(update(LogFrontierRow).where(LogFrontierRow.size == 8).values(frontier=b"\x00" * 32))
+    assert [p.reason for p in node.verify()[1]] == ["FRONTIER_MISMATCH"]
+    node.rebuild()
+    assert node.verify()[1] == [] and node.store.log_frontiers("GE") == written

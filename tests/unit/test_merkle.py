@@ -27,6 +27,7 @@ from counterpart_core.merkle import (
     HASH_SIZE,
     CompactRange,
     consistency_proof,
+    consistency_proof_from,
     inclusion_proof,
     leaf_hash,
     node_hash,
@@ -177,6 +178,16 @@ def test_consistency_proof_reproduces_vector(path: Path) -> None:
     assert root_hash(tree[: case["size1"]]) == _b64(case["root1"])
     assert root_hash(tree) == _b64(case["root2"])
     assert consistency_proof(tree, case["size1"]) == _proof(case["proof"])
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in CONSISTENCY_FILES if _is_numbered_happy_path(p)], ids=_id
+)
+def test_consistency_proof_from_the_old_frontier_reproduces_vector(path: Path) -> None:
+    case = _load(path)
+    size1, tree = case["size1"], REFERENCE_HASHES[: case["size2"]]
+    old = CompactRange.from_leaf_hashes(tree[:size1])
+    assert consistency_proof_from(old, tree[size1:]) == _proof(case["proof"])
 
 
 # --------------------------------------------------------------------------- RFC transcription
@@ -491,3 +502,25 @@ def test_compact_range_matches_root_hash_for_every_prefix(n: int, salt: bytes) -
         assert compact.size == i
         assert compact.root() == root_hash(tree[:i])
     assert CompactRange.from_leaf_hashes(tree).root() == root_hash(tree)
+
+
+def test_consistency_proof_from_the_old_frontier_equals_the_full_computation_exhaustively() -> None:
+    leaves = _leaves(b"frontier", 140)
+    for n in range(141):
+        for m in range(n + 1):
+            old = CompactRange.from_leaf_hashes(leaves[:m])
+            assert consistency_proof_from(old, leaves[m:n]) == consistency_proof(leaves[:n], m), (m, n)
+
+
+@FAST
+@given(st.integers(min_value=1, max_value=5000), st.integers(min_value=0, max_value=600), st.binary(max_size=8))
+def test_consistency_proof_from_the_old_frontier_equals_the_full_computation(m: int, change: int, salt: bytes) -> None:
+    tree = _leaves(salt, m + change)
+    proof = consistency_proof_from(CompactRange.from_leaf_hashes(tree[:m]), tree[m:])
+    assert proof == consistency_proof(tree, m)
+    verify_consistency(m, m + change, root_hash(tree[:m]), root_hash(tree), proof)
+
+
+def test_consistency_proof_from_rejects_a_leaf_hash_of_the_wrong_length() -> None:
+    with pytest.raises(ValueError):
+        consistency_proof_from(CompactRange.from_leaf_hashes(_leaves(b"x", 3)), [b"short"])

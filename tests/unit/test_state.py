@@ -203,3 +203,25 @@ def test_a_sorted_leaf_tree_kept_by_name_has_the_root_of_its_leaves_recomputed()
                 tree = tree.copy()
         assert tree.size == len(leaves)
         assert tree.root() == merkle.root_hash([leaves[k] for k in sorted(leaves)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=12), max_size=70, unique=True), st.binary(min_size=1, max_size=12))
+def test_a_sorted_leaf_tree_read_back_from_its_bytes_is_the_same_tree(keys: list[bytes], extra: bytes) -> None:
+    leaves = [(k, hashlib.sha256(k).digest()) for k in keys]
+    tree = state.SortedLeafTree(leaves)
+    back = state.SortedLeafTree.from_bytes(tree.to_bytes())
+    assert back.size == tree.size and back.root() == tree.root() == merkle.root_hash([h for _, h in sorted(leaves)])
+    for t in (tree, back):  # and it goes on changing as the original does
+        t.put(extra, hashlib.sha256(b"new").digest())
+        if keys:
+            t.remove(keys[0])
+    assert back.root() == tree.root() and back.to_bytes() == tree.to_bytes()
+
+
+def test_bytes_that_are_no_sorted_leaf_tree_are_refused() -> None:
+    data = state.SortedLeafTree([(b"a", b"\x01" * 32), (b"b", b"\x02" * 32)]).to_bytes()
+    unsorted = state.SortedLeafTree([(b"b", b"\x01" * 32), (b"c", b"\x02" * 32)]).to_bytes().replace(b"bc", b"cb")
+    for bad in (b"", data[:-1], data + b"\x00", unsorted, (10**9).to_bytes(8, "big")):
+        with pytest.raises(ValueError):
+            state.SortedLeafTree.from_bytes(bad)

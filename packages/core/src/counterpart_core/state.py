@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import bisect
 import hmac
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, pairwise
 
 from counterpart_core import merkle
 from counterpart_core.errors import ProofError, VerificationError
@@ -165,6 +167,46 @@ class SortedLeafTree:
     @property
     def size(self) -> int:
         return len(self._keys)
+
+    def to_bytes(self) -> bytes:
+        """The tree, every level hashed, as bytes ``from_bytes`` reads back without hashing
+        anything: the leaf count, each key's length, the keys, then each level's hashes."""
+        self._rehash()
+        keys = self._keys
+        return b"".join((
+            len(keys).to_bytes(8, "big"), array("I", map(len, keys)).tobytes(), *keys,
+            *(h for level in self._levels for h in level),
+        ))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SortedLeafTree:
+        """The tree ``to_bytes`` wrote; ``ValueError`` for bytes that cannot be one (the
+        caller checks the root against one it trusts)."""
+        data = bytes(data)
+        if len(data) < 8:
+            raise ValueError("a state tree needs at least its leaf count")
+        n = int.from_bytes(data[:8], "big")
+        lengths = array("I")
+        at = 8 + n * lengths.itemsize
+        if len(data) < at:
+            raise ValueError("state tree bytes end inside the key lengths")
+        lengths.frombytes(data[8:at])
+        ends = list(accumulate(lengths, initial=at))
+        keys = [data[a:b] for a, b in pairwise(ends)]
+        at = ends[-1]
+        sizes = [n]
+        while sizes[-1] > 1:
+            sizes.append(sizes[-1] // 2)
+        h = merkle.HASH_SIZE
+        if len(data) - at != h * sum(sizes) or any(a >= b for a, b in pairwise(keys)):
+            raise ValueError("state tree bytes do not hold one sorted tree")
+        levels: list[list[bytes]] = []
+        for size in sizes:
+            levels.append([data[i : i + h] for i in range(at, at + size * h, h)])
+            at += size * h
+        tree = cls()
+        tree._keys, tree._levels, tree._dirty = keys, levels, None
+        return tree
 
     def copy(self) -> SortedLeafTree:
         other = SortedLeafTree()
