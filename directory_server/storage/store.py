@@ -1452,13 +1452,22 @@ _STAGED_COLUMNS = ("stage", "seq", "member", "name", "kind", "envelope", "leaf_h
 
 
 def _drop_derived(s: Session, names: Sequence[str]) -> None:
-    """Delete the derived rows of those of ``names`` that have any."""
+    """Delete the derived rows of those of ``names`` that have any, through the driver (the
+    expression language cost more than the deletes of a one-entry pull): derived rows are
+    written and read as rows, never held as ORM objects across it."""
+    conn = s.connection()
+    quote = conn.dialect.identifier_preparer.quote
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     existing: list[str] = []
     for chunk in _chunks(names):
-        existing += s.scalars(select(RecordRow.name).where(RecordRow.name.in_(chunk)))
+        marks = ", ".join([mark] * len(chunk))
+        existing += [n for (n,) in conn.exec_driver_sql(
+            f"SELECT name FROM {quote(RecordRow.__tablename__)} WHERE name IN ({marks})", tuple(chunk)
+        )]
     for chunk in _chunks(existing):
+        marks = ", ".join([mark] * len(chunk))
         for table in DERIVED_TABLES:
-            s.execute(delete(table).where(table.name.in_(chunk)))
+            conn.exec_driver_sql(f"DELETE FROM {quote(table.__tablename__)} WHERE name IN ({marks})", tuple(chunk))
 
 
 def _insert_derived(s: Session, shaped: Sequence[Rows]) -> None:
