@@ -1442,7 +1442,7 @@ class GenerationReader:
     the pool's would.
     """
 
-    KEEP_IDLE = 8  # PostgreSQL connections kept between calls (the node's worker threads)
+    KEEP_IDLE = 16  # PostgreSQL connections kept between calls: as many as lookups run at once
     MAX_KEPT = 4096  # SQLite: generations kept (members asked about; at most 676 codes)
 
     def __init__(self, engine: Engine) -> None:
