@@ -345,7 +345,7 @@ class Store:
             where = " OR ".join(f"(member = ? AND seq IN ({_marks(seqs)}))" for seqs in by_member.values())
             params = [p for m, seqs in by_member.items() for p in (m, *seqs)]
             sql = f"SELECT member, seq, envelope FROM {EntryRow.__tablename__} WHERE {where}"
-            out.update({(m, int(seq)): bytes(env) for m, seq, env in self._driver(sql, params) if env is not None})
+            out.update({(m, int(seq)): bytes(env) for m, seq, env in self._driver(sql, params)})
         return out
 
     def checkpoint(self, member: str) -> bytes | None:
