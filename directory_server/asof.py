@@ -112,6 +112,9 @@ class _ViewStore(Store):
     def generations(self, members: Sequence[str] | None) -> dict[str, Generation]:
         return self.real.generations(members)
 
+    def lookup_generations(self, members: Sequence[str]) -> dict[str, Generation]:
+        return self.real.lookup_generations(members)
+
     def checkpoints(self) -> dict[str, bytes]:
         return self.real.checkpoints()
 
@@ -316,7 +319,7 @@ class AsOfViews:
         instant = Instant(now, effective.IN_EFFECT)
         # one query: what the answer and the decision below depend on (memberindex)
         asked = [m for m in (req.requested_member, req.requesting_member) if m]
-        found = self.store.generations(asked)
+        found = self.store.lookup_generations(asked)
         generations = {m: found.get(m) for m in asked}
         member = generations.get(req.requested_member)
         if member is not None and self.dated(req.requested_member, {req.requested_member: (member.size, member.withheld)}):

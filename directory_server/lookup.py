@@ -675,7 +675,7 @@ class Directory:
                                                            "records": restricted})
 
     def _load_name(self, name: str, snap: Snapshot) -> Loaded | None:
-        row = self.store.record_row(name)
+        row = self.store.record_keys([name]).get(name)
         if row is None or not row.public:
             return None
         return self._load_rows([row], snap)[0]
@@ -807,7 +807,7 @@ class Directory:
                     )
                 roles.setdefault(name, set()).add(role)
         levels = {n: lv for n, lv in levels.items() if n in roles}
-        rows = self.store.record_rows(list(levels))
+        rows = self.store.record_keys(list(levels))
         loaded = {ld.name: ld for ld in self._load_rows([rows[n] for n in sorted(levels) if n in rows], snap)}
         out: list[tuple[ds.Candidate, Loaded]] = []
         for name, ld in loaded.items():

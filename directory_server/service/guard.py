@@ -19,7 +19,7 @@ import grpc
 
 from counterpart_core.errors import InvalidArgumentError
 from directory_server.service.errors import to_status
-from directory_server.service.interceptors import Behaviour, rewrap
+from directory_server.service.interceptors import Behaviour, Wrapped, rewrap
 
 log = logging.getLogger("counterpart.rpc")
 
@@ -76,6 +76,9 @@ def _checked(requests: Iterator[Any], context: grpc.ServicerContext, method: str
 class RequestGuard(grpc.ServerInterceptor):
     """Turns undecodable requests into MALFORMED_REQUEST on every method (module docstring)."""
 
+    def __init__(self) -> None:
+        self._wrapped = Wrapped()
+
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
     ) -> Any:
@@ -83,7 +86,10 @@ class RequestGuard(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = str(details.method)
+        return self._wrapped.get(method, handler, lambda: self._guard(handler, method))
 
+    @staticmethod
+    def _guard(handler: Any, method: str) -> Any:
         def single(inner: Behaviour) -> Behaviour:
             def checked(request: Any, context: grpc.ServicerContext) -> Any:
                 if isinstance(request, Undecodable):

@@ -18,7 +18,7 @@ from counterpart_core.errors import (
 )
 from counterpart_core.federation import Federation
 from directory_server.service.errors import to_status
-from directory_server.service.interceptors import Behaviour, rewrap
+from directory_server.service.interceptors import Behaviour, Wrapped, rewrap
 
 _caller: ContextVar[Caller] = ContextVar("counterpart_caller", default=ANONYMOUS)
 
@@ -60,6 +60,7 @@ class Authenticator(grpc.ServerInterceptor):
         self._revoked = revoked
         self._own_member = own_member
         self._clock = clock
+        self._wrapped = Wrapped()
 
     def authenticate(self, context: grpc.ServicerContext) -> Caller:
         # at run time each value is a list of bytes (the stubs say bytes)
@@ -111,7 +112,9 @@ class Authenticator(grpc.ServerInterceptor):
 
             return authenticated
 
-        return rewrap(handler, unary_unary=unary, unary_stream=stream)
+        return self._wrapped.get(
+            str(details.method), handler, lambda: rewrap(handler, unary_unary=unary, unary_stream=stream)
+        )
 
     def _enter(self, context: grpc.ServicerContext) -> Token[Caller]:
         try:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from datetime import UTC, datetime
+from logging import INFO
 from typing import Any
 
 import grpc
@@ -34,7 +35,7 @@ from directory_server.service.directory import DirectoryServicer
 from directory_server.service.directory import add_to_server as add_directory_service
 from directory_server.service.guard import RequestGuard
 from directory_server.service.identity import Authenticator
-from directory_server.service.interceptors import Behaviour, rewrap, status_name
+from directory_server.service.interceptors import Behaviour, Wrapped, rewrap, status_name
 from directory_server.service.metrics import NodeMetrics
 from directory_server.service.replication import Broadcaster, ReplicationServicer
 from directory_server.storage import pgnotify
@@ -100,6 +101,9 @@ def setup_logging(level: str = "INFO") -> None:
 class _AccessLog(grpc.ServerInterceptor):
     """Logs every call with its method, status code and duration."""
 
+    def __init__(self) -> None:
+        self._wrapped = Wrapped()
+
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None:
@@ -108,6 +112,8 @@ class _AccessLog(grpc.ServerInterceptor):
 
         def logging(inner: Behaviour) -> Behaviour:
             def logged(request: Any, context: grpc.ServicerContext) -> Any:
+                if not log.isEnabledFor(INFO):
+                    return inner(request, context)
                 start = time.perf_counter()
                 code = "OK"
                 try:
@@ -120,7 +126,7 @@ class _AccessLog(grpc.ServerInterceptor):
 
             return logged
 
-        return rewrap(handler, unary_unary=logging)
+        return self._wrapped.get(method, handler, lambda: rewrap(handler, unary_unary=logging))
 
 
 def listen_error(address: str, what: str = "") -> CounterpartError:

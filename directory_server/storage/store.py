@@ -180,6 +180,7 @@ class Store:
         self._generations: dict[str, int] = {}  # per member: fills since this Store opened
         self._epoch = 0  # rebuilds since this Store opened
         self._states_lock = threading.Lock()
+        self._generation_reader: GenerationReader | None = None
         self.migrate()
 
     def watch_commits(self, callback: Callable[[], None]) -> None:
@@ -215,6 +216,8 @@ class Store:
         return listener
 
     def close(self) -> None:
+        if self._generation_reader is not None:
+            self._generation_reader.close()
         self.engine.dispose()
 
     def migrate(self) -> None:
@@ -418,15 +421,18 @@ class Store:
         """Envelopes of the given (member, seq) positions, in one query."""
         if not keys:
             return {}
-        with self._session() as s:
+        out: dict[tuple[str, int], bytes] = {}
+        # member = ? AND seq IN (...) per member: SQLite plans a row-value IN as a scan. Driver
+        # SQL: every answer not kept runs it, and the expression layer cost ten times the query
+        for chunk in _chunks(sorted(set(keys))):
             by_member: dict[str, list[int]] = {}
-            for member, seq in keys:
+            for member, seq in chunk:
                 by_member.setdefault(member, []).append(seq)
-            # member = ? AND seq IN (...) per member: SQLite plans a row-value IN as a scan
-            q = select(EntryRow.member, EntryRow.seq, EntryRow.envelope).where(
-                or_(*(and_(EntryRow.member == m, EntryRow.seq.in_(seqs)) for m, seqs in by_member.items()))
-            )
-            return {(m, int(seq)): bytes(env) for m, seq, env in s.execute(q)}
+            where = " OR ".join(f"(member = ? AND seq IN ({_marks(seqs)}))" for seqs in by_member.values())
+            params = [p for m, seqs in by_member.items() for p in (m, *seqs)]
+            sql = f"SELECT member, seq, envelope FROM {EntryRow.__tablename__} WHERE {where}"
+            out.update({(m, int(seq)): bytes(env) for m, seq, env in self._driver(sql, params)})
+        return out
 
     def checkpoint(self, member: str) -> bytes | None:
         with self._session() as s:
@@ -936,6 +942,15 @@ class Store:
         with self._session() as s:
             return s.get(RecordRow, name)
 
+    def record_keys(self, names: Sequence[str]) -> dict[str, RecordKey]:
+        """``record_rows`` as the plain values lookups read, through the driver (every answer
+        not kept reads a few)."""
+        out: dict[str, RecordKey] = {}
+        for chunk in _chunks(sorted(set(names))):
+            sql = f"SELECT name, member, kind, seq, public FROM {RecordRow.__tablename__} WHERE name IN ({_marks(chunk)})"
+            out.update({n: RecordKey(n, m, k, int(seq), bool(pub)) for n, m, k, seq, pub in self._driver(sql, chunk)})
+        return out
+
     def record_rows(self, names: Sequence[str]) -> dict[str, RecordRow]:
         if not names:
             return {}
@@ -1091,14 +1106,22 @@ class Store:
         wanted = [] if members is None else sorted({m for m in members if m})
         if members is not None and not wanted:
             return {}
-        sql = (
-            f"SELECT c.member, c.envelope, c.size, (SELECT count(*) FROM {EntryRow.__tablename__} e "
-            f"WHERE e.member = c.member AND e.kind = ?) FROM {CheckpointRow.__tablename__} c"
-        )
-        if members is not None:
-            sql += f" WHERE c.member IN ({_marks(wanted)})"
-        rows = self._driver(sql, (WITHHELD, *wanted))
-        return {m: Generation(bytes(env), int(size), int(n)) for m, env, size, n in rows}
+        sql, params = _generations_query(None if members is None else wanted)
+        return _generations_of(self._driver(sql, params))
+
+    def lookup_generations(self, members: Sequence[str]) -> dict[str, Generation]:
+        """``generations(members)`` as of now, read the way every lookup reads them: without a
+        query when the database says nothing was committed since the last read (SQLite), in
+        one prepared round trip otherwise (``GenerationReader``)."""
+        return self.generation_reader.read(members)
+
+    @property
+    def generation_reader(self) -> GenerationReader:
+        """What ``lookup_generations`` reads through (made at its first use)."""
+        with self._states_lock:
+            if self._generation_reader is None:
+                self._generation_reader = GenerationReader(self.engine)
+            return self._generation_reader
 
     def _driver(self, sql: str, params: Sequence[Any]) -> list[Any]:
         """Rows of a read sent as is to the driver, ``?`` the placeholder. For the queries
@@ -1107,7 +1130,7 @@ class Store:
         if self.engine.dialect.paramstyle != "qmark":
             sql = sql.replace("?", "%s")
         with self.engine.connect() as conn:
-            return list(conn.exec_driver_sql(sql, tuple(params)))
+            return list(conn.exec_driver_sql(sql, tuple(params)).fetchall())  # not row by row: half the time
 
     def coverage_rows(
         self, member: str, subdivisions: Sequence[str] = (), municipalities: Sequence[str] = (), postal_code: str = "",
@@ -1609,6 +1632,128 @@ def _table(model: type[Base]) -> Table:
     """A model's Core table: bulk inserts through it skip the ORM's bulk path, which costs a
     quarter more on a sync's 1.65 M derived rows per 100,000 entries (bench/README.md)."""
     return Base.metadata.tables[model.__tablename__]
+
+
+def _generations_query(members: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:
+    """``Store.generations``' driver SQL (``?`` placeholders) and parameters; every member
+    held when ``members`` is None."""
+    sql = (
+        f"SELECT c.member, c.envelope, c.size, (SELECT count(*) FROM {EntryRow.__tablename__} e "
+        f"WHERE e.member = c.member AND e.kind = ?) FROM {CheckpointRow.__tablename__} c"
+    )
+    if members is not None:
+        sql += f" WHERE c.member IN ({_marks(members)})"
+    return sql, (WITHHELD, *(members or ()))
+
+
+def _generations_of(rows: Iterable[Sequence[Any]]) -> dict[str, Generation]:
+    return {m: Generation(bytes(env), int(size), int(n)) for m, env, size, n in rows}
+
+
+class GenerationReader:
+    """Reads members' generations for lookups over connections of its own, outside the pool.
+
+    A lookup reads the generations of one or two members on every call; through the pool
+    and the expression layer that read cost more than everything else a kept answer does
+    (bench/profile_find.py), and on PostgreSQL three round trips (BEGIN, SELECT, ROLLBACK).
+
+    - **SQLite:** one connection that never writes. ``PRAGMA data_version`` on it changes
+      whenever any other connection, of this process or another, commits to the database
+      (sqlite.org/pragma.html#pragma_data_version), so the generations read after a given
+      value stay valid while the value stays: most calls cost that one pragma. The pragma
+      is read *before* the generations, so what is kept is never older than the value it is
+      kept under.
+    - **PostgreSQL:** serving processes may run on several machines, and no counter visible
+      to a client says that nothing was committed; each call reads, in one round trip, with
+      a prepared statement on an autocommit connection taken from a small free list.
+
+    A connection that fails is closed and not used again; the error reaches the caller as
+    the pool's would.
+    """
+
+    KEEP_IDLE = 16  # PostgreSQL connections kept between calls: as many as lookups run at once
+    MAX_KEPT = 4096  # SQLite: generations kept (members asked about; at most 676 codes)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._lock = threading.Lock()
+        self._idle: list[Any] = []  # PostgreSQL: free connections
+        self._connection: Any = None  # SQLite: the one connection
+        self._version: int | None = None
+        self._kept: dict[str, Generation | None] = {}
+        self.reads = 0  # queries sent (tests count them)
+
+    def _connect(self) -> Any:
+        fairy = self._engine.raw_connection()
+        connection: Any = fairy.driver_connection
+        fairy.detach()  # ours from now on: never returned to, or reset by, the pool
+        if not self._sqlite:
+            connection.autocommit = True  # one round trip per read: no BEGIN, no ROLLBACK
+        return connection
+
+    def read(self, members: Sequence[str]) -> dict[str, Generation]:
+        wanted = sorted({m for m in members if m})
+        if not wanted:
+            return {}
+        return self._read_sqlite(wanted) if self._sqlite else self._read_postgres(wanted)
+
+    def _read_sqlite(self, wanted: list[str]) -> dict[str, Generation]:
+        with self._lock:
+            try:
+                if self._connection is None:
+                    self._connection = self._connect()
+                version = self._connection.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._version or len(self._kept) > self.MAX_KEPT:
+                    self._kept.clear()
+                    self._version = version
+                missing = [m for m in wanted if m not in self._kept]
+                if missing:
+                    sql, params = _generations_query(missing)
+                    self.reads += 1
+                    got = _generations_of(self._connection.execute(sql, params).fetchall())
+                    for m in missing:
+                        self._kept[m] = got.get(m)
+            except Exception:
+                self._drop_sqlite()
+                raise
+            return {m: g for m in wanted if (g := self._kept[m]) is not None}
+
+    def _drop_sqlite(self) -> None:
+        connection, self._connection, self._version = self._connection, None, None
+        self._kept.clear()
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _read_postgres(self, wanted: list[str]) -> dict[str, Generation]:
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        if connection is None:
+            connection = self._connect()
+        sql, params = _generations_query(wanted)
+        try:
+            rows = connection.execute(sql.replace("?", "%s"), params, prepare=True).fetchall()
+        except Exception:
+            with contextlib.suppress(Exception):
+                connection.close()
+            raise
+        with self._lock:
+            self.reads += 1
+            if len(self._idle) < self.KEEP_IDLE:
+                self._idle.append(connection)
+                connection = None
+        if connection is not None:
+            connection.close()
+        return _generations_of(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_sqlite()
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            with contextlib.suppress(Exception):
+                connection.close()
 
 
 def _marks(items: Sequence[object]) -> str:

@@ -281,3 +281,29 @@ def test_graceful_shutdown_reports_not_serving(make_node: Callable[..., Node]) -
     server.stop(grace=0.1)
     resp = health.Check(health_pb2.HealthCheckRequest(service=""), None)  # type: ignore[arg-type]
     assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_the_access_log_names_each_call_with_its_method_and_code(
+    make_node: Callable[..., Node], sample_dir: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The access log's wrapped handler is kept per method: every call is still logged with
+    its own method and status code, while the log's level is on."""
+    node = make_node("GE", ["GE", "AZ"])
+    node.publish(sample_dir("GE"), b"test-passphrase")
+    server = NodeServer(node, "127.0.0.1:0", access_log=True)
+    server.start()
+    channel = grpc.insecure_channel(server.address)
+    try:
+        stub = ds_grpc.DirectoryServiceStub(channel)
+        with caplog.at_level("INFO", logger="counterpart.node"):
+            for _ in range(2):
+                stub.ListMembers(ds.ListMembersRequest())
+                error_of(lambda: stub.GetAuthority(ds.GetAuthorityRequest(name="members/GE/authorities/none")))
+        calls = [(r.method, r.code) for r in caplog.records if r.getMessage() == "rpc"]  # type: ignore[attr-defined]
+        assert calls == [
+            ("/counterpart.v1.DirectoryService/ListMembers", "OK"),
+            ("/counterpart.v1.DirectoryService/GetAuthority", "NOT_FOUND"),
+        ] * 2
+    finally:
+        channel.close()
+        server.stop(grace=0)

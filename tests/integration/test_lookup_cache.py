@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import PASSPHRASE  # type: ignore[import-not-found, unused-ignore]
 from sqlalchemy import event
+from tests_support_records import GOOD_RECORDS  # type: ignore[import-not-found, unused-ignore]
 from tests_support_tls import members_only_sentinels  # type: ignore[import-not-found, unused-ignore]
 
 from counterpart.v1 import directory_service_pb2 as ds
@@ -117,17 +118,7 @@ def test_a_checkpoint_committed_by_another_process_invalidates(ge: tuple[Node, P
     views = AsOfViews(other_store, node.federation, node.clock)  # the servicer's path
     before = views.find_counterpart(directory, URGENT)
     _edit(folder)
-    script = (
-        "import sys; from pathlib import Path; from directory_server.config import load_config; "
-        "from directory_server.node import Node; "
-        "n = Node(load_config(Path(sys.argv[1]))); print(n.publish(Path(sys.argv[2]), sys.argv[3].encode()).appended)"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(node.config.data_dir), str(folder), PASSPHRASE.decode()],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "1"
+    _publish_elsewhere(node, folder)
     after = views.find_counterpart(directory, URGENT)
     assert _size(after) == _size(before) + 1 and NEW_EMAIL.encode() in after.SerializeToString()
 
@@ -223,3 +214,96 @@ def test_scattered_eviction_keeps_most_of_a_cycle_longer_than_the_cache() -> Non
         hits[scattered] = found
     assert hits[False] == 0 and hits[True] > 600
 
+
+
+def _publish_elsewhere(node: Node, folder: Path) -> None:
+    """Publish ``folder`` as the node, from a process of its own."""
+    script = (
+        "import sys; from pathlib import Path; from directory_server.config import load_config; "
+        "from directory_server.node import Node; "
+        "n = Node(load_config(Path(sys.argv[1]))); print(n.publish(Path(sys.argv[2]), sys.argv[3].encode()).appended)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(node.config.data_dir), str(folder), PASSPHRASE.decode()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("committer", ["same store", "another store", "another process"])
+def test_lookup_generations_are_read_again_after_any_commit_and_only_then(
+    ge: tuple[Node, Path], other_store: Store, committer: str
+) -> None:
+    """SQLite: the reader sends no query while nothing was committed (``PRAGMA data_version``),
+    and after a commit by any connection, of this process or another, reads the new one."""
+    node, folder = ge
+    reading = node.store if committer == "same store" else other_store
+    reader = reading.generation_reader
+    before = reading.lookup_generations(["GE", "AZ"])
+    assert before == node.store.generations(["GE", "AZ"]) and set(before) == {"GE"}  # AZ: nothing held
+    reads = reader.reads
+    for _ in range(3):
+        assert reading.lookup_generations(["GE", "AZ"]) == before
+    assert reader.reads == reads  # nothing committed: nothing read
+    _edit(folder)
+    if committer == "another process":
+        _publish_elsewhere(node, folder)
+    else:
+        assert node.publish(folder, PASSPHRASE).appended == 1
+    after = reading.lookup_generations(["GE"])
+    assert after == node.store.generations(["GE"]) and after["GE"].size == before["GE"].size + 1
+    assert reader.reads == reads + 1
+
+
+def test_a_kept_answer_on_the_servicer_path_sends_no_query_until_a_commit(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """Over records without effective dates the servicer's path answers from the kept answer:
+    no statement through the pool, no read of the generations; a publish is seen at once."""
+    node = make_node("GE", ["GE", "AZ"])
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    (folder / "r.yaml").write_text(GOOD_RECORDS, encoding="utf-8")
+    node.publish(folder, PASSPHRASE)
+    directory = Directory(node.store, node.federation, node.clock)
+    views = AsOfViews(node.store, node.federation, node.clock)
+    question = ds.FindCounterpartRequest(requested_member="GE", requesting_member="AZ", request_type="mla.hearing.witness")
+    first = views.find_counterpart(directory, question)
+    statements = Statements(node.store)
+    reads = node.store.generation_reader.reads
+    assert statements.during(lambda: views.find_counterpart(directory, question)) == 0
+    assert node.store.generation_reader.reads == reads
+    (folder / "r.yaml").write_text(GOOD_RECORDS.replace("Ajara", "Adjara"), encoding="utf-8")
+    assert node.publish(folder, PASSPHRASE).appended >= 1
+    after = views.find_counterpart(directory, question)
+    assert _size(after) > _size(first)
+    assert {p.tree_size for p in after.proofs} == {_size(after)}
+
+
+def test_on_postgres_a_commit_through_another_store_is_seen_by_the_next_lookup(
+    make_node: Callable[..., Node], postgres_schema_url: str, tmp_path: Path
+) -> None:
+    """Serving processes on several machines share one PostgreSQL database: every lookup
+    reads the generations (one prepared query), so a commit anywhere is seen at once."""
+    node = make_node("GE", ["GE", "AZ"], database_url=postgres_schema_url)
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    (folder / "r.yaml").write_text(GOOD_RECORDS, encoding="utf-8")
+    node.publish(folder, PASSPHRASE)
+    elsewhere = Store(postgres_schema_url)  # another machine's serving process
+    try:
+        directory = Directory(elsewhere, node.federation, node.clock)
+        views = AsOfViews(elsewhere, node.federation, node.clock)
+        question = ds.FindCounterpartRequest(requested_member="GE", request_type="mla.hearing.witness")
+        first = views.find_counterpart(directory, question)
+        reads = elsewhere.generation_reader.reads
+        assert views.find_counterpart(directory, question) == first
+        assert elsewhere.generation_reader.reads == reads + 1
+        (folder / "r.yaml").write_text(GOOD_RECORDS.replace("Ajara", "Adjara"), encoding="utf-8")
+        assert node.publish(folder, PASSPHRASE).appended >= 1
+        after = views.find_counterpart(directory, question)
+        assert _size(after) > _size(first)
+        assert elsewhere.lookup_generations(["GE"]) == node.store.generations(["GE"])
+    finally:
+        elsewhere.close()
