@@ -240,9 +240,11 @@ class Node:
 
     # --- reading logs --------------------------------------------------------------------
 
-    def held_checkpoint(self, member: str) -> log.LogCheckpoint | None:
-        """The member's checkpoint this node holds, its signature re-checked (disk is not trusted)."""
-        envelope = self.store.checkpoint(member)
+    def held_checkpoint(self, member: str, envelope: bytes | None = None) -> log.LogCheckpoint | None:
+        """The member's checkpoint this node holds, its signature re-checked (disk is not
+        trusted); ``envelope``: its bytes, if the caller read them from the store."""
+        if envelope is None:
+            envelope = self.store.checkpoint(member)
         if envelope is None:
             return None
         federation = self.federation()

@@ -305,6 +305,7 @@ class Syncer:
         held = self._held_envelopes()
         synced: dict[str, int] = {}
         fillable: dict[str, int] = {}  # member -> the size of the peer's verified checkpoint
+        held_of = {member: envelope for envelope, (member, _) in held.items()}  # read once a pass, not per member
         for envelope in offered_list:
             same = held.get(envelope)
             if same is not None:
@@ -313,7 +314,7 @@ class Syncer:
                 # lookup of the bytes per member)
                 synced[same[0]] = fillable[same[0]] = same[1]
                 continue
-            self._offer(stub, report, envelope, peer_sizes, synced, fillable)
+            self._offer(stub, report, envelope, peer_sizes, synced, fillable, held_of=held_of)
         self._note(peer, synced)
         if not report.withheld and not report.error:  # a peer that withheld entries this pass would again
             self._fill(stub, report, fillable)
@@ -403,8 +404,11 @@ class Syncer:
     def _offer(
         self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, envelope: bytes, peer_sizes: dict[str, int],
         synced: dict[str, int], fillable: dict[str, int], offered: log.LogCheckpoint | None = None,
+        held_of: dict[str, bytes] | None = None,
     ) -> None:
-        """Verify one checkpoint the peer offers and bring its member up to it."""
+        """Verify one checkpoint the peer offers and bring its member up to it (``held_of``:
+        the envelopes of the checkpoints held, by member, as read at the start of the pass;
+        a pull that another thread's commit overtakes is found out by the append)."""
         if offered is None:
             try:
                 offered = self._verify_offered(envelope)
@@ -412,7 +416,8 @@ class Syncer:
                 self._reject(report, rep.claimed_member(envelope, self.node.federation()), e)
                 return
         try:
-            if self._sync_member(stub, report, offered, peer_sizes.get(offered.member)):
+            held = None if held_of is None else held_of.get(offered.member)
+            if self._sync_member(stub, report, offered, peer_sizes.get(offered.member), held, held_of is not None):
                 synced[offered.member] = offered.size
                 fillable[offered.member] = offered.size
         except VerificationError as e:
@@ -476,13 +481,18 @@ class Syncer:
 
     def _sync_member(
         self, stub: rs_grpc.ReplicationServiceStub, report: PeerReport, offered: log.LogCheckpoint,
-        peer_last_size: int | None,
+        peer_last_size: int | None, held_envelope: bytes | None = None, held_read: bool = False,
     ) -> bool:
         """Bring one member up to the peer's checkpoint; True when this node now holds at
-        least what the peer showed (a successful sync of the member from the peer)."""
+        least what the peer showed (a successful sync of the member from the peer).
+        ``held_read``: ``held_envelope`` is the member's held checkpoint as read by the caller
+        (None: none held)."""
         member = offered.member
         store = self.node.store
-        held = self.node.held_checkpoint(member)
+        if held_read and held_envelope is None:
+            held = None
+        else:
+            held = self.node.held_checkpoint(member, held_envelope)
         now = self.node.clock()
         decision = rep.decide(held, offered, lambda n: self._root_at(member, n), peer_last_size, now)
         if member == self.node.member:
@@ -704,8 +714,8 @@ class Syncer:
                 continue  # nothing withheld up to there: filling only ever removes withheld entries
             held = self.node.store.withheld_hashes(member, upto=sizes[member])
             if not held:
-                row = self.node.store.checkpoint_row(member)  # entries up to its size are all there
-                self._whole[member] = min(sizes[member], row.size if row else 0)
+                size = self.node.store.checkpoint_size(member)  # entries up to its size are all there
+                self._whole[member] = min(sizes[member], size or 0)
                 continue
             key = (report.peer, member)
             penalty = self._penalties.get(key)

@@ -365,12 +365,16 @@ class Store:
             ]
 
     def withheld_hashes(self, member: str, upto: int | None = None) -> dict[int, bytes]:
-        """seq -> leaf hash of each entry of the member this node holds withheld, in order."""
-        with self._session() as s:
-            q = select(EntryRow.seq, EntryRow.leaf_hash).where(EntryRow.member == member, EntryRow.kind == WITHHELD)
-            if upto is not None:
-                q = q.where(_unindexed(EntryRow.seq) <= upto)
-            return {int(seq): bytes(h) for seq, h in s.execute(q.order_by(_unindexed(EntryRow.seq)))}
+        """seq -> leaf hash of each entry of the member this node holds withheld, in order
+        (through the driver: a sync pass asks this of each member it synced). ``seq + 0``
+        keeps the planner on the (member, kind) index, as ``_unindexed``."""
+        sql = f"SELECT seq, leaf_hash FROM {_ENTRIES} WHERE member = ? AND kind = ?"
+        params: list[Any] = [member, WITHHELD]
+        if upto is not None:
+            sql += " AND seq + 0 <= ?"
+            params.append(upto)
+        rows = self._driver(sql + " ORDER BY seq + 0", params)
+        return {int(seq): bytes(h) for seq, h in rows}
 
     def holds_withheld(self, member: str) -> bool:
         """Does this node hold some entry of the member withheld (its leaf hash only)?"""
@@ -440,8 +444,12 @@ class Store:
             return bytes(env) if env is not None else None
 
     def checkpoints(self) -> dict[str, bytes]:
-        with self._session() as s:
-            return {m: bytes(e) for m, e in s.execute(select(CheckpointRow.member, CheckpointRow.envelope))}
+        return {m: bytes(e) for m, e in self._driver(f"SELECT member, envelope FROM {_CHECKPOINTS}", ())}
+
+    def checkpoint_size(self, member: str) -> int | None:
+        """The size of the member's checkpoint this node holds (None: none held)."""
+        rows = self._driver(f"SELECT size FROM {_CHECKPOINTS} WHERE member = ?", (member,))
+        return int(rows[0][0]) if rows else None
 
     def append(
         self, member: str, expected_size: int, entries: Sequence[LogEntry], checkpoint: LogCheckpoint,
@@ -469,7 +477,8 @@ class Store:
         try:
             with self.transaction() as s:
                 _check_log_size(s, member, expected_size)
-                tree = _frontier(s, member)
+                head = _checkpoint_head(s, member)
+                tree = _frontier(s, member, head)
                 if tree.size != expected_size:  # a checkpoint that does not cover the log: never written so
                     tree = merkle.CompactRange.from_leaf_hashes(_leaf_hashes(s, member, expected_size))
                 steps = _steps(member, tree, [e.leaf_hash for e in entries])
@@ -479,7 +488,7 @@ class Store:
                         "(a caller's bug, or a stored frontier `counterpart-node verify` reports)",
                         reason="FRONTIER_MISMATCH",
                     )
-                trees = self._take_state(s, member)
+                trees = self._take_state(s, member, head)
                 if entries:
                     marker = self._marker(s, member, {e.name for e in entries if not e.withheld}, expected_size)
                     s.execute(
@@ -504,7 +513,7 @@ class Store:
                         LogFrontierRow.member == member, LogFrontierRow.size > expected_size
                     ))
                     s.execute(_table(LogFrontierRow).insert(), steps)
-                self._seal(s, checkpoint, trees, tree.frontier)
+                self._seal(s, checkpoint, trees, tree.frontier, held=head is not None)
         except IntegrityError as e:
             raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
         trees.basis = (checkpoint.size, checkpoint.root_hash)
@@ -520,24 +529,26 @@ class Store:
         for e, d in zip(last, derived, strict=True):
             _update_trees(trees, e, d)
 
-    def _seal(self, s: Session, checkpoint: LogCheckpoint, trees: _StateCache, frontier: bytes) -> None:
-        """The end of an append's transaction: the state roots checked, the checkpoint stored."""
+    def _seal(
+        self, s: Session, checkpoint: LogCheckpoint, trees: _StateCache, frontier: bytes, *, held: bool | None = None
+    ) -> None:
+        """The end of an append's transaction: the state roots checked, the checkpoint stored
+        (``held``: whether the member has a checkpoint row, if the caller read it)."""
         s.flush()
         self._check_state(s, checkpoint, trees)
-        self._put_checkpoint(s, checkpoint, frontier)
+        self._put_checkpoint(s, checkpoint, frontier, held)
         due = trees.snapshot is None or checkpoint.size - trees.snapshot >= SNAPSHOT_EVERY
         if due and trees.everything.size >= SNAPSHOT_MIN_RECORDS:
             _put_snapshot(s, checkpoint.member, checkpoint.size, trees)
             trees.snapshot = checkpoint.size
 
-    def _take_state(self, s: Session, member: str) -> _StateCache:
-        """The member's state trees as of the checkpoint stored now (read in ``s``), taken
-        out of the cache (read from the derived records when not there, or not of that
-        checkpoint); ``_give_state`` puts them back once what changed them is committed."""
-        row = s.execute(
-            select(CheckpointRow.size, CheckpointRow.root_hash).where(CheckpointRow.member == member)
-        ).first()
-        basis = (int(row[0]), bytes(row[1])) if row is not None else (0, b"")
+    def _take_state(self, s: Session, member: str, head: _Head | None | bool = False) -> _StateCache:
+        """The member's state trees as of the checkpoint stored now (read in ``s``, or given
+        as ``head``, ``_checkpoint_head`` read in ``s``), taken out of the cache (read from
+        the derived records when not there, or not of that checkpoint); ``_give_state`` puts
+        them back once what changed them is committed."""
+        row = _checkpoint_head(s, member) if head is False else head
+        basis = (row.size, row.root_hash) if isinstance(row, _Head) else (0, b"")
         with self._states_lock:
             cached = self._states.pop(member, None)
             generation = (self._epoch, self._generations.get(member, 0))
@@ -718,27 +729,28 @@ class Store:
         history: dict[str, tuple[int, bool]] = {}
         if upto == 0:
             return Marker(history)
+        # through the driver, with the unindexed forms of ``_unindexed`` (``member || ''``,
+        # ``seq + 0``): a one-entry pull runs these three
         for chunk in _chunks(sorted(names)):
             # each name's latest entry only (a record with many versions is one row read), found
             # through the name index, then read by its key
-            last = list(s.scalars(
-                select(func.max(EntryRow.seq))
-                .where(_unindexed(EntryRow.member) == member, EntryRow.name.in_(chunk), EntryRow.seq <= upto)
-                .group_by(EntryRow.name)
-            ))
-            rows = s.execute(
-                select(EntryRow.seq, EntryRow.name, EntryRow.restricted).where(
-                    EntryRow.member == member, EntryRow.seq.in_(last)
-                )
+            marks = ", ".join("?" * len(chunk))
+            last = [int(seq) for (seq,) in _driver_rows(
+                s, f"SELECT max(seq) FROM {_ENTRIES} WHERE (member || '') = ? AND name IN ({marks}) AND seq <= ?"
+                " GROUP BY name", (member, *chunk, upto),
+            )]
+            if not last:
+                continue
+            marks = ", ".join("?" * len(last))
+            rows = _driver_rows(
+                s, f"SELECT seq, name, restricted FROM {_ENTRIES} WHERE member = ? AND seq IN ({marks})", (member, *last)
             )
             for seq, name, flag in rows:
                 if name not in history or seq > history[name][0]:
                     history[name] = (int(seq), bool(flag))
-        last_withheld = s.scalar(
-            select(func.max(_unindexed(EntryRow.seq))).where(
-                EntryRow.member == member, EntryRow.kind == WITHHELD, _unindexed(EntryRow.seq) <= upto
-            )
-        )
+        last_withheld = _driver_rows(
+            s, f"SELECT max(seq + 0) FROM {_ENTRIES} WHERE member = ? AND kind = ? AND seq + 0 <= ?", (member, WITHHELD, upto)
+        )[0][0]
         return Marker(history, int(last_withheld or 0))
 
     def fill(self, member: str, entries: Sequence[LogEntry], *, ambiguous_restricted: bool = True) -> int:
@@ -831,10 +843,10 @@ class Store:
                     f"{checkpoint.member}: checkpoint covers {checkpoint.size} entries, the log holds {size}",
                     reason="CHECKPOINT_SIZE_MISMATCH",
                 )
-            trees = self._take_state(s, checkpoint.member)
+            head = _checkpoint_head(s, checkpoint.member)
+            trees = self._take_state(s, checkpoint.member, head)
             self._check_state(s, checkpoint, trees)
-            held = s.get(CheckpointRow, checkpoint.member)
-            self._put_checkpoint(s, checkpoint, held.frontier if held is not None else None)
+            self._put_checkpoint(s, checkpoint, head.frontier if head else None, head is not None)
         trees.basis = (checkpoint.size, checkpoint.root_hash)
         self._give_state(checkpoint.member, trees)
 
@@ -898,23 +910,35 @@ class Store:
         from the member's state trees, which follow the derived records name by name."""
         if cp.state is None:
             return
-        withheld = s.scalar(
-            select(EntryRow.seq).where(EntryRow.member == cp.member, EntryRow.kind == WITHHELD).limit(1)
-        )
+        withheld = _driver_rows(s, f"SELECT seq FROM {_ENTRIES} WHERE member = ? AND kind = ? LIMIT 1", (cp.member, WITHHELD))
         state.check_tree_roots(cp.member, cp.state, trees.everything, trees.public, whole_log=withheld is None)
 
-    @staticmethod
-    def _put_checkpoint(s: Session, cp: LogCheckpoint, frontier: bytes | None) -> None:
-        row = s.get(CheckpointRow, cp.member)
+    def _put_checkpoint(self, s: Session, cp: LogCheckpoint, frontier: bytes | None, held: bool | None = None) -> None:
+        """Store the checkpoint (``held``: whether the member has a row, None: not known).
+        An existing row is updated through the driver (the ORM read and update of it cost
+        more than the rest of a one-entry pull's commit); the commit is then marked as one
+        that published, as ``_note_published`` marks a flushed row."""
         values = {
             "size": cp.size, "root_hash": cp.root_hash, "issue_time": cp.issue_time,
             "expire_time": cp.expire_time, "envelope": cp.envelope, "frontier": frontier,
         }
-        if row is None:
+        if held is None:
+            held = _checkpoint_head(s, cp.member) is not None
+        if not held:
             s.add(CheckpointRow(member=cp.member, **values))
-        else:
-            for k, v in values.items():
-                setattr(row, k, v)
+            return
+        conn = s.connection()
+        table = _table(CheckpointRow)
+        dialect = conn.dialect
+        params = []
+        for k, v in values.items():
+            p = table.c[k].type.dialect_impl(dialect).bind_processor(dialect)
+            params.append(p(v) if p is not None else v)
+        assigned = ", ".join(f"{k} = ?" for k in values)
+        _driver_rows(s, f"UPDATE {_CHECKPOINTS} SET {assigned} WHERE member = ?", (*params, cp.member), fetch=False)
+        s.info[_PUBLISHED] = True
+        if dialect.name == "postgresql":
+            self._announce(s, None)
 
     # --- derived state -------------------------------------------------------------------
 
@@ -1227,14 +1251,21 @@ class Store:
         if not sizes:
             return
         with self.transaction() as s:
-            rows = {r.member: r for r in s.scalars(select(PeerMemberRow).where(PeerMemberRow.peer == peer))}
+            conn = s.connection()
+            dialect = conn.dialect
+            bind = _table(PeerMemberRow).c.last_success_time.type.dialect_impl(dialect).bind_processor(dialect)
+            when = bind(success_time) if bind is not None else success_time
+            sql = (
+                f"UPDATE {PeerMemberRow.__tablename__} SET last_size = CASE WHEN last_size < ? THEN ? ELSE last_size END,"
+                " last_success_time = ? WHERE peer = ? AND member = ?"
+            )
+            if dialect.paramstyle != "qmark":
+                sql = sql.replace("?", "%s")
             for member, size in sizes.items():
-                row = rows.get(member)
-                if row is None:
+                # one statement per member a pass synced (the ORM read of the peer's rows and
+                # its update cost more than the pull of one entry); a new pair is inserted
+                if conn.exec_driver_sql(sql, (size, size, when, peer, member)).rowcount == 0:
                     s.add(PeerMemberRow(peer=peer, member=member, last_size=size, last_success_time=success_time))
-                else:
-                    row.last_size = max(row.last_size, size)
-                    row.last_success_time = success_time
 
     def peer_rows(self) -> list[PeerMemberRow]:
         with self._session() as s:
@@ -1406,7 +1437,39 @@ def _flag_members_only(conn: Connection) -> None:
 def _log_size(s: Session, member: str) -> int:
     """The size of a member's log: its last seq (seqs have no gaps; ``append`` sees to it),
     found through the primary key, where a count would read every row."""
-    return int(s.scalar(select(func.max(EntryRow.seq)).where(EntryRow.member == member)) or 0)
+    rows = _driver_rows(s, f"SELECT max(seq) FROM {_ENTRIES} WHERE member = ?", (member,))
+    return int(rows[0][0] or 0)
+
+
+_ENTRIES = EntryRow.__tablename__
+_CHECKPOINTS = CheckpointRow.__tablename__
+
+
+def _driver_rows(s: Session, sql: str, params: Sequence[Any], *, fetch: bool = True) -> list[Any]:
+    """A small statement of the sync path sent as is to the driver in the session's
+    transaction, ``?`` the placeholder (``Store._driver``, for one of its own): built through
+    the expression language, each cost several times its execution (bench/README.md, pull2)."""
+    conn = s.connection()
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    result = conn.exec_driver_sql(sql, tuple(params))
+    return list(result.fetchall()) if fetch else []
+
+
+class _Head(NamedTuple):
+    """What an append reads of the member's checkpoint row, once."""
+
+    size: int
+    frontier: bytes | None
+    root_hash: bytes
+
+
+def _checkpoint_head(s: Session, member: str) -> _Head | None:
+    rows = _driver_rows(s, f"SELECT size, frontier, root_hash FROM {_CHECKPOINTS} WHERE member = ?", (member,))
+    if not rows:
+        return None
+    size, frontier, root = rows[0]
+    return _Head(int(size), None if frontier is None else bytes(frontier), bytes(root))
 
 
 def _unindexed(column: Any) -> Any:
@@ -1445,16 +1508,14 @@ def _steps(member: str, tree: merkle.CompactRange, leaf_hashes: Iterable[bytes])
     return steps
 
 
-def _frontier(s: Session, member: str) -> merkle.CompactRange:
-    """The member's log tree at its checkpoint's size: from the stored frontier, or, for a
-    checkpoint stored before revision 0005, from the leaf hashes (once: the next append
-    stores it)."""
-    row = s.execute(
-        select(CheckpointRow.size, CheckpointRow.frontier, CheckpointRow.root_hash).where(CheckpointRow.member == member)
-    ).first()
-    if row is None:
+def _frontier(s: Session, member: str, head: _Head | None | bool = False) -> merkle.CompactRange:
+    """The member's log tree at its checkpoint's size (its row read in ``s``, or given as
+    ``head``): from the stored frontier, or, for a checkpoint stored before revision 0005,
+    from the leaf hashes (once: the next append stores it)."""
+    row = _checkpoint_head(s, member) if head is False else head
+    if not isinstance(row, _Head):
         return merkle.CompactRange()
-    size, frontier, root = int(row[0]), row[1], bytes(row[2])
+    size, frontier, root = row
     if frontier is None:
         return merkle.CompactRange.from_leaf_hashes(_leaf_hashes(s, member, size))
     try:

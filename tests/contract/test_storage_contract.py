@@ -306,3 +306,20 @@ def test_only_old_stages_are_dropped_while_other_processes_may_be_pulling(store:
     assert store.log_size("GE") == 2
     store.append_staged(fresh, "GE", 2, latest, tree, cp)
     assert store.log_size("GE") == 3 and store.checkpoint("GE") == cp.envelope
+
+
+def test_peer_sizes_only_grow_and_the_success_time_moves(store: Store) -> None:
+    """``note_peer_checkpoints`` (driver SQL on both backends): a new pair is inserted, a known
+    one keeps the largest size shown and the last success time."""
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    store.note_peer_checkpoints("peer-a", {"GE": 5, "AZ": 2}, first)
+    store.note_peer_checkpoints("peer-a", {"GE": 3, "AZ": 7}, first + timedelta(minutes=1))
+    store.note_peer_checkpoints("peer-b", {"GE": 1}, first)
+    assert store.peer_sizes("peer-a") == {"GE": 5, "AZ": 7}
+    assert store.peer_sizes("peer-b") == {"GE": 1}
+    times = {
+        (r.peer, r.member): t if (t := r.last_success_time).tzinfo else t.replace(tzinfo=UTC)  # SQLite: naive UTC
+        for r in store.peer_rows()
+    }
+    assert times[("peer-a", "GE")] == first + timedelta(minutes=1)
+    assert times[("peer-b", "GE")] == first
