@@ -530,15 +530,18 @@ class Store:
             _update_trees(trees, e, d)
 
     def _seal(
-        self, s: Session, checkpoint: LogCheckpoint, trees: _StateCache, frontier: bytes, *, held: bool | None = None
+        self, s: Session, checkpoint: LogCheckpoint, trees: _StateCache, frontier: bytes, *, held: bool | None = None,
+        snapshot: bool = True,
     ) -> None:
         """The end of an append's transaction: the state roots checked, the checkpoint stored
-        (``held``: whether the member has a checkpoint row, if the caller read it)."""
+        (``held``: whether the member has a checkpoint row, if the caller read it), and the
+        state snapshot when one is due, unless ``snapshot`` is False: then the next append
+        writes it."""
         s.flush()
         self._check_state(s, checkpoint, trees)
         self._put_checkpoint(s, checkpoint, frontier, held)
         due = trees.snapshot is None or checkpoint.size - trees.snapshot >= SNAPSHOT_EVERY
-        if due and trees.everything.size >= SNAPSHOT_MIN_RECORDS:
+        if snapshot and due and trees.everything.size >= SNAPSHOT_MIN_RECORDS:
             _put_snapshot(s, checkpoint.member, checkpoint.size, trees)
             trees.snapshot = checkpoint.size
 
@@ -693,7 +696,9 @@ class Store:
                     _insert_derived(s, [rows for _, rows in filter(None, shaped)])
                     for (seq, name, leaf), got in zip(last, shaped, strict=True):
                         _update_tree(trees, name, seq, leaf, None if got is None else got[0])
-                self._seal(s, checkpoint, trees, tree.frontier)
+                # no snapshot here: serializing the trees at the end of a long range added
+                # ~75 MiB to the peak of a full sync (bench/README.md); the next append writes it
+                self._seal(s, checkpoint, trees, tree.frontier, snapshot=False)
         except IntegrityError as e:
             raise ConflictError(f"{member}: a concurrent append won the race", reason="CONCURRENT_APPEND") from e
         trees.basis = (checkpoint.size, checkpoint.root_hash)
