@@ -26,6 +26,7 @@ from counterpart.v1 import replication_service_pb2 as rs
 from counterpart.v1 import replication_service_pb2_grpc as rs_grpc
 from counterpart_core import merkle, state
 from counterpart_core.errors import ConflictError
+from directory_server import sync as sync_module
 from directory_server.node import Node
 from directory_server.service.server import NodeServer
 from directory_server.storage import store as store_module
@@ -293,3 +294,42 @@ def test_frontiers_a_log_lacks_are_computed_once_and_verify_checks_them(
     assert [p.reason for p in node.verify()[1]] == ["FRONTIER_MISMATCH"]
     node.rebuild()
     assert node.verify()[1] == [] and node.store.log_frontiers("GE") == written
+
+
+def test_a_long_range_is_committed_without_a_snapshot_and_the_next_append_writes_it(
+    make_node: Callable[..., Node], tmp_path: Path, records_read: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serializing the state trees at the end of a long range added ~75 MiB to a full sync's
+    peak (bench/README.md): the staged commit leaves the snapshot to the next append."""
+    monkeypatch.setattr(sync_module, "LONG_RANGE", 4)  # this log's range takes the staged path
+    staged: list[int] = []
+    append_staged = Store.append_staged
+
+    def counting(self: Store, *args: Any, **kwargs: Any) -> None:
+        staged.append(1)
+        append_staged(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "append_staged", counting)
+    source = make_node("GE", ["GE", "AZ"])
+    target = make_node("AZ", ["GE", "AZ"])
+    folder = tmp_path / "records"
+    grow(source, folder, 2)
+    server = NodeServer(source, "127.0.0.1:0", access_log=False)
+    server.start()
+    syncer = Syncer(target)
+    try:
+        assert syncer.sync_peer(server.address).pulled == {"GE": RECORDS * 2}
+        assert staged == [1]
+        with target.store.transaction() as s:
+            assert s.get(StateSnapshotRow, "GE") is None
+        grow(source, folder, 1, first=2)  # one more append, a short range
+        monkeypatch.setattr(sync_module, "LONG_RANGE", 512)
+        assert syncer.sync_peer(server.address).pulled == {"GE": RECORDS}
+        assert staged == [1]
+        with target.store.transaction() as s:
+            snap = s.get(StateSnapshotRow, "GE")
+            assert snap is not None and snap.size == RECORDS * 3
+    finally:
+        syncer.close()
+        server.stop(0)
+    assert target.verify()[1] == []
