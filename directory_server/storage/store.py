@@ -1544,19 +1544,14 @@ def _drop_derived(s: Session, names: Sequence[str]) -> None:
     """Delete the derived rows of those of ``names`` that have any, through the driver (the
     expression language cost more than the deletes of a one-entry pull): derived rows are
     written and read as rows, never held as ORM objects across it."""
-    conn = s.connection()
-    quote = conn.dialect.identifier_preparer.quote
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     existing: list[str] = []
     for chunk in _chunks(names):
-        marks = ", ".join([mark] * len(chunk))
-        existing += [n for (n,) in conn.exec_driver_sql(
-            f"SELECT name FROM {quote(RecordRow.__tablename__)} WHERE name IN ({marks})", tuple(chunk)
+        existing += [n for (n,) in _driver_rows(
+            s, f"SELECT name FROM {RecordRow.__tablename__} WHERE name IN ({_marks(chunk)})", chunk
         )]
     for chunk in _chunks(existing):
-        marks = ", ".join([mark] * len(chunk))
         for table in DERIVED_TABLES:
-            conn.exec_driver_sql(f"DELETE FROM {quote(table.__tablename__)} WHERE name IN ({marks})", tuple(chunk))
+            _driver_rows(s, f"DELETE FROM {table.__tablename__} WHERE name IN ({_marks(chunk)})", chunk, fetch=False)
 
 
 def _insert_derived(s: Session, shaped: Sequence[Rows]) -> None:
