@@ -484,7 +484,7 @@ PUBLISH_PASSPHRASE = b"bench passphrase"  # of a key made for the run, in its wo
 def publish_main(a: argparse.Namespace) -> int:
     """Publish one changed record (a file holding it alone, with a new review date) at the
     source node, twice: the first in a fresh process (its state trees are read from the
-    derived records once), the second warm. Node CPU of each, and the raw cost of signing
+    stored state snapshot), the second warm. Node CPU of each, and the raw cost of signing
     and hashing one entry in the same process as the baseline. JSON on stdout."""
     data_dir: Path = a.data_dir
     node = Node(NodeConfig(data_dir=data_dir, member=SOURCE_MEMBER, key_file="bench-source.key"))

@@ -319,6 +319,14 @@ class Node:
             reason="OWN_LOG_INCOMPLETE",
         )
 
+    def _own_record_count(self) -> int:
+        """The own member's current records: the state size its held checkpoint signs (its
+        log is whole here, ``_check_own_log_whole``), counted only when it signs none."""
+        held = self.held_checkpoint(self.member)
+        if held is not None and held.state is not None:
+            return held.state.size
+        return self.store.current_count(self.member)
+
     def _own_current(self, names: Sequence[str]) -> dict[str, log.LogEntry]:
         """The own member's current entries of ``names`` (those that are current), found
         through the derived records and each signature re-checked: O(names), not O(log)."""
@@ -366,7 +374,7 @@ class Node:
         of_kinds = [n for n in self.store.current_names(self.member, sorted(loaded.collections))
                      if collection_of(n) in loaded.collections]
         candidates = sorted(n for n in of_kinds if n not in wanted)
-        plan.untouched = self.store.current_count(self.member) - len(of_kinds)  # every kind the files hold none of
+        plan.untouched = self._own_record_count() - len(of_kinds)  # every kind the files hold none of
         if prune:
             plan.deleted = candidates
         else:

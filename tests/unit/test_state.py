@@ -225,3 +225,40 @@ def test_bytes_that_are_no_sorted_leaf_tree_are_refused() -> None:
     for bad in (b"", data[:-1], data + b"\x00", unsorted, (10**9).to_bytes(8, "big")):
         with pytest.raises(ValueError):
             state.SortedLeafTree.from_bytes(bad)
+    for at in range(len(data)):  # any one byte changed: the digest no longer matches
+        with pytest.raises(ValueError):
+            state.SortedLeafTree.from_bytes(data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :])
+
+
+def test_the_root_after_changes_is_that_of_the_changed_tree_and_leaves_the_tree_as_it_was() -> None:
+    """``root_after`` (a publish's state roots, without copying the trees) against a copy
+    changed by ``put`` and ``remove`` and against ``merkle.root_hash``: replacements (hashed
+    along their paths), insertions and removals (a changed copy), on trees built and read
+    back from bytes."""
+    import random
+
+    rnd = random.Random(7)
+    for _ in range(150):
+        leaves = {str(rnd.randint(0, 90)).encode(): hashlib.sha256(rnd.randbytes(8)).digest()
+                  for _ in range(rnd.randint(0, 60))}
+        built = state.SortedLeafTree(leaves.items())
+        for tree in (built, state.SortedLeafTree.from_bytes(built.to_bytes())):
+            before = tree.to_bytes()
+            changes: dict[bytes, bytes | None] = {}
+            for _ in range(rnd.randint(1, 4)):
+                held = sorted(leaves)
+                if held and rnd.random() < 0.6:  # mostly replacements, as a publish of edits
+                    changes[rnd.choice(held)] = hashlib.sha256(rnd.randbytes(8)).digest()
+                elif rnd.random() < 0.5:
+                    changes[str(rnd.randint(0, 90)).encode()] = None
+                else:
+                    changes[str(rnd.randint(91, 99)).encode()] = hashlib.sha256(rnd.randbytes(8)).digest()
+            after = dict(leaves)
+            for k, h in changes.items():
+                if h is None:
+                    after.pop(k, None)
+                else:
+                    after[k] = h
+            expected = merkle.root_hash([after[k] for k in sorted(after)])
+            assert tree.root_after(changes) == (len(after), expected)
+            assert tree.to_bytes() == before  # the tree itself is unchanged

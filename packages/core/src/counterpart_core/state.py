@@ -28,11 +28,14 @@ Pure: no I/O. Verifiers raise :class:`~counterpart_core.errors.ProofError` (reas
 from __future__ import annotations
 
 import bisect
+import hashlib
 import hmac
+import sys
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, pairwise
+from typing import overload
 
 from counterpart_core import merkle
 from counterpart_core.errors import ProofError, VerificationError
@@ -141,26 +144,85 @@ def state_roots(current: Iterable[CurrentEntry]) -> StateRoots:
     )
 
 
+class _PackedKeys(Sequence[bytes]):
+    """The sorted keys of a tree read back from its bytes: one block of bytes and the end
+    of each key in it, so that reading a snapshot makes no object per key. Bisecting and
+    replacing a leaf in place use it as it is; an insertion or a removal first turns it
+    into a list (``SortedLeafTree._mutable_keys``)."""
+
+    __slots__ = ("_data", "_ends")
+
+    def __init__(self, data: bytes, ends: array[int]) -> None:
+        self._data, self._ends = data, ends
+
+    def __len__(self) -> int:
+        return len(self._ends) - 1
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[bytes]: ...
+    def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(i, slice):
+            return self.to_list()[i]
+        if not 0 <= i < len(self._ends) - 1:
+            raise IndexError("key index out of range")
+        return self._data[self._ends[i] : self._ends[i + 1]]
+
+    def to_list(self) -> list[bytes]:
+        data = self._data
+        return [data[a:b] for a, b in pairwise(self._ends)]
+
+    def packed(self) -> tuple[bytes, bytes]:
+        """(the ends as little-endian uint32, the keys' bytes): what ``to_bytes`` writes."""
+        return _little(self._ends).tobytes(), self._data
+
+
+def _little(a: array[int]) -> array[int]:
+    """``a`` in little-endian byte order (a copy on a big-endian machine)."""
+    if sys.byteorder == "little":
+        return a
+    swapped = array(a.typecode, a)
+    swapped.byteswap()
+    return swapped
+
+
+_H = merkle.HASH_SIZE
+_NODE = b"\x01"  # RFC 9162's interior node prefix, as merkle.node_hash
+
+
+def _pairs(below: bytearray, start: int, stop: int) -> bytes:
+    """The parents of the nodes ``2*start .. 2*stop`` of a level kept as one block of hashes."""
+    sha = hashlib.sha256
+    return b"".join(sha(_NODE + below[2 * j * _H : (2 * j + 2) * _H]).digest() for j in range(start, stop))
+
+
 class SortedLeafTree:
     """One state tree kept up to date by changed names, for checking a new checkpoint's
     state root in O(change) instead of O(records).
 
     The leaves are sorted by key; the hash of every perfect subtree that starts at a
     multiple of its size (the nodes RFC 9162's tree shares with a bottom-up pairing) is
-    cached by level. Replacing a leaf in place re-hashes its path (O(log n)); inserting or
-    removing one shifts the leaves after it, so their subtrees are re-hashed (on average
-    half the tree, about 1 µs a node: 50 ms at 100,000 names, 2.5 ms at the 5,000 records
-    of a typical member). The root folds the O(log n) perfect subtrees of the size, as
-    ``merkle.CompactRange`` does, so it equals ``merkle.root_hash`` of the same leaves
-    (tested against it).
+    kept by level, each level one block of 32-byte hashes. Replacing a leaf in place
+    re-hashes its path (O(log n)); inserting or removing one shifts the leaves after it, so
+    their subtrees are re-hashed (on average half the tree, about 1 µs a node: 50 ms at
+    100,000 names, 2.5 ms at the 5,000 records of a typical member). The root folds the
+    O(log n) perfect subtrees of the size, as ``merkle.CompactRange`` does, so it equals
+    ``merkle.root_hash`` of the same leaves (tested against it).
+
+    ``to_bytes`` writes the tree with every level and a SHA-256 of the rest; ``from_bytes``
+    reads it back by copying blocks, without an object per leaf or node, so that a new
+    process starts from a stored snapshot in milliseconds (bench/README.md, publish).
     """
 
     __slots__ = ("_dirty", "_keys", "_levels", "_touched")
 
     def __init__(self, leaves: Iterable[tuple[bytes, bytes]] = ()) -> None:
         ordered = sorted(leaves)
-        self._keys = [k for k, _ in ordered]
-        self._levels: list[list[bytes]] = [[h for _, h in ordered]]
+        if any(len(h) != _H for _, h in ordered):
+            raise ValueError(f"a leaf hash is {_H} bytes")
+        self._keys: list[bytes] | _PackedKeys = [k for k, _ in ordered]
+        self._levels: list[bytearray] = [bytearray(b"".join(h for _, h in ordered))]
         self._dirty: int | None = 0  # leaves from this position on need their subtrees re-hashed
         self._touched: set[int] = set()  # positions replaced in place (before _dirty)
 
@@ -170,68 +232,85 @@ class SortedLeafTree:
 
     def to_bytes(self) -> bytes:
         """The tree, every level hashed, as bytes ``from_bytes`` reads back without hashing
-        anything: the leaf count, each key's length, the keys, then each level's hashes."""
+        anything but a digest: the leaf count (8 bytes, big-endian), the end of each key in
+        the keys' bytes (little-endian uint32, one more than the leaves), the keys, each
+        level's hashes from the leaves up, then SHA-256 of everything before it."""
         self._rehash()
         keys = self._keys
-        return b"".join((
-            len(keys).to_bytes(8, "big"), array("I", map(len, keys)).tobytes(), *keys,
-            *(h for level in self._levels for h in level),
-        ))
+        if isinstance(keys, _PackedKeys):
+            ends, data = keys.packed()
+        else:
+            ends = _little(array("I", accumulate(map(len, keys), initial=0))).tobytes()
+            data = b"".join(keys)
+        body = b"".join((len(keys).to_bytes(8, "big"), ends, data, *self._levels))
+        return body + hashlib.sha256(body).digest()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SortedLeafTree:
-        """The tree ``to_bytes`` wrote; ``ValueError`` for bytes that cannot be one (the
-        caller checks the root against one it trusts)."""
+        """The tree ``to_bytes`` wrote; ``ValueError`` for bytes that are not one, or whose
+        digest does not match (the caller also checks the root against one it trusts)."""
         data = bytes(data)
-        if len(data) < 8:
-            raise ValueError("a state tree needs at least its leaf count")
+        if len(data) < 8 + _H:
+            raise ValueError("a state tree needs at least its leaf count and digest")
+        view = memoryview(data)
+        if hashlib.sha256(view[:-_H]).digest() != data[-_H:]:
+            raise ValueError("state tree bytes do not match their digest")
         n = int.from_bytes(data[:8], "big")
-        lengths = array("I")
-        at = 8 + n * lengths.itemsize
-        if len(data) < at:
-            raise ValueError("state tree bytes end inside the key lengths")
-        lengths.frombytes(data[8:at])
-        ends = list(accumulate(lengths, initial=at))
-        keys = [data[a:b] for a, b in pairwise(ends)]
-        at = ends[-1]
+        ends = array("I")
+        at = 8 + (n + 1) * ends.itemsize
+        if len(data) < at + _H:
+            raise ValueError("state tree bytes end inside the key ends")
+        ends.frombytes(view[8:at])
+        if sys.byteorder != "little":
+            ends.byteswap()
         sizes = [n]
         while sizes[-1] > 1:
             sizes.append(sizes[-1] // 2)
-        h = merkle.HASH_SIZE
-        if len(data) - at != h * sum(sizes) or any(a >= b for a, b in pairwise(keys)):
-            raise ValueError("state tree bytes do not hold one sorted tree")
-        levels: list[list[bytes]] = []
+        if ends[0] != 0 or len(data) - _H - at - ends[-1] != _H * sum(sizes):
+            raise ValueError("state tree bytes do not hold one tree")
+        keys = _PackedKeys(data[at : at + ends[-1]], ends)
+        at += ends[-1]
+        levels: list[bytearray] = []
         for size in sizes:
-            levels.append([data[i : i + h] for i in range(at, at + size * h, h)])
-            at += size * h
+            levels.append(bytearray(view[at : at + size * _H]))
+            at += size * _H
         tree = cls()
         tree._keys, tree._levels, tree._dirty = keys, levels, None
         return tree
 
     def copy(self) -> SortedLeafTree:
         other = SortedLeafTree()
-        other._keys = list(self._keys)
-        other._levels = [list(level) for level in self._levels]
+        keys = self._keys
+        other._keys = keys if isinstance(keys, _PackedKeys) else list(keys)  # packed keys are never changed
+        other._levels = [bytearray(level) for level in self._levels]
         other._dirty, other._touched = self._dirty, set(self._touched)
         return other
 
+    def _mutable_keys(self) -> list[bytes]:
+        keys = self._keys
+        if isinstance(keys, _PackedKeys):
+            keys = self._keys = keys.to_list()
+        return keys
+
     def put(self, key: bytes, leaf_hash: bytes) -> None:
         """The leaf of ``key`` is now ``leaf_hash`` (added if the key has none)."""
+        if len(leaf_hash) != _H:
+            raise ValueError(f"a leaf hash is {_H} bytes")
         i = bisect.bisect_left(self._keys, key)
         if i < len(self._keys) and self._keys[i] == key:
-            self._levels[0][i] = leaf_hash
+            self._levels[0][i * _H : (i + 1) * _H] = leaf_hash
             self._touched.add(i)
             return
-        self._keys.insert(i, key)
-        self._levels[0].insert(i, leaf_hash)
+        self._mutable_keys().insert(i, key)
+        self._levels[0][i * _H : i * _H] = leaf_hash
         self._shifted(i)
 
     def remove(self, key: bytes) -> None:
         """``key`` has no leaf any more (nothing happens if it had none)."""
         i = bisect.bisect_left(self._keys, key)
         if i < len(self._keys) and self._keys[i] == key:
-            del self._keys[i]
-            del self._levels[0][i]
+            del self._mutable_keys()[i]
+            del self._levels[0][i * _H : (i + 1) * _H]
             self._shifted(i)
 
     def _shifted(self, i: int) -> None:
@@ -239,14 +318,50 @@ class SortedLeafTree:
 
     def root(self) -> bytes:
         self._rehash()
-        n = len(self._keys)
+        return self._fold(len(self._keys), {})
+
+    def root_after(self, changes: Mapping[bytes, bytes | None]) -> tuple[int, bytes]:
+        """(size, root) once each key of ``changes`` has that leaf hash (None: no leaf), the
+        tree itself left as it is. When every change replaces a leaf the tree holds (or
+        removes a key it does not hold) only the changed paths are hashed, O(change × log n);
+        else a copy is changed."""
+        self._rehash()
+        keys, levels = self._keys, self._levels
+        overlay: dict[tuple[int, int], bytes] = {}
+        for key, leaf in changes.items():
+            i = bisect.bisect_left(keys, key)
+            held = i < len(keys) and keys[i] == key
+            if leaf is None and not held:
+                continue
+            if leaf is None or not held or len(leaf) != _H:
+                other = self.copy()
+                for name, h in changes.items():
+                    if h is None:
+                        other.remove(name)
+                    else:
+                        other.put(name, h)
+                return other.size, other.root()
+            overlay[0, i] = leaf
+        below = {i for _, i in overlay}
+        for k in range(1, len(levels)):
+            below = {j for j in {p >> 1 for p in below} if j < len(levels[k]) // _H}
+            for j in below:
+                overlay[k, j] = merkle.node_hash(self._node(k - 1, 2 * j, overlay), self._node(k - 1, 2 * j + 1, overlay))
+        return len(keys), self._fold(len(keys), overlay)
+
+    def _node(self, k: int, j: int, overlay: Mapping[tuple[int, int], bytes]) -> bytes:
+        found = overlay.get((k, j))
+        return found if found is not None else bytes(self._levels[k][j * _H : (j + 1) * _H])
+
+    def _fold(self, n: int, overlay: Mapping[tuple[int, int], bytes]) -> bytes:
+        """The root of the ``n`` leaves: the perfect subtrees of the size, folded from the right."""
         if n == 0:
             return merkle.root_hash([])
         subtrees: list[bytes] = []
         offset = 0
         for k in range(n.bit_length() - 1, -1, -1):
             if n >> k & 1:
-                subtrees.append(self._levels[k][offset >> k])
+                subtrees.append(self._node(k, offset >> k, overlay))
                 offset += 1 << k
         root = subtrees[-1]
         for node in reversed(subtrees[:-1]):
@@ -254,29 +369,28 @@ class SortedLeafTree:
         return root
 
     def _rehash(self) -> None:
-        levels, node = self._levels, merkle.node_hash
-        dirty = len(levels[0]) if self._dirty is None else self._dirty
+        levels = self._levels
+        dirty = len(levels[0]) // _H if self._dirty is None else self._dirty
         for p in self._touched:
             if p >= dirty:
                 continue  # re-hashed below
             for k in range(1, len(levels)):
                 j = p >> k
-                if j >= len(levels[k]):
+                if j >= len(levels[k]) // _H:
                     break
-                below = levels[k - 1]
-                levels[k][j] = node(below[2 * j], below[2 * j + 1])
+                levels[k][j * _H : (j + 1) * _H] = _pairs(levels[k - 1], j, j + 1)
         self._touched.clear()
         if self._dirty is None:
             return
         k = 1
-        while len(levels[k - 1]) > 1:
+        while len(levels[k - 1]) > _H:
             below = levels[k - 1]
             if k == len(levels):
-                levels.append([])
+                levels.append(bytearray())
             level = levels[k]
-            start = min(dirty >> k, len(level))
-            del level[start:]
-            level.extend(node(below[2 * j], below[2 * j + 1]) for j in range(start, len(below) // 2))
+            start = min(dirty >> k, len(level) // _H)
+            del level[start * _H :]
+            level += _pairs(below, start, len(below) // _H // 2)
             k += 1
         del levels[k:]
         self._dirty = None
