@@ -489,7 +489,12 @@ class Syncer:
         (None: none held)."""
         member = offered.member
         store = self.node.store
-        if held_read and held_envelope is None:
+        if member == self.node.member:
+            # read now, not as the pass read it: `counterpart-node publish` commits from a
+            # process of its own, and a peer may offer its checkpoint before this process
+            # has heard of the commit; that is no log signed elsewhere
+            held = self.node.held_checkpoint(member)
+        elif held_read and held_envelope is None:
             held = None
         else:
             held = self.node.held_checkpoint(member, held_envelope)
