@@ -122,6 +122,23 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+def _stored_time(value: datetime | str) -> datetime:
+    """A time column read through the driver: SQLite gives the text SQLAlchemy stored
+    (``2026-12-01 07:00:00.000000``, UTC), PostgreSQL a datetime."""
+    return _aware(value if isinstance(value, datetime) else datetime.fromisoformat(value))
+
+
+class HeldCheckpointRow(NamedTuple):
+    """What ``Store.checkpoint_row`` reads of a member's row of ``checkpoints`` (the
+    envelope is ``Store.checkpoint``'s)."""
+
+    size: int
+    root_hash: bytes
+    issue_time: datetime
+    expire_time: datetime
+    frontier: bytes | None
+
+
 def stage_id(started: float) -> str:
     """A new stage's name: the Unix time it starts at, as 10 hex digits (so names sort by it
     and ``drop_stages(started_before=...)`` can tell old stages from the ones under way),
@@ -246,8 +263,9 @@ class Store:
             return row.envelope if row else None
 
     def federation_version(self) -> int:
-        with self._session() as s:
-            return int(s.scalar(select(func.max(FederationDocumentRow.version))) or 0)
+        """Read for every push and pull a node handles (``Node.refresh_federation``): through the driver."""
+        rows = self._driver(f"SELECT max(version) FROM {FederationDocumentRow.__tablename__}", ())
+        return int(rows[0][0] or 0)
 
     def federation_chain(self, from_version: int = 1) -> list[bytes]:
         with self._session() as s:
@@ -439,9 +457,8 @@ class Store:
         return out
 
     def checkpoint(self, member: str) -> bytes | None:
-        with self._session() as s:
-            env = s.scalar(select(CheckpointRow.envelope).where(CheckpointRow.member == member))
-            return bytes(env) if env is not None else None
+        rows = self._driver(f"SELECT envelope FROM {_CHECKPOINTS} WHERE member = ?", (member,))
+        return bytes(rows[0][0]) if rows else None
 
     def checkpoints(self) -> dict[str, bytes]:
         return {m: bytes(e) for m, e in self._driver(f"SELECT member, envelope FROM {_CHECKPOINTS}", ())}
@@ -1313,13 +1330,19 @@ class Store:
             r.detected_time = _aware(r.detected_time)
         return rows
 
-    def checkpoint_row(self, member: str) -> CheckpointRow | None:
-        with self._session() as s:
-            row = s.get(CheckpointRow, member)
-            if row is not None:
-                row.issue_time = _aware(row.issue_time)
-                row.expire_time = _aware(row.expire_time)
-            return row
+    def checkpoint_row(self, member: str) -> HeldCheckpointRow | None:
+        """The member's checkpoint row, through the driver: every push a node receives and
+        every proof or range it serves reads it (an ORM ``get`` cost about ten times the
+        query, bench/README.md, propagation)."""
+        rows = self._driver(
+            f"SELECT size, root_hash, issue_time, expire_time, frontier FROM {_CHECKPOINTS} WHERE member = ?", (member,)
+        )
+        if not rows:
+            return None
+        size, root, issued, expires, frontier = rows[0]
+        return HeldCheckpointRow(
+            int(size), bytes(root), _stored_time(issued), _stored_time(expires), None if frontier is None else bytes(frontier)
+        )
 
     # --- access: tokens this node issued, and the audit of members-only records served ----
 
