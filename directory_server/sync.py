@@ -196,6 +196,7 @@ class Syncer:
         self._held_gen = 0
         node.store.watch_commits(self._checkpoint_committed)
         self._channels: dict[str, tuple[tuple[int, int], grpc.Channel]] = {}
+        self._stubs: dict[str, tuple[grpc.Channel, rs_grpc.ReplicationServiceStub]] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, _Claim] = {}  # member -> the pull under way
         self._ever: tuple[int, set[str]] = (0, set())  # (chain length, members any version listed)
@@ -213,6 +214,7 @@ class Syncer:
             for _, channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+            self._stubs.clear()
         self.signatures.close()
 
     def _range_verifier(
@@ -271,11 +273,23 @@ class Syncer:
             self._channels[peer] = (key, channel)
             return channel
 
+    def _stub(self, peer: str) -> rs_grpc.ReplicationServiceStub:
+        """The peer's stub on its current channel: built once per channel, not per job (a
+        stub builds a callable per method)."""
+        channel = self.channel(peer)
+        with self._lock:
+            cached = self._stubs.get(peer)
+            if cached is not None and cached[0] is channel:
+                return cached[1]
+            stub = rs_grpc.ReplicationServiceStub(channel)
+            self._stubs[peer] = (channel, stub)
+            return stub
+
     # --- one pass ------------------------------------------------------------------------
 
     def sync_peer(self, peer: str) -> PeerReport:
         report = PeerReport(peer)
-        stub = rs_grpc.ReplicationServiceStub(self.channel(peer))
+        stub = self._stub(peer)
         try:
             vector = stub.GetCheckpoints(rs.GetCheckpointsRequest(), timeout=self.deadline)
         except grpc.RpcError as e:
@@ -327,7 +341,7 @@ class Syncer:
         checkpoint costs a signature check and nothing else; a push never starts a pass over
         every member."""
         report = PeerReport(peer)
-        stub = rs_grpc.ReplicationServiceStub(self.channel(peer))
+        stub = self._stub(peer)
         synced: dict[str, int] = {}
         fillable: dict[str, int] = {}
         peer_sizes: dict[str, int] | None = None
@@ -796,6 +810,13 @@ class Syncer:
             self._inflight[member] = claim
             return claim
 
+    def pulling(self, member: str, size: int) -> bool:
+        """Whether a pull of at least ``size`` entries of the member is under way and moving
+        (``_claim`` would refuse that range to another peer)."""
+        with self._lock:
+            current = self._inflight.get(member)
+            return current is not None and current.size >= size and not current.stalled()
+
     def _release(self, member: str, claim: _Claim) -> None:
         with self._lock:
             if self._inflight.get(member) is claim:
@@ -829,6 +850,9 @@ class _PeerState:
     full: bool = False  # a whole pass is due
     pushed: dict[str, bytes] = field(default_factory=dict)  # member -> the last checkpoint it pushed, not yet looked at
     seen: dict[str, bytes] = field(default_factory=dict)  # member -> the last checkpoint it pushed (repeats are dropped)
+    # member -> (checkpoint, its claimed tree) pushed while another peer's pull of at least
+    # that size was under way: looked at only if that pull ends without bringing it
+    parked: dict[str, tuple[bytes, _Tree]] = field(default_factory=dict)
     busy: bool = False  # a job for it is queued or running in the pool
     timer: asyncio.TimerHandle | None = None  # the next anti-entropy pass
     watch: asyncio.Task[None] | None = None
@@ -885,6 +909,7 @@ class SyncEngine:
         self._watching: set[str] = set()  # peers whose WatchCheckpoints stream is open
         self._held: dict[str, _Tree | None] = {}
         self._held_stale = False
+        self._parked: set[str] = set()  # members some peer's push is parked for
         node.store.watch_commits(self._checkpoint_committed)
 
     def start(self) -> None:
@@ -1045,6 +1070,25 @@ class SyncEngine:
         elif report.pulled or report.refreshed:
             state.failures = state.refused = 0
         self._kick(state)
+        self._unpark()
+
+    def _unpark(self) -> None:
+        """After each job: pushes parked for a member whose pull is no longer under way become
+        jobs if what they claim is still newer than what is held (that pull failed or fell
+        short), else are dropped."""
+        if not self._parked:
+            return
+        for member in list(self._parked):
+            waiting = [st for st in self._peers.values() if member in st.parked]
+            if any(self.syncer.pulling(member, st.parked[member][1].size) for st in waiting):
+                continue
+            self._parked.discard(member)
+            held = self._held_tree(member)
+            for st in waiting:
+                envelope, tree = st.parked.pop(member)
+                if tree.newer_than(held) and time.monotonic() >= st.strict_until:
+                    st.pushed[member] = envelope
+                    self._kick(st)
 
     def _schedule(self, state: _PeerState, seconds: float, *, jitter: bool = True) -> None:
         """The peer's next whole pass, ``seconds`` from now (replacing the one planned)."""
@@ -1117,8 +1161,16 @@ class SyncEngine:
             member, tree = claimed
             state.seen[member] = envelope
             if tree.newer_than(self._held_tree(member)):
-                # what it claims is newer: the job verifies it before anything else
-                state.pushed[member] = envelope
+                if self.syncer.pulling(member, tree.size):
+                    # another peer's pull already brings at least this much (the relays of a
+                    # change reach a node while it pulls the change): no job unless that
+                    # pull fails (``_unpark``)
+                    state.parked[member] = (envelope, tree)
+                    self._parked.add(member)
+                else:
+                    # what it claims is newer: the job verifies it before anything else
+                    state.pushed[member] = envelope
+                    state.parked.pop(member, None)
             # else: even if genuine it could not be newer; a pushed relay of what this node
             # already holds costs a parse and nothing else
         self._kick(state)

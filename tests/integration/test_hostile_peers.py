@@ -600,6 +600,62 @@ def test_a_flood_of_pushes_costs_one_verification_and_is_then_ignored(world: Wor
         node.stop(grace=0)
 
 
+@pytest.mark.parametrize("first_pull", ["fails", "succeeds"])
+def test_a_push_that_arrives_while_another_peer_pulls_the_change_waits_for_that_pull(
+    world: World, first_pull: str
+) -> None:
+    """The relays of a change reach a node while it pulls that change from the first peer:
+    each such push is parked, not run as a job (half the CPU of a change in the ten-node
+    benchmark went to those jobs). If the pull under way fails (a hostile first peer), a
+    parked push becomes the job that brings the change, with no wait for the next pass (an
+    hour here); if it succeeds, the parked push is dropped and costs nothing."""
+    release = threading.Event()
+    envelopes = world.hostile.envelopes()
+
+    def slow(request: rs.GetEntriesRequest, context: grpc.ServicerContext) -> Iterator[rs.GetEntriesResponse]:
+        release.wait(30)
+        batch = envelopes[request.start_seq - 1 : request.end_seq]
+        if first_pull == "fails":
+            batch = [flip_payload_byte(batch[0]), *batch[1:]]
+        return iter([rs.GetEntriesResponse(start_seq=request.start_seq, signed_entries=batch)])
+
+    world.hostile.entries = slow  # its pass (on start) offers GE's checkpoint, then pulls slowly
+    relay = HostilePeer(world.origin, ORIGIN)
+    relay.checkpoints = []  # offers nothing on its pass: only its push below names the change
+    relay.start()
+    node = NodeServer(world.target, "127.0.0.1:0", access_log=False,
+                      peers=[world.hostile.address, relay.address], sync_interval=3600)
+    node.start()
+    try:
+        engine = node.sync
+        assert engine is not None
+        wait_for(lambda: world.hostile.asked("GetEntries") != [], 10, "the first pull to be under way")
+        state = engine._peers[relay.address]
+        pushes = engine.jobs["push"]
+        push = rs.WatchCheckpointsResponse(
+            signed_checkpoint=world.current.envelope, federation_version=world.target.federation().version
+        )
+        engine._loop.call_soon_threadsafe(engine._pushed, state, push)  # the relay's push, as its stream delivers it
+        wait_for(lambda: ORIGIN in state.parked, 5, "the relay's push to be parked")
+        assert engine.jobs["push"] == pushes and relay.asked("GetEntries") == []
+        release.set()
+        wait_for(lambda: world.target.store.log_size(ORIGIN) == world.current.size, 20, "the change to be held")
+        wait_for(lambda: engine.idle(), 10, "the engine to be idle")
+        assert ORIGIN not in state.parked
+        if first_pull == "fails":
+            assert [(r.peer, r.reason) for r in world.target.store.rejections()] == [
+                (world.hostile.address, "BAD_SIGNATURE")
+            ]
+            assert engine.jobs["push"] == pushes + 1 and relay.asked("GetEntries") != []
+        else:
+            assert engine.jobs["push"] == pushes and relay.asked("GetEntries") == []
+        assert world.target.verify()[1] == []
+    finally:
+        release.set()
+        node.stop(grace=0)
+        relay.stop()
+
+
 def test_tampered_envelopes_still_parse_as_envelopes(world: World) -> None:
     """The tamperings above reach the signature check: they are not mere parse failures."""
     original = world.hostile.envelopes()[4]
