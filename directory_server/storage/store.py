@@ -310,13 +310,12 @@ class Store:
         The caller checks ``0 < first <= second <=`` the size a verified checkpoint covers."""
         if first >= second:
             return []
-        with self._session() as s:
-            base = s.execute(
-                select(LogFrontierRow.size, LogFrontierRow.frontier)
-                .where(LogFrontierRow.member == member, LogFrontierRow.size <= first)
-                .order_by(LogFrontierRow.size.desc()).limit(1)
-            ).first()
-            tree = merkle.CompactRange.from_frontier(int(base[0]), bytes(base[1])) if base else merkle.CompactRange()
+        with self._session() as s:  # through the driver: every pull of a change asks for one
+            found = _driver_rows(
+                s, f"SELECT size, frontier FROM {LogFrontierRow.__tablename__} WHERE member = ? AND size <= ? "
+                "ORDER BY size DESC LIMIT 1", (member, first),
+            )
+            tree = merkle.CompactRange.from_frontier(int(found[0][0]), bytes(found[0][1])) if found else merkle.CompactRange()
             start = tree.size
             hashes = _leaf_range(s, member, start, second)
         before, after = hashes[: first - start], hashes[first - start :]
@@ -371,16 +370,16 @@ class Store:
 
     def log_rows(self, member: str, start: int = 1, end: int | None = None) -> list[StoredEntry]:
         """Every entry of a member's log in ``start..end`` as stored, withheld ones included."""
-        with self._session() as s:
-            q = select(
-                EntryRow.seq, EntryRow.kind, EntryRow.envelope, EntryRow.leaf_hash, EntryRow.restricted, EntryRow.name
-            ).where(EntryRow.member == member, EntryRow.seq >= start)
-            if end is not None:
-                q = q.where(EntryRow.seq <= end)
-            return [
-                StoredEntry(int(seq), kind, bytes(env), bytes(leaf), bool(restricted), name)
-                for seq, kind, env, leaf, restricted, name in s.execute(q.order_by(EntryRow.seq))
-            ]
+        # through the driver: every range a node serves (GetEntries) reads its rows here
+        sql = f"SELECT seq, kind, envelope, leaf_hash, restricted, name FROM {_ENTRIES} WHERE member = ? AND seq >= ?"
+        params: list[Any] = [member, start]
+        if end is not None:
+            sql += " AND seq <= ?"
+            params.append(end)
+        return [
+            StoredEntry(int(seq), kind, bytes(env), bytes(leaf), bool(restricted), name)
+            for seq, kind, env, leaf, restricted, name in self._driver(sql + " ORDER BY seq", params)
+        ]
 
     def withheld_hashes(self, member: str, upto: int | None = None) -> dict[int, bytes]:
         """seq -> leaf hash of each entry of the member this node holds withheld, in order
@@ -1517,8 +1516,8 @@ def _leaf_hashes(s: Session, member: str, upto: int) -> list[bytes]:
 
 def _leaf_range(s: Session, member: str, after: int, upto: int) -> list[bytes]:
     """Leaf hashes of seqs ``after + 1 .. upto``, in order (a range of the primary key)."""
-    q = select(EntryRow.leaf_hash).where(EntryRow.member == member, EntryRow.seq > after, EntryRow.seq <= upto)
-    return [bytes(h) for h in s.scalars(q.order_by(EntryRow.seq))]
+    sql = f"SELECT leaf_hash FROM {_ENTRIES} WHERE member = ? AND seq > ? AND seq <= ? ORDER BY seq"
+    return [bytes(h) for (h,) in _driver_rows(s, sql, (member, after, upto))]
 
 
 def _steps(member: str, tree: merkle.CompactRange, leaf_hashes: Iterable[bytes]) -> list[dict[str, Any]]:
