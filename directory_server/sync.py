@@ -1073,7 +1073,7 @@ class SyncEngine:
         self._unpark()
 
     def _unpark(self) -> None:
-        """After each job: pushes parked for a member whose pull is no longer under way become
+        """After each job (and STALL seconds after a push is parked): pushes parked for a member whose pull is no longer under way become
         jobs if what they claim is still newer than what is held (that pull failed or fell
         short), else are dropped."""
         if not self._parked:
@@ -1167,6 +1167,8 @@ class SyncEngine:
                     # pull fails (``_unpark``)
                     state.parked[member] = (envelope, tree)
                     self._parked.add(member)
+                    # looked at again once that pull could have stalled, even if no job ends by then
+                    self._loop.call_later(STALL + 0.1, self._unpark)
                 else:
                     # what it claims is newer: the job verifies it before anything else
                     state.pushed[member] = envelope
