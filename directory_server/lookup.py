@@ -26,7 +26,7 @@ from counterpart_core.query import (
     parse_filter,
 )
 from counterpart_core.records import Record
-from counterpart_core.timeutil import from_timestamp, to_duration, utcnow
+from counterpart_core.timeutil import from_timestamp, utcnow
 from directory_server.memberindex import (
     ANSWER_BYTES,
     LEAF_BYTES,
@@ -123,6 +123,29 @@ class MemberState:
                 inclusion_path=list(p.path),
             ))
         return out
+
+
+@dataclass(frozen=True)
+class ProvenanceBase:
+    """A member's provenance at one generation but what changes with the clock (``stale``,
+    ``checkpoint_age``), kept with the member's index: every answer about the member states
+    it, and converting the checkpoint's times on each one cost more than the rest of a kept
+    answer's tail (bench/README.md)."""
+
+    message: ds.Provenance  # shared: copied into each answer, never changed
+    issued: datetime
+    expires: datetime
+
+    def stamp(self, out: ds.Provenance, now: datetime) -> bool:
+        """Fill ``out`` with the provenance as of ``now``; whether the data is stale."""
+        out.CopyFrom(self.message)
+        age = max(now - self.issued, timedelta(0))
+        out.checkpoint_age.SetInParent()  # stated even when zero
+        out.checkpoint_age.seconds = age.days * 86400 + age.seconds  # what Duration.FromTimedelta sets
+        out.checkpoint_age.nanos = age.microseconds * 1000
+        stale = now > self.expires
+        out.stale = stale
+        return stale
 
 
 @dataclass(frozen=True)
@@ -342,18 +365,21 @@ class Directory:
         return self._provenance(member, Snapshot(self))
 
     def _provenance(self, member: str, snap: Snapshot) -> ds.Provenance:
-        idx = snap.index(member)
-        checkpoint, cp = idx.generation.checkpoint, idx.checkpoint
-        now = self.clock()
-        issued = from_timestamp(cp.issue_time)
-        p = ds.Provenance(
-            member=member, checkpoint_size=cp.size, stale=now > from_timestamp(cp.expire_time),
-            signed_checkpoint=checkpoint,
-        )
-        p.checkpoint_issue_time.CopyFrom(cp.issue_time)
-        p.checkpoint_expire_time.CopyFrom(cp.expire_time)
-        p.checkpoint_age.CopyFrom(to_duration(max(now - issued, timedelta(0))))
+        p = ds.Provenance()
+        self._provenance_of(snap.index(member)).stamp(p, self.clock())
         return p
+
+    def _provenance_of(self, idx: MemberIndex) -> ProvenanceBase:
+        """What the provenance of the member's answers holds at this generation, made once."""
+
+        def make() -> ProvenanceBase:
+            cp = idx.checkpoint
+            p = ds.Provenance(member=idx.member, checkpoint_size=cp.size, signed_checkpoint=idx.generation.checkpoint)
+            p.checkpoint_issue_time.CopyFrom(cp.issue_time)
+            p.checkpoint_expire_time.CopyFrom(cp.expire_time)
+            return ProvenanceBase(p, from_timestamp(cp.issue_time), from_timestamp(cp.expire_time))
+
+        return self._once(idx, "provenance", make, lambda base: 256 + len(idx.generation.checkpoint))
 
     # --- Get / List / Search -----------------------------------------------------------
 
@@ -528,6 +554,56 @@ class Directory:
         and, after them, its provenance as of now. Protobuf merges concatenated messages:
         repeated fields append (the staleness warnings come after the kept ones), and the
         kept bytes hold no provenance and no as_of."""
+        federation = self._federation()
+        request = req.SerializeToString(deterministic=True)
+        snap = Snapshot(self, caller, generations)
+        # a request answered before passed every check below: they depend on nothing but the
+        # request and the federation document, both in the kept answer's key
+        answer = self._kept_answer(req, request, caller, federation, generations) if generations else None
+        if answer is None:
+            self._check(req, federation)
+            snap.read([req.requested_member, req.requesting_member])
+            idx = snap.index(req.requested_member)  # NOT_FOUND when the node holds nothing of the member
+            # the whole answer but its provenance (ages change with the clock), kept for the
+            # generations it was made from, per visibility: an anonymous caller never gets one
+            # made for a signed-in caller
+            key = self._answer_key(req, request, caller, federation, idx.generation, snap.generation)
+            answer = self.indexes.answer(key, lambda: self._answer(req, caller, federation, snap), lambda a: a.weight)
+        self._audit(caller, "FindCounterpart", answer.served)
+        tail = ds.FindCounterpartResponse(as_of=as_of)
+        now = self.clock()
+        for m in answer.members:
+            if self._provenance_of(snap.index(m)).stamp(tail.provenances.add(), now):
+                tail.warnings.append(f"the data of {m} is stale: its latest checkpoint expired")
+        return answer.body + tail.SerializeToString()
+
+    @staticmethod
+    def _answer_key(
+        req: ds.FindCounterpartRequest, request: bytes, caller: Caller, federation: Federation,
+        generation: Generation, generation_of: Callable[[str], Generation | None],
+    ) -> tuple[object, ...]:
+        """What a kept answer is kept under: everything it was made from."""
+        return (
+            req.requested_member, generation, request, caller.sees_members_only, federation.version,
+            generation_of(req.requesting_member) if req.requesting_member else None,
+        )
+
+    def _kept_answer(
+        self, req: ds.FindCounterpartRequest, request: bytes, caller: Caller, federation: Federation,
+        generations: Mapping[str, Generation | None],
+    ) -> Answer | None:
+        """The answer kept for the request at these generations, if any."""
+        generation = generations.get(req.requested_member)
+        if generation is None:
+            return None
+        kept = self.indexes.kept(
+            self._answer_key(req, request, caller, federation, generation, lambda m: generations.get(m))
+        )
+        return kept if isinstance(kept, Answer) else None
+
+    @staticmethod
+    def _check(req: ds.FindCounterpartRequest, federation: Federation) -> None:
+        """Refuse a request that is not a valid question in this federation."""
         for field_name, value, maximum in (
             ("requested_member", req.requested_member, bounds.MAX_CODE_CHARS),
             ("requesting_member", req.requesting_member, bounds.MAX_CODE_CHARS),
@@ -539,7 +615,6 @@ class Directory:
         bounds.check_count(len(req.preferred_languages), "preferred_languages", bounds.MAX_LANGUAGES, "TOO_MANY_LANGUAGES")
         for tag in req.preferred_languages:
             bounds.check_text(tag, "preferred_languages", bounds.MAX_LANGUAGE_TAG_CHARS)
-        federation = self._federation()
         vocab = federation.vocabulary
         member = req.requested_member
         if not member:
@@ -568,25 +643,6 @@ class Directory:
         for tag in req.preferred_languages:
             if not names.LANGUAGE_TAG_RE.match(tag):
                 raise InvalidArgumentError(f"{quote(tag)} is not a BCP 47 language tag", reason="INVALID_LANGUAGE")
-        snap = Snapshot(self, caller, generations)
-        snap.read([member, req.requesting_member])
-        idx = snap.index(member)  # NOT_FOUND when the node holds nothing of the member
-        # the whole answer but its provenance (ages change with the clock), kept for the
-        # generations it was made from, per visibility: an anonymous caller never gets one
-        # made for a signed-in caller
-        key = (
-            member, idx.generation, req.SerializeToString(deterministic=True), caller.sees_members_only,
-            federation.version, snap.generation(req.requesting_member) if req.requesting_member else None,
-        )
-        answer = self.indexes.answer(key, lambda: self._answer(req, caller, federation, snap), lambda a: a.weight)
-        self._audit(caller, "FindCounterpart", answer.served)
-        tail = ds.FindCounterpartResponse(as_of=as_of)
-        for m in answer.members:
-            prov = self._provenance(m, snap)
-            if prov.stale:
-                tail.warnings.append(f"the data of {m} is stale: its latest checkpoint expired")
-            tail.provenances.append(prov)
-        return answer.body + tail.SerializeToString()
 
     def _answer(
         self, req: ds.FindCounterpartRequest, caller: Caller, federation: Federation, snap: Snapshot

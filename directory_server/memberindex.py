@@ -140,6 +140,7 @@ class MemberIndex:
         )
         self.lock = threading.Lock()  # one build of each piece at a time
         self.tree: CompactTree | None = None
+        self.provenance: Any = None  # lookup.ProvenanceBase, made at the first answer
         # heavy parts (Indexes.charge_heavy may drop them; each is read and set as one attribute)
         self.places: PlaceNames | None = None
         self.state: tuple[Any] | None = None  # (lookup.MemberState or None: no state root,) once built
@@ -234,6 +235,12 @@ class Indexes:
                 dropped.append(evicted)
         for d in dropped:
             d.drop_heavy()
+
+    def kept(self, key: tuple[object, ...]) -> object:
+        """The answer kept under ``key``, or None."""
+        with self._lock:
+            found, value = self._answers.find(key)
+        return value if found else None
 
     def answer(self, key: tuple[object, ...], make: Callable[[], _V], weigh: Callable[[_V], int]) -> _V:
         """A whole answer, made once for everything its key names."""

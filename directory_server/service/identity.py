@@ -91,7 +91,9 @@ class Authenticator(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return None
+        return self._wrapped.get(str(details.method), handler, lambda: self._authenticating(handler))
 
+    def _authenticating(self, handler: Any) -> Any:
         def unary(inner: Behaviour) -> Behaviour:
             def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
                 saved = self._enter(context)
@@ -112,9 +114,7 @@ class Authenticator(grpc.ServerInterceptor):
 
             return authenticated
 
-        return self._wrapped.get(
-            str(details.method), handler, lambda: rewrap(handler, unary_unary=unary, unary_stream=stream)
-        )
+        return rewrap(handler, unary_unary=unary, unary_stream=stream)
 
     def _enter(self, context: grpc.ServicerContext) -> Token[Caller]:
         try:

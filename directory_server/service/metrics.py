@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 
 from counterpart_core.timeutil import from_timestamp
 from directory_server.node import Node
-from directory_server.service.interceptors import Behaviour, rewrap, status_name
+from directory_server.service.interceptors import Behaviour, Wrapped, rewrap, status_name
 from directory_server.sync import PeerReport
 
 log = logging.getLogger("counterpart.metrics")
@@ -172,12 +172,15 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: NodeMetrics) -> None:
         self.metrics = metrics
+        self._wrapped = Wrapped()
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED; not a label an attacker can grow
             return None
-        method = details.method.lstrip("/")
+        return self._wrapped.get(details.method, handler, lambda: self._timing(handler, details.method.lstrip("/")))
+
+    def _timing(self, handler: Any, method: str) -> Any:
         observe = self.metrics.observe_rpc
 
         def unary(inner: Behaviour) -> Behaviour:

@@ -109,7 +109,10 @@ class _AccessLog(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
+        return self._wrapped.get(method, handler, lambda: self._logging(handler, method))
 
+    @staticmethod
+    def _logging(handler: Any, method: str) -> Any:
         def logging(inner: Behaviour) -> Behaviour:
             def logged(request: Any, context: grpc.ServicerContext) -> Any:
                 if not log.isEnabledFor(INFO):
@@ -126,7 +129,7 @@ class _AccessLog(grpc.ServerInterceptor):
 
             return logged
 
-        return self._wrapped.get(method, handler, lambda: rewrap(handler, unary_unary=logging))
+        return rewrap(handler, unary_unary=logging)
 
 
 def listen_error(address: str, what: str = "") -> CounterpartError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,45 @@ def test_a_kept_answer_on_the_servicer_path_sends_no_query_until_a_commit(
     after = views.find_counterpart(directory, question)
     assert _size(after) > _size(first)
     assert {p.tree_size for p in after.proofs} == {_size(after)}
+
+
+def test_a_kept_answer_states_its_provenance_as_of_each_call(make_node: Callable[..., Node], tmp_path: Path) -> None:
+    """The provenance of a kept answer is made at each call: its checkpoint ages with the
+    clock, and past the checkpoint's expiry the answer says the data is stale, as a fresh one."""
+    node = make_node("GE", ["GE", "AZ"])
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    (folder / "r.yaml").write_text(GOOD_RECORDS, encoding="utf-8")
+    node.publish(folder, PASSPHRASE)
+    now = [node.clock()]
+
+    def clock() -> datetime:
+        return now[0]
+
+    directory = Directory(node.store, node.federation, clock)
+    views = AsOfViews(node.store, node.federation, clock)
+    question = ds.FindCounterpartRequest(requested_member="GE", requesting_member="AZ", request_type="mla.hearing.witness")
+
+    def fresh() -> ds.FindCounterpartResponse:
+        return AsOfViews(node.store, node.federation, clock).find_counterpart(
+            Directory(node.store, node.federation, clock), question
+        )
+
+    def ages(resp: ds.FindCounterpartResponse) -> dict[str, timedelta]:
+        return {p.member: p.checkpoint_age.ToTimedelta() for p in resp.provenances}
+
+    first = views.find_counterpart(directory, question)
+    assert [p.member for p in first.provenances] == ["GE"] and not first.provenances[0].stale
+    now[0] += timedelta(hours=1, microseconds=7)
+    kept = views.find_counterpart(directory, question)
+    assert directory.indexes.stats()["answers"] == 1  # answered from what was kept
+    assert ages(kept)["GE"] - ages(first)["GE"] == timedelta(hours=1, microseconds=7)
+    assert kept == fresh() and kept.as_of.time.ToDatetime(tzinfo=UTC) == now[0]
+    now[0] = first.provenances[0].checkpoint_expire_time.ToDatetime(tzinfo=UTC) + timedelta(seconds=1)
+    stale = views.find_counterpart(directory, question)
+    assert directory.indexes.stats()["answers"] == 1
+    assert stale.provenances[0].stale and "the data of GE is stale: its latest checkpoint expired" in stale.warnings
+    assert stale == fresh()
 
 
 def test_on_postgres_a_commit_through_another_store_is_seen_by_the_next_lookup(
