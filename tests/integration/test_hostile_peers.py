@@ -822,6 +822,17 @@ def test_a_false_consistency_proof_costs_one_whole_log_download_per_tree(make_wo
 # --- this node's own log from a peer ------------------------------------------------------------------
 
 
+def az_records_and_one_more(folder: Path, authority: str, name: str) -> Path:
+    """AZ's sample records in ``folder`` and one more authority: one entry to publish."""
+    shutil.copytree(SAMPLE_DATA / TARGET, folder)
+    (folder / "extra.yaml").write_text(
+        f"member: {TARGET}\nauthorities:\n  - id: {authority}\n    display_names: [{{language: en, text: {name}}}]\n"
+        "    kind: court\n    coverage: {national: true}\n",
+        encoding="utf-8",
+    )
+    return folder
+
+
 def own_log_elsewhere(w: World, make_node: Callable[..., Node], tmp_path: Path) -> tuple[Node, HostilePeer]:
     """A second node holding AZ's key (a stolen key, a second process) that published AZ's
     records and one more; served by a peer."""
@@ -829,14 +840,7 @@ def own_log_elsewhere(w: World, make_node: Callable[..., Node], tmp_path: Path) 
     held = w.target.held_checkpoint(TARGET)
     assert held is not None
     other.store.append(TARGET, 0, w.target.verified_entries(TARGET), held)  # the same history so far
-    records = tmp_path / "az-elsewhere"
-    shutil.copytree(SAMPLE_DATA / TARGET, records)
-    (records / "extra.yaml").write_text(
-        f"member: {TARGET}\nauthorities:\n  - id: shadow\n    display_names: [{{language: en, text: Shadow court}}]\n"
-        "    kind: court\n    coverage: {national: true}\n",
-        encoding="utf-8",
-    )
-    other.publish(records, PASSPHRASE)
+    other.publish(az_records_and_one_more(tmp_path / "az-elsewhere", "shadow", "Shadow court"), PASSPHRASE)
     return other, HostilePeer(other, TARGET).start()
 
 
@@ -878,13 +882,7 @@ def test_the_own_log_published_by_another_process_meanwhile_raises_no_alarm(
     in 20 changes)."""
     world.syncer.sync_peer(world.honest.address)
     stale = world.syncer._held_envelopes()  # the held checkpoints as a pass read them
-    records = tmp_path / "az-changed"
-    shutil.copytree(SAMPLE_DATA / TARGET, records)
-    (records / "extra.yaml").write_text(
-        f"member: {TARGET}\nauthorities:\n  - id: annex\n    display_names: [{{language: en, text: Annex court}}]\n"
-        "    kind: court\n    coverage: {national: true}\n",
-        encoding="utf-8",
-    )
+    records = az_records_and_one_more(tmp_path / "az-changed", "annex", "Annex court")
     publisher = Node(world.target.config, clock=world.clock)  # the publishing process
     try:
         assert publisher.publish(records, PASSPHRASE).appended == 1
