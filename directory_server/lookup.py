@@ -748,17 +748,37 @@ class Directory:
             return []
         return [ds.AbsenceProof(state=proof, provenance=self._provenance(member, snap))]
 
-    def _place_names(self, member: str, snap: Snapshot) -> list[places.PlaceName]:
-        """The member's place names, kept for its generation."""
-        return self._places(snap.index(member)).names
+    def _place_part(self, idx: MemberIndex, needed: tuple[str, str]) -> list[places.PlaceName] | None:
+        """The member's place names a query needs (``places.names_needed``), read through the
+        places index; None when they hold no match and every name is needed. RETRY when the
+        member published while they were read."""
+        kind, value = needed
+        if kind == "subdivision":
+            rows, any_subdivision = self.store.subdivision_rows(idx.member, value)
+            if not rows and any_subdivision:
+                return None
+        else:
+            rows = self.store.folded_rows(idx.member, value)
+            if not rows:
+                return None
+        if self.store.generations([idx.member]).get(idx.member) != idx.generation:
+            raise ConflictError("the records changed while the answer was made; ask again", reason="RETRY")
+        return [places.PlaceName(*row) for row in rows]
 
     def _resolve_place(self, member: str, query: str, snap: Snapshot) -> places.Resolution:
-        """Where the query leads, resolved once per generation and query (an error is not kept)."""
+        """Where the query leads, resolved once per generation and query (an error is not kept):
+        from the few names it needs when they hold the place; from every name of the member
+        (kept for its generation) when the query is a typo or names no place."""
         if not query.strip():
             return places.Resolution("national")  # no place: nothing to read
 
         def resolve() -> places.Resolution:
-            names = self._places(snap.index(member))
+            idx = snap.index(member)
+            needed = places.names_needed(query, member)
+            part = None if needed is None else self._place_part(idx, needed)
+            if needed is None or part is not None:
+                return places.resolve(query, member, part or [])
+            names = self._places(idx)
             return places.resolve(query, member, names.names, names.grouped)
 
         return self._piece(snap.index(member), ("place", query), resolve)
@@ -792,9 +812,9 @@ class Directory:
 
     def _parents(self, member: str, code: str, snap: Snapshot) -> list[str]:
         out = [code] if code else []
-        names = self._place_names(member, snap)
         while code:
-            record = next((n.record for n in names if n.kind == index.PLACE_SUBDIVISION and n.subdivision == code), "")
+            rows, _ = self.store.subdivision_rows(member, code)
+            record = next((n for _, _, n, sub, k in rows if k == index.PLACE_SUBDIVISION and sub == code), "")
             loaded = self._load_name(record, snap) if record else None
             parent = loaded.record.parent_subdivision if loaded and isinstance(loaded.record, records_pb2.Place) else ""
             code = parent if parent and parent not in out else ""

@@ -52,6 +52,8 @@ from counterpart_core.index import (
     LEVEL_NATIONAL,
     LEVEL_POSTAL_CODE,
     LEVEL_SUBDIVISION,
+    PLACE_FROM_COVERAGE,
+    PLACE_SUBDIVISION,
     ROW_COLUMNS,
     Derived,
     Rows,
@@ -1249,9 +1251,35 @@ class Store:
 
     def place_rows(self, member: str) -> list[tuple[str, str, str, str, int]]:
         """``place_names`` as (folded, display, record, subdivision, kind) tuples: no ORM objects
-        for the thousands of names of a large member."""
-        sql = f"SELECT folded, display, name, subdivision, kind FROM {PlaceIndexRow.__tablename__} WHERE member = ?"
+        for the thousands of names of a large member. In the order they were derived, as the
+        two reads of a part of them below (``places.resolve`` takes the first of equals)."""
+        sql = f"SELECT {_PLACE_COLUMNS} FROM {PlaceIndexRow.__tablename__} WHERE member = ? ORDER BY id"
         return [(f, d, n, sub, int(k)) for f, d, n, sub, k in self._driver(sql, [member])]
+
+    def folded_rows(self, member: str, folded: str) -> list[tuple[str, str, str, str, int]]:
+        """Of ``place_rows``: the names folded to ``folded``, with every gazetteer name of the
+        places among them (``places.names_needed``); one indexed statement."""
+        t = PlaceIndexRow.__tablename__
+        sql = (
+            f"SELECT {_PLACE_COLUMNS} FROM {t} WHERE member = ? AND (folded = ? OR (kind <> ? AND name IN "
+            f"(SELECT name FROM {t} WHERE member = ? AND folded = ? AND kind <> ?))) ORDER BY id"
+        )
+        params = [member, folded, PLACE_FROM_COVERAGE, member, folded, PLACE_FROM_COVERAGE]
+        return [(f, d, n, sub, int(k)) for f, d, n, sub, k in self._driver(sql, params)]
+
+    def subdivision_rows(self, member: str, code: str) -> tuple[list[tuple[str, str, str, str, int]], bool]:
+        """Of ``place_rows``: every gazetteer name of the member's subdivisions of that code
+        (``places.names_needed``), and whether its gazetteer has any subdivision at all."""
+        t = PlaceIndexRow.__tablename__
+        sql = (
+            f"SELECT {_PLACE_COLUMNS} FROM {t} WHERE member = ? AND kind <> ? AND name IN "
+            f"(SELECT name FROM {t} WHERE member = ? AND kind = ? AND subdivision = ?) ORDER BY id"
+        )
+        rows = self._driver(sql, [member, PLACE_FROM_COVERAGE, member, PLACE_SUBDIVISION, code])
+        if rows:
+            return [(f, d, n, sub, int(k)) for f, d, n, sub, k in rows], True
+        any_sql = f"SELECT 1 FROM {t} WHERE member = ? AND kind = ? LIMIT 1"
+        return [], bool(self._driver(any_sql, [member, PLACE_SUBDIVISION]))
 
     # --- sync bookkeeping ----------------------------------------------------------------
 
@@ -1848,6 +1876,9 @@ class GenerationReader:
         for connection in idle:
             with contextlib.suppress(Exception):
                 connection.close()
+
+
+_PLACE_COLUMNS = "folded, display, name, subdivision, kind"  # places.PlaceName's fields, in order
 
 
 def _marks(items: Sequence[object]) -> str:

@@ -130,6 +130,32 @@ def group(names: Sequence[PlaceName]) -> dict[str, list[PlaceName]]:
     return _places(names)
 
 
+def names_needed(query: str, member: str) -> tuple[str, str] | None:
+    """Which of the member's place names ``resolve`` reads for ``query``, so that a server
+    with the names in an index reads only those:
+
+    - ``("subdivision", code)``: the gazetteer's subdivisions of that code, with every name of
+      those places (``subdivision_rows``);
+    - ``("folded", f)``: the names folded to ``f``, with every gazetteer name of the places
+      among them (``folded_rows``);
+    - None: no names (no place, a postal code, a subdivision of another member).
+
+    ``resolve`` over those rows (in the order of the whole list) answers as over every name
+    whenever they hold a match. When they hold none (a typo, an unknown place, a subdivision
+    code the gazetteer lacks while it has others), the answer is a guess or an error that
+    names the closest places, and needs every name."""
+    q = query.strip()
+    code = q.upper()
+    m = SUBDIVISION_RE.match(code)
+    if not q or (m and "-" in q and m.group(1) != member):
+        return None
+    if m and "-" in q:
+        return ("subdivision", code)
+    if POSTAL_RE.match(code):
+        return None
+    return ("folded", fold(q))
+
+
 def resolve(
     query: str, member: str, names: Sequence[PlaceName], grouped: dict[str, list[PlaceName]] | None = None
 ) -> Resolution:
