@@ -754,8 +754,8 @@ class Directory:
         member published while they were read."""
         kind, value = needed
         if kind == "subdivision":
-            rows, any_subdivision = self.store.subdivision_rows(idx.member, value)
-            if not rows and any_subdivision:
+            rows = self.store.subdivision_rows(idx.member, value)
+            if not rows and self._piece(idx, ("has subdivisions",), lambda: self.store.has_subdivisions(idx.member)):
                 return None
         else:
             rows = self.store.folded_rows(idx.member, value)
@@ -813,7 +813,7 @@ class Directory:
     def _parents(self, member: str, code: str, snap: Snapshot) -> list[str]:
         out = [code] if code else []
         while code:
-            rows, _ = self.store.subdivision_rows(member, code)
+            rows = self.store.subdivision_rows(member, code)
             record = next((n for _, _, n, sub, k in rows if k == index.PLACE_SUBDIVISION and sub == code), "")
             loaded = self._load_name(record, snap) if record else None
             parent = loaded.record.parent_subdivision if loaded and isinstance(loaded.record, records_pb2.Place) else ""

@@ -1267,19 +1267,21 @@ class Store:
         params = [member, folded, PLACE_FROM_COVERAGE, member, folded, PLACE_FROM_COVERAGE]
         return [(f, d, n, sub, int(k)) for f, d, n, sub, k in self._driver(sql, params)]
 
-    def subdivision_rows(self, member: str, code: str) -> tuple[list[tuple[str, str, str, str, int]], bool]:
+    def subdivision_rows(self, member: str, code: str) -> list[tuple[str, str, str, str, int]]:
         """Of ``place_rows``: every gazetteer name of the member's subdivisions of that code
-        (``places.names_needed``), and whether its gazetteer has any subdivision at all."""
+        (``places.names_needed``); one indexed statement."""
         t = PlaceIndexRow.__tablename__
         sql = (
             f"SELECT {_PLACE_COLUMNS} FROM {t} WHERE member = ? AND kind <> ? AND name IN "
             f"(SELECT name FROM {t} WHERE member = ? AND kind = ? AND subdivision = ?) ORDER BY id"
         )
         rows = self._driver(sql, [member, PLACE_FROM_COVERAGE, member, PLACE_SUBDIVISION, code])
-        if rows:
-            return [(f, d, n, sub, int(k)) for f, d, n, sub, k in rows], True
-        any_sql = f"SELECT 1 FROM {t} WHERE member = ? AND kind = ? LIMIT 1"
-        return [], bool(self._driver(any_sql, [member, PLACE_SUBDIVISION]))
+        return [(f, d, n, sub, int(k)) for f, d, n, sub, k in rows]
+
+    def has_subdivisions(self, member: str) -> bool:
+        """Does the member's gazetteer name any subdivision (``places.names_needed``)?"""
+        sql = f"SELECT 1 FROM {PlaceIndexRow.__tablename__} WHERE member = ? AND kind = ? LIMIT 1"
+        return bool(self._driver(sql, [member, PLACE_SUBDIVISION]))
 
     # --- sync bookkeeping ----------------------------------------------------------------
 
