@@ -181,7 +181,7 @@ class Snapshot:
         """Read the generations of the members not read yet, in one query."""
         missing = sorted({m for m in members if m and m not in self._generations})
         if missing:
-            got = self._directory.store.generations(missing)
+            got = self._directory.store.lookup_generations(missing)
             for m in missing:
                 self._generations[m] = got.get(m)
 
@@ -761,7 +761,7 @@ class Directory:
             rows = self.store.folded_rows(idx.member, value)
             if not rows:
                 return None
-        if self.store.generations([idx.member]).get(idx.member) != idx.generation:
+        if self.store.lookup_generations([idx.member]).get(idx.member) != idx.generation:
             raise ConflictError("the records changed while the answer was made; ask again", reason="RETRY")
         return [places.PlaceName(*row) for row in rows]
 
