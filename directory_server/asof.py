@@ -36,7 +36,7 @@ from counterpart_core.redaction import record_members_only
 from counterpart_core.timeutil import from_timestamp, to_timestamp, utcnow
 from directory_server.lookup import Directory, Loaded, Snapshot
 from directory_server.storage.models import Base, EntryRow
-from directory_server.storage.store import Generation, Store
+from directory_server.storage.store import Generation, RecordKey, Store
 
 MAX_VIEWS = 4  # each holds the derived rows of one instant; a handful covers a session's questions
 MAX_LOGS = 4  # members whose whole parsed log is kept (a view reads every member's; 5,000 entries ~ 25 MB)
@@ -102,6 +102,11 @@ class _ViewStore(Store):
 
     def envelopes_at(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
         return self.real.envelopes_at(keys)
+
+    def record_keys(
+        self, names: Sequence[str], envelopes: dict[tuple[str, int], bytes] | None = None
+    ) -> dict[str, RecordKey]:
+        return super().record_keys(names)  # the entries are the real store's: read by envelopes_at
 
     def envelope(self, member: str, seq: int) -> bytes | None:
         return self.real.envelope(member, seq)

@@ -319,9 +319,12 @@ class Directory:
 
         return self._once(idx, "places", read, lambda names: names.weight, heavy=True)
 
-    def _load_rows(self, rows: Sequence[RowLike], snap: Snapshot) -> list[Loaded]:
+    def _load_rows(
+        self, rows: Sequence[RowLike], snap: Snapshot, read: Mapping[tuple[str, int], bytes] | None = None
+    ) -> list[Loaded]:
         """Each row's record with its inclusion proof and state proof, against the snapshot's
-        checkpoint; kept per generation and visibility (``MemberIndex.loaded``)."""
+        checkpoint; kept per generation and visibility (``MemberIndex.loaded``). ``read``:
+        envelopes already read with the rows (``Store.record_keys``), by (member, seq)."""
         sees = snap.caller.sees_members_only
         found: dict[tuple[str, int], Loaded] = {}
         missing: list[RowLike] = []
@@ -336,7 +339,10 @@ class Directory:
             else:
                 missing.append(row)
         if missing:
-            envelopes = self.store.envelopes_at([(r.member, r.seq) for r in missing])
+            envelopes = dict(read or {})
+            unread = [(r.member, r.seq) for r in missing if (r.member, r.seq) not in envelopes]
+            if unread:
+                envelopes.update(self.store.envelopes_at(unread))
             for row in missing:
                 envelope = envelopes.get((row.member, row.seq))
                 if envelope is None:  # derived state points at a missing entry: rebuild needed
@@ -731,10 +737,11 @@ class Directory:
                                                            "records": restricted})
 
     def _load_name(self, name: str, snap: Snapshot) -> Loaded | None:
-        row = self.store.record_keys([name]).get(name)
+        read: dict[tuple[str, int], bytes] = {}
+        row = self.store.record_keys([name], read).get(name)
         if row is None or not row.public:
             return None
-        return self._load_rows([row], snap)[0]
+        return self._load_rows([row], snap, read)[0]
 
     def _absence(self, name: str, snap: Snapshot) -> list[ds.AbsenceProof]:
         """The proof that ``name`` is not current (in the tree the caller may see), with the
@@ -883,8 +890,9 @@ class Directory:
                     )
                 roles.setdefault(name, set()).add(role)
         levels = {n: lv for n, lv in levels.items() if n in roles}
-        rows = self.store.record_keys(list(levels))
-        loaded = {ld.name: ld for ld in self._load_rows([rows[n] for n in sorted(levels) if n in rows], snap)}
+        read: dict[tuple[str, int], bytes] = {}
+        rows = self.store.record_keys(list(levels), read)
+        loaded = {ld.name: ld for ld in self._load_rows([rows[n] for n in sorted(levels) if n in rows], snap, read)}
         out: list[tuple[ds.Candidate, Loaded]] = []
         for name, ld in loaded.items():
             assert isinstance(ld.record, records_pb2.Authority)

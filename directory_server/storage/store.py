@@ -992,13 +992,28 @@ class Store:
         with self._session() as s:
             return s.get(RecordRow, name)
 
-    def record_keys(self, names: Sequence[str]) -> dict[str, RecordKey]:
+    def record_keys(
+        self, names: Sequence[str], envelopes: dict[tuple[str, int], bytes] | None = None
+    ) -> dict[str, RecordKey]:
         """``record_rows`` as the plain values lookups read, through the driver (every answer
-        not kept reads a few)."""
+        not kept reads a few). Given ``envelopes``, the same statement also reads each
+        record's entry into it, by (member, seq): a lookup that loads them next sends one
+        statement instead of two."""
         out: dict[str, RecordKey] = {}
         for chunk in _chunks(sorted(set(names))):
-            sql = f"SELECT name, member, kind, seq, public FROM {RecordRow.__tablename__} WHERE name IN ({_marks(chunk)})"
-            out.update({n: RecordKey(n, m, k, int(seq), bool(pub)) for n, m, k, seq, pub in self._driver(sql, chunk)})
+            if envelopes is None:
+                sql = f"SELECT name, member, kind, seq, public FROM {RecordRow.__tablename__} WHERE name IN ({_marks(chunk)})"
+                rows = [(*row, None) for row in self._driver(sql, chunk)]
+            else:
+                sql = (
+                    f"SELECT r.name, r.member, r.kind, r.seq, r.public, e.envelope FROM {RecordRow.__tablename__} r "
+                    f"LEFT JOIN {_ENTRIES} e ON e.member = r.member AND e.seq = r.seq WHERE r.name IN ({_marks(chunk)})"
+                )
+                rows = self._driver(sql, chunk)
+            for n, m, k, seq, pub, env in rows:
+                out[n] = RecordKey(n, m, k, int(seq), bool(pub))
+                if envelopes is not None and env is not None:
+                    envelopes[(m, int(seq))] = bytes(env)
         return out
 
     def record_rows(self, names: Sequence[str]) -> dict[str, RecordRow]:
