@@ -1276,7 +1276,7 @@ class Store:
         for the thousands of names of a large member. In the order they were derived, as the
         two reads of a part of them below (``places.resolve`` takes the first of equals)."""
         sql = f"SELECT {_PLACE_COLUMNS} FROM {PlaceIndexRow.__tablename__} WHERE member = ? ORDER BY id"
-        return [(f, d, n, sub, int(k)) for f, d, n, sub, k in self._driver(sql, [member])]
+        return _place_tuples(self._driver(sql, [member]))
 
     def folded_rows(self, member: str, folded: str) -> list[tuple[str, str, str, str, int]]:
         """Of ``place_rows``: the names folded to ``folded``, with every gazetteer name of the
@@ -1287,7 +1287,7 @@ class Store:
             f"(SELECT name FROM {t} WHERE member = ? AND folded = ? AND kind <> ?))) ORDER BY id"
         )
         params = [member, folded, PLACE_FROM_COVERAGE, member, folded, PLACE_FROM_COVERAGE]
-        return [(f, d, n, sub, int(k)) for f, d, n, sub, k in self._driver(sql, params)]
+        return _place_tuples(self._driver(sql, params))
 
     def subdivision_rows(self, member: str, code: str) -> list[tuple[str, str, str, str, int]]:
         """Of ``place_rows``: every gazetteer name of the member's subdivisions of that code
@@ -1297,8 +1297,7 @@ class Store:
             f"SELECT {_PLACE_COLUMNS} FROM {t} WHERE member = ? AND kind <> ? AND name IN "
             f"(SELECT name FROM {t} WHERE member = ? AND kind = ? AND subdivision = ?) ORDER BY id"
         )
-        rows = self._driver(sql, [member, PLACE_FROM_COVERAGE, member, PLACE_SUBDIVISION, code])
-        return [(f, d, n, sub, int(k)) for f, d, n, sub, k in rows]
+        return _place_tuples(self._driver(sql, [member, PLACE_FROM_COVERAGE, member, PLACE_SUBDIVISION, code]))
 
     def has_subdivisions(self, member: str) -> bool:
         """Does the member's gazetteer name any subdivision (``places.names_needed``)?"""
@@ -1903,6 +1902,11 @@ class GenerationReader:
 
 
 _PLACE_COLUMNS = "folded, display, name, subdivision, kind"  # places.PlaceName's fields, in order
+
+
+def _place_tuples(rows: Sequence[Any]) -> list[tuple[str, str, str, str, int]]:
+    """Rows of ``_PLACE_COLUMNS`` as plain tuples (the kind an int on every database)."""
+    return [(f, d, n, sub, int(k)) for f, d, n, sub, k in rows]
 
 
 def _marks(items: Sequence[object]) -> str:
