@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from tests_support_tls import members_only_sentinels  # type: ignore[import-not-
 
 from counterpart.v1 import directory_service_pb2 as ds
 from counterpart_core.access import ANONYMOUS, Caller
+from counterpart_core.errors import ConflictError
 from directory_server import memberindex
 from directory_server.asof import AsOfViews
 from directory_server.lookup import Directory
@@ -350,3 +351,42 @@ def test_on_postgres_a_commit_through_another_store_is_seen_by_the_next_lookup(
         assert elsewhere.lookup_generations(["GE"]) == node.store.generations(["GE"])
     finally:
         elsewhere.close()
+
+
+def test_a_publish_while_a_place_is_read_gives_retry_then_the_new_answer(
+    ge: tuple[Node, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A place read from part of the places index (``Directory._place_part``) is checked
+    against the generation the answer is made for: a checkpoint committed in between (a real
+    publish, here right after the read) refuses the answer with RETRY before anything of the answer is
+    loaded over the new rows, and the question asked again is answered from the new one."""
+    node, folder = ge
+    directory = Directory(node.store, node.federation, node.clock)
+    question = ds.FindCounterpartRequest(requested_member="GE", request_type="mla.general", place="Batumi")
+    before = _size(directory.find_counterpart(URGENT))
+    read = node.store.folded_rows
+    published: list[int] = []
+
+    def read_then_publish(member: str, folded: str) -> list[tuple[str, str, str, str, int]]:
+        rows = read(member, folded)
+        if not published:
+            _edit(folder)
+            published.append(node.publish(folder, PASSPHRASE).appended)
+        return rows
+
+    keys = node.store.record_keys
+    loaded_after: list[Sequence[str]] = []
+
+    def record_keys(names: Sequence[str], envelopes: Any = None) -> Any:
+        if published:
+            loaded_after.append(names)
+        return keys(names, envelopes)
+
+    monkeypatch.setattr(node.store, "folded_rows", read_then_publish)
+    monkeypatch.setattr(node.store, "record_keys", record_keys)
+    with pytest.raises(ConflictError) as refused:
+        directory.find_counterpart(question)
+    # refused at the place's read: no record was loaded over the new checkpoint's rows
+    assert refused.value.reason == "RETRY" and published == [1] and loaded_after == []
+    again = directory.find_counterpart(question)
+    assert _size(again) == before + 1 and NEW_EMAIL.encode() in again.SerializeToString()
